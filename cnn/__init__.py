@@ -1,0 +1,12 @@
+"""cnn: convolutional neural networks in JAX/Flax, measured on Fashion-MNIST."""
+
+from cnn.config import TrainConfig
+from cnn.data import CLASS_NAMES, Split, Splits, load_fashion_mnist
+from cnn.models import MODELS, build_model
+from cnn.summary import format_summary, layer_rows
+from cnn.train import create_train_state, eval_step, evaluate, fit, train_step
+
+__all__ = [
+    "CLASS_NAMES", "MODELS", "Split", "Splits", "TrainConfig", "build_model", "create_train_state",
+    "eval_step", "evaluate", "fit", "format_summary", "layer_rows", "load_fashion_mnist", "train_step",
+]

@@ -1,0 +1,47 @@
+"""Orbax checkpoints of a run: the latest epoch (for resuming) and the best one (by validation loss)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpoints:
+    """Keeps two epochs of a run in `directory`: the latest and the one with the lowest validation loss.
+
+    Orbax's `best_step()` answers the latest step under this combined policy, so the best epoch is
+    recorded by the caller (in the saved metadata), not asked of the manager.
+    """
+
+    def __init__(self, directory: Path):
+        policy = policies.AnyPreservationPolicy([
+            policies.LatestN(n=1),
+            policies.BestN(get_metric_fn=lambda metrics: metrics["val_loss"], reverse=True, n=1),
+        ])
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                             item_names=("state", "meta"))
+
+    def latest_epoch(self) -> int | None:
+        return self.manager.latest_step()
+
+    def epochs(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, epoch: int, state: Any, meta: dict[str, Any], val_loss: float) -> None:
+        """Saves `state` and JSON `meta` as `epoch`, ranked by `val_loss`."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(epoch, args=args, metrics={"val_loss": float(val_loss)})
+
+    def restore(self, epoch: int, template: Any) -> tuple[Any, dict[str, Any]]:
+        """The state (shaped like `template`) and metadata saved as `epoch`."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
+        restored = self.manager.restore(epoch, args=args)
+        return restored["state"], restored["meta"]
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

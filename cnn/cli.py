@@ -1,0 +1,68 @@
+"""Command line: `python -m cnn train` and `python -m cnn summary`. Parsing only; the logic is in the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cnn.config import TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model on Fashion-MNIST (resumes a run found in --workdir)")
+    train.add_argument("--model", default=DEFAULTS.model)
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    train.add_argument("--patience", type=int, default=DEFAULTS.patience)
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    train.add_argument("--limit-train", type=int, default=None, metavar="N", help="use only N training examples")
+    train.add_argument("--workdir", type=Path, default=None, help="default: runs/MODEL-seedSEED")
+    train.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
+    train.add_argument("--source-dir", default=None, help="folder with the four Fashion-MNIST IDX .gz files")
+    train.add_argument("--overwrite", action="store_true", help="delete a different run found in --workdir")
+
+    summary = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
+    summary.add_argument("--model", default=DEFAULTS.model)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from cnn.data import load_fashion_mnist
+    from cnn.train import fit
+
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         patience=args.patience, seed=args.seed, limit_train=args.limit_train)
+    workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
+    splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir,
+                                val_fraction=config.val_fraction, split_seed=config.split_seed)
+    print(f"Data: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images")
+    fit(config, splits, workdir, overwrite=args.overwrite)
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from cnn.models import build_model, check_model_name
+    from cnn.summary import format_summary, layer_rows
+
+    check_model_name(args.model)
+    print(format_summary(layer_rows(build_model(args.model)), title=args.model))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; a bad setting or input exits with status 2 and a one-line message, no traceback."""
+    from cnn.data import DataError
+    from cnn.train import WorkdirError
+
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _train, "summary": _summary}[args.command](args)
+    except (ValueError, DataError, WorkdirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,102 @@
+"""The typed training configuration and the run metadata written beside every result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration field holds a value outside what it allows."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; the defaults reproduce the sources' recipe for the seed CNN."""
+
+    model: str = "seed_cnn"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 2
+    seed: int = 0
+    limit_train: int | None = None
+    val_fraction: float = 0.2
+    split_seed: int = 42
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        from cnn.models import check_model_name  # the registry imports flax; keep config import light
+
+        try:
+            check_model_name(self.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check(self, "epochs", self.epochs >= 1, "an integer >= 1")
+        _check(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
+        _check(self, "lr", self.lr > 0, "a number > 0")
+        _check(self, "patience", self.patience >= 0, "an integer >= 0")
+        _check(self, "limit_train", self.limit_train is None or self.limit_train >= 1, "None or an integer >= 1")
+        _check(self, "val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)")
+        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Fields that may change when a run resumes in the same workdir (training longer is still the same run).
+RESUMABLE_FIELDS = frozenset({"epochs"})
+
+
+def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: got {getattr(config, field)!r}, expected {allowed}")
+
+
+def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """Fields (other than the resumable ones) whose saved value differs from `config`, as 'field: a -> b'."""
+    current = config.to_dict()
+    return [
+        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
+        for key in current
+        if key not in RESUMABLE_FIELDS and saved.get(key) != current[key]
+    ]
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def run_metadata() -> dict[str, Any]:
+    """Library versions, commit and device, for `config.json`."""
+    import flax
+    import jax
+    import optax
+    import orbax.checkpoint
+
+    device = jax.devices()[0]
+    return {
+        "git_commit": git_commit(),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+                     "optax": optax.__version__, "orbax_checkpoint": orbax.checkpoint.__version__},
+        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "host": platform.node(),
+    }
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Writes JSON atomically (temporary file, then rename), so a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,289 @@
+"""The train and eval steps and the fit loop: early stopping, best/latest checkpoints, resuming."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from cnn.checkpoints import Checkpoints
+from cnn.config import TrainConfig, config_differences, run_metadata, write_json
+from cnn.data import IMAGE_SHAPE, Split, Splits
+from cnn.models import build_model
+
+TrainState = train_state.TrainState
+Batch = dict[str, jax.Array]
+
+
+class WorkdirError(ValueError):
+    """The workdir holds a run that the requested one cannot continue."""
+
+
+def make_optimizer(lr: float) -> optax.GradientTransformation:
+    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8)."""
+    return optax.adam(lr, eps=1e-7)
+
+
+def create_train_state(model: nn.Module, lr: float, rng: jax.Array) -> TrainState:
+    """Initialises the model's parameters on a dummy batch and wraps them with Adam."""
+    params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(lr))
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step on `batch`; returns the new state and the batch's summed loss and correct count."""
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng})
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return losses.mean(), (losses, logits)
+
+    (_, (losses, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    correct = (logits.argmax(-1) == batch["label"]).sum()
+    return state, {"loss": losses.sum(), "correct": correct, "count": jnp.float32(len(losses))}
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+    """Summed loss and correct count over the examples of `batch` whose `mask` is 1."""
+    logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    mask = batch["mask"]
+    correct = (logits.argmax(-1) == batch["label"]) * mask
+    return {"loss": (losses * mask).sum(), "correct": correct.sum(), "count": mask.sum()}
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def take_batch(images: jax.Array, labels: jax.Array, order: jax.Array, start: jax.Array, size: int) -> Batch:
+    """The `size` examples at positions `order[start:start + size]`, gathered on the device."""
+    idx = jax.lax.dynamic_slice_in_dim(order, start, size)
+    return {"image": images[idx], "label": labels[idx]}
+
+
+def summarize(totals: dict[str, jax.Array]) -> dict[str, float]:
+    """Mean loss and accuracy from summed metrics (one device-to-host transfer)."""
+    totals = jax.device_get(totals)
+    return {"loss": float(totals["loss"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"])}
+
+
+def evaluate(state: TrainState, split: Split, batch_size: int = 1000) -> dict[str, float]:
+    """Mean loss and accuracy of `state` on `split`; the last batch is padded and masked, never dropped."""
+    n = len(split)
+    totals = None
+    for start in range(0, n, batch_size):
+        images, labels = split.images[start : start + batch_size], split.labels[start : start + batch_size]
+        pad = batch_size - len(labels) if n > batch_size else 0
+        batch = {
+            "image": np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))),
+            "label": np.pad(labels, (0, pad)),
+            "mask": np.pad(np.ones(len(labels), np.float32), (0, pad)),
+        }
+        metrics = eval_step(state, batch)
+        totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+    return summarize(totals)
+
+
+@dataclass
+class EarlyStopping:
+    """Keras' EarlyStopping on validation loss: stop after `patience` epochs without a new minimum."""
+
+    patience: int
+    best: float = float("inf")
+    best_epoch: int = 0
+    wait: int = 0
+    stopped: bool = False
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Records one epoch's validation loss; returns True when this epoch is the best so far."""
+        if val_loss < self.best:
+            self.best, self.best_epoch, self.wait = val_loss, epoch, 0
+            return True
+        self.wait += 1
+        self.stopped = self.wait >= self.patience
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "stopped": self.stopped}
+
+
+@dataclass
+class RunState:
+    """Everything the fit loop carries from epoch to epoch besides the train state (saved with it)."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    timing: list[dict[str, float]] = field(default_factory=list)
+    stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "history": self.history, "timing": self.timing,
+                "stopping": self.stopping.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], patience: int) -> RunState:
+        stopping = EarlyStopping(patience=patience, **{k: v for k, v in d["stopping"].items()})
+        return cls(epoch=d["epoch"], history=d["history"], timing=d["timing"], stopping=stopping)
+
+
+def prepare_workdir(workdir: Path, config: TrainConfig, overwrite: bool = False) -> None:
+    """Creates `workdir`, or checks that the run already in it has the same config (before any work)."""
+    config_file = workdir / "config.json"
+    if overwrite and workdir.exists():
+        shutil.rmtree(workdir)
+    if config_file.exists():
+        import json
+
+        saved = json.loads(config_file.read_text())["config"]
+        differences = config_differences(saved, config)
+        if differences:
+            raise WorkdirError(
+                f"workdir {workdir} holds a run with a different config ({'; '.join(differences)}). "
+                "Use another --workdir, or pass --overwrite to delete that run and start fresh."
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(config_file, {"config": config.to_dict(), **run_metadata()})
+
+
+def train_epoch(state: TrainState, data: tuple[jax.Array, jax.Array], config: TrainConfig, epoch: int,
+                keys: dict[str, jax.Array]) -> tuple[TrainState, dict[str, float], dict[str, float]]:
+    """One pass over the training data in a fresh permutation; returns state, metrics and timing."""
+    images, labels = data
+    n = len(labels)
+    order = jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), n)
+    starts = range(0, n, config.batch_size)
+    bar = tqdm(total=len(starts), desc=f"Epoch {epoch}/{config.epochs}", unit="step", leave=False,
+               disable=None, dynamic_ncols=True)
+    totals, compile_seconds, t0 = None, 0.0, time.perf_counter()
+    for i, start in enumerate(starts):
+        batch = take_batch(images, labels, order, start, min(config.batch_size, n - start))
+        if i == 0 and state.step == 0:
+            tqdm.write("Compiling the train step (first step only)...")
+            t = time.perf_counter()
+            state, metrics = train_step(state, batch, keys["dropout"])
+            jax.block_until_ready(metrics)
+            compile_seconds = time.perf_counter() - t
+            tqdm.write(f"Compiled and ran the first step in {compile_seconds:.1f} s")
+        else:
+            state, metrics = train_step(state, batch, keys["dropout"])
+        totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+        if bar.disable is False and (i % 50 == 49 or i == len(starts) - 1):
+            seen = min(n, start + config.batch_size)
+            bar.set_postfix(loss=f"{summarize(totals)['loss']:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.update(i + 1 - bar.n)
+    metrics = summarize(totals)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    return state, metrics, {"seconds": seconds, "compile_seconds": compile_seconds, "images": n}
+
+
+def fit(config: TrainConfig, splits: Splits, workdir: str | Path, overwrite: bool = False,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Trains `config.model` on `splits`, checkpointing in `workdir`; resumes a run already there.
+
+    Args:
+      config: the run's configuration.
+      splits: train / validation / test data (see `cnn.data.load_fashion_mnist`).
+      workdir: folder for config.json, history.json, results.json, curves.png and checkpoints/.
+      overwrite: delete a run with a different config found in `workdir` instead of refusing.
+      on_epoch_end: called after each epoch (and its checkpoint) with the epoch and its metrics.
+    Returns:
+      The results dictionary also written to `workdir/results.json` (metrics of the best epoch's weights).
+    """
+    workdir = Path(workdir)
+    train = splits.train if config.limit_train is None else Split(
+        splits.train.images[: config.limit_train], splits.train.labels[: config.limit_train])
+    if config.batch_size > len(train):
+        raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
+    prepare_workdir(workdir, config, overwrite)
+
+    root = jax.random.PRNGKey(config.seed)
+    keys = dict(zip(("init", "dropout", "shuffle"), jax.random.split(root, 3), strict=True))
+    model = build_model(config.model)
+    state = create_train_state(model, config.lr, keys["init"])
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    run = RunState(stopping=EarlyStopping(config.patience))
+    try:
+        if (latest := checkpoints.latest_epoch()) is not None:
+            state, meta = checkpoints.restore(latest, state)
+            run = RunState.from_dict(meta, config.patience)
+            print(f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})")
+        state, run = _fit_epochs(config, state, run, train, splits.val, keys, checkpoints, workdir, on_epoch_end)
+        best_state, _ = checkpoints.restore(run.stopping.best_epoch, state)
+    finally:
+        checkpoints.close()
+    return _finish(config, best_state, run, splits, workdir)
+
+
+def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_epoch_end):
+    data = (jax.device_put(train.images), jax.device_put(train.labels))
+    while run.epoch < config.epochs and not run.stopping.stopped:
+        epoch = run.epoch + 1
+        state, metrics, timing = train_epoch(state, data, config, epoch, keys)
+        val_metrics = evaluate(state, val, config.eval_batch_size)
+        metrics |= {"val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"]}
+        run.stopping.update(epoch, metrics["val_loss"])
+        run.epoch = epoch
+        run.history.append({"epoch": epoch, **metrics})
+        run.timing.append({"epoch": epoch, **timing})
+        checkpoints.save(epoch, state, run.to_dict(), metrics["val_loss"])
+        write_json(workdir / "history.json", run.history)
+        print(_epoch_line(config, epoch, metrics, timing), flush=True)
+        if run.stopping.stopped:
+            print(f"Early stopping: no lower val_loss for {config.patience} epochs; "
+                  f"restoring epoch {run.stopping.best_epoch}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return state, run
+
+
+def _epoch_line(config: TrainConfig, epoch: int, metrics: dict[str, float], timing: dict[str, float]) -> str:
+    steps = -(-timing["images"] // config.batch_size)
+    rate = timing["images"] / timing["seconds"]
+    return (f"Epoch {epoch}/{config.epochs} - {steps} steps - {timing['seconds']:.1f}s ({rate:.0f} img/s) - "
+            f"loss: {metrics['loss']:.4f} - accuracy: {metrics['accuracy']:.4f} - "
+            f"val_loss: {metrics['val_loss']:.4f} - val_accuracy: {metrics['val_accuracy']:.4f}")
+
+
+def _finish(config: TrainConfig, best_state: TrainState, run: RunState, splits: Splits,
+            workdir: Path) -> dict[str, Any]:
+    from cnn.plots import plot_curves
+
+    val = evaluate(best_state, splits.val, config.eval_batch_size)
+    test = evaluate(best_state, splits.test, config.eval_batch_size)
+    train_seconds = sum(t["seconds"] for t in run.timing)
+    compile_seconds = sum(t["compile_seconds"] for t in run.timing)
+    images = sum(t["images"] for t in run.timing)
+    results = {
+        "model": config.model,
+        "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+        "best_epoch": run.stopping.best_epoch, "epochs_run": run.epoch, "stopped_early": run.stopping.stopped,
+        "params": count_params(best_state.params),
+        "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+        "images_per_second": images / max(train_seconds - compile_seconds, 1e-9),
+    }
+    write_json(workdir / "results.json", results)
+    plot_curves(run.history, workdir / "curves.png", best_epoch=run.stopping.best_epoch)
+    print(f"Best epoch {results['best_epoch']}: val_loss {val['loss']:.4f}, val_accuracy {val['accuracy']:.4f}; "
+          f"test_loss {test['loss']:.4f}, test_accuracy {test['accuracy']:.4f}. Results in {workdir}")
+    return results

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-time set-up, safe to re-run: a virtual environment in .venv with the package and its dev extras,
+# and the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist where apt is available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
+
+system_dir=/usr/share/datasets/fashion-mnist
+if [ -n "${FASHION_MNIST_DIR:-}" ] || [ -f "$system_dir/train-images-idx3-ubyte.gz" ]; then
+    exit 0
+fi
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo -n"
+if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)..."
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+else
+    echo "Fashion-MNIST is not installed and apt-get is not usable here: the first training run" \
+         "downloads it from the official URLs (or set FASHION_MNIST_DIR to a folder with the .gz files)."
+fi
