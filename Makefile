@@ -12,5 +12,5 @@ test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	.venv/bin/ruff check cnn tests experiments
-	.venv/bin/ruff format --check cnn tests experiments
+	.venv/bin/ruff check cnn tests experiments scripts
+	.venv/bin/ruff format --check cnn tests experiments scripts

@@ -7,6 +7,18 @@ from cnn.summary import format_summary, layer_rows
 from cnn.train import create_train_state, eval_step, evaluate, fit, train_step
 
 __all__ = [
-    "CLASS_NAMES", "MODELS", "Split", "Splits", "TrainConfig", "build_model", "create_train_state",
-    "eval_step", "evaluate", "fit", "format_summary", "layer_rows", "load_fashion_mnist", "train_step",
+    "CLASS_NAMES",
+    "MODELS",
+    "Split",
+    "Splits",
+    "TrainConfig",
+    "build_model",
+    "create_train_state",
+    "eval_step",
+    "evaluate",
+    "fit",
+    "format_summary",
+    "layer_rows",
+    "load_fashion_mnist",
+    "train_step",
 ]

@@ -17,13 +17,16 @@ class Checkpoints:
     """
 
     def __init__(self, directory: Path):
-        policy = policies.AnyPreservationPolicy([
-            policies.LatestN(n=1),
-            policies.BestN(get_metric_fn=lambda metrics: metrics["val_loss"], reverse=True, n=1),
-        ])
+        policy = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(n=1),
+                policies.BestN(get_metric_fn=lambda metrics: metrics["val_loss"], reverse=True, n=1),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                             item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(
+            Path(directory).absolute(), options=options, item_names=("state", "meta")
+        )
 
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()

@@ -1,4 +1,4 @@
-"""Command line: `python -m cnn train` and `python -m cnn summary`. Parsing only; the logic is in the library."""
+"""Command line: `python -m cnn train | summary`. Parsing only; the logic lives in the library."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=DEFAULTS.lr)
     train.add_argument("--patience", type=int, default=DEFAULTS.patience)
     train.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    train.add_argument("--limit-train", type=int, default=None, metavar="N", help="use only N training examples")
+    train.add_argument(
+        "--limit-train", type=int, default=None, metavar="N", help="use only N training examples"
+    )
     train.add_argument("--workdir", type=Path, default=None, help="default: runs/MODEL-seedSEED")
     train.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
     train.add_argument("--source-dir", default=None, help="folder with the four Fashion-MNIST IDX .gz files")
@@ -37,11 +39,22 @@ def _train(args: argparse.Namespace) -> None:
     from cnn.data import load_fashion_mnist
     from cnn.train import fit
 
-    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         patience=args.patience, seed=args.seed, limit_train=args.limit_train)
+    config = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        limit_train=args.limit_train,
+    )
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
-    splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir,
-                                val_fraction=config.val_fraction, split_seed=config.split_seed)
+    splits = load_fashion_mnist(
+        data_dir=args.data_dir,
+        source_dir=args.source_dir,
+        val_fraction=config.val_fraction,
+        split_seed=config.split_seed,
+    )
     print(f"Data: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images")
     fit(config, splits, workdir, overwrite=args.overwrite)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ class TrainConfig:
         _check(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
         _check(self, "lr", self.lr > 0, "a number > 0")
         _check(self, "patience", self.patience >= 0, "an integer >= 0")
-        _check(self, "limit_train", self.limit_train is None or self.limit_train >= 1, "None or an integer >= 1")
+        _check(
+            self, "limit_train", self.limit_train is None or self.limit_train >= 1, "None or an integer >= 1"
+        )
         _check(self, "val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)")
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
 
@@ -71,8 +74,14 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, or None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
@@ -88,11 +97,26 @@ def run_metadata() -> dict[str, Any]:
     device = jax.devices()[0]
     return {
         "git_commit": git_commit(),
-        "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-                     "optax": optax.__version__, "orbax_checkpoint": orbax.checkpoint.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "orbax_checkpoint": orbax.checkpoint.__version__,
+        },
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
-        "host": platform.node(),
+        "host": {"cpu": _cpu_model(), "cores": os.cpu_count(), "system": platform.platform()},
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -16,8 +15,16 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (28, 28, 1)
@@ -30,9 +37,15 @@ SPLIT_FILES = {
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # (size in bytes, sha256) of the official gzip files, as published with tensorflow-datasets.
 OFFICIAL_FILES = {
-    "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+    "train-images-idx3-ubyte.gz": (
+        26421880,
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    ),
     "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-    "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+    "t10k-images-idx3-ubyte.gz": (
+        4422102,
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    ),
     "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
 }
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned bytes, 1-D labels / 3-D images
@@ -115,17 +128,24 @@ def download_official(dest: Path, timeout: float = 60.0) -> Path:
         target = dest / name
         if target.is_file() and _sha256(target) == sha256:
             continue
-        with tempfile.NamedTemporaryFile(dir=dest, delete=False) as tmp:
-            with urllib.request.urlopen(OFFICIAL_URL + name, timeout=timeout) as response:
-                shutil.copyfileobj(response, tmp)
-        got_size, got_sha = os.path.getsize(tmp.name), _sha256(Path(tmp.name))
+        partial = dest / f".{name}.part"
+        try:
+            with (
+                open(partial, "wb") as out,
+                urllib.request.urlopen(OFFICIAL_URL + name, timeout=timeout) as src,
+            ):
+                shutil.copyfileobj(src, out)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
+        got_size, got_sha = partial.stat().st_size, _sha256(partial)
         if (got_size, got_sha) != (size, sha256):
-            os.unlink(tmp.name)
+            partial.unlink()
             raise DataError(
                 f"download of {OFFICIAL_URL + name} failed verification: got {got_size} bytes with sha256 "
                 f"{got_sha}, expected {size} bytes with sha256 {sha256}"
             )
-        os.replace(tmp.name, target)
+        partial.replace(target)
     return dest
 
 
@@ -150,7 +170,9 @@ def find_source_dir(source_dir: str | os.PathLike | None = None, download_dir: P
             return Path(value)
     if not _missing(SYSTEM_DIR):
         return SYSTEM_DIR
-    download_dir = download_dir or Path(tfds.core.constants.DATA_DIR).expanduser() / "downloads" / "fashion_mnist"
+    download_dir = (
+        download_dir or Path(tfds.core.constants.DATA_DIR).expanduser() / "downloads" / "fashion_mnist"
+    )
     try:
         return download_official(download_dir)
     except (OSError, DataError) as e:
@@ -158,7 +180,8 @@ def find_source_dir(source_dir: str | os.PathLike | None = None, download_dir: P
             "Fashion-MNIST IDX files not found. Provide them in one of three ways: "
             "(1) pass source_dir= (CLI: --source-dir DIR) naming a folder with the four .gz files; "
             f"(2) set {ENV_VAR}=DIR; "
-            f"(3) install the Debian package: apt-get install -y dataset-fashion-mnist (files land in {SYSTEM_DIR}). "
+            "(3) install the Debian package: apt-get install -y dataset-fashion-mnist "
+            f"(files land in {SYSTEM_DIR}). "
             f"The download from {OFFICIAL_URL} failed too: {e}"
         ) from e
 
@@ -171,27 +194,35 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
         self._source_dir = source_dir
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
+
+    def read_sources(self) -> None:
+        """Finds, reads and validates every IDX file, so that bad input fails before tfds writes anything."""
+        source = find_source_dir(self._source_dir, Path(self.data_dir_root) / "downloads" / "fashion_mnist")
+        self._arrays = {split: read_split(source, split) for split in SPLIT_FILES}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Fashion-MNIST: 28x28 grayscale images of 10 clothing classes: " + ", ".join(CLASS_NAMES),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-                "label": tfds.features.Tensor(shape=(), dtype=np.int64),
-                "index": tfds.features.Tensor(shape=(), dtype=np.int64),
-            }),
+            description="Fashion-MNIST: 28x28 grayscale images of 10 clothing classes: "
+            + ", ".join(CLASS_NAMES),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
+                    "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://github.com/zalandoresearch/fashion-mnist",
         )
 
     def _split_generators(self, dl_manager):
-        source = find_source_dir(self._source_dir, Path(self.data_dir_root) / "downloads" / "fashion_mnist")
-        # Read and validate every file before tfds starts writing anything.
-        arrays = {split: read_split(source, split) for split in SPLIT_FILES}
-        return {split: self._generate_examples(*arrays[split]) for split in SPLIT_FILES}
+        if self._arrays is None:
+            self.read_sources()
+        return {split: self._generate_examples(*self._arrays[split]) for split in SPLIT_FILES}
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
         for i in range(len(labels)):
@@ -207,11 +238,14 @@ def _read_prepared(builder: FashionMnistIdx, split: str) -> tuple[np.ndarray, np
     return images, labels
 
 
-def prepare(data_dir: str | os.PathLike | None = None, source_dir: str | os.PathLike | None = None,
-            ) -> FashionMnistIdx:
+def prepare(
+    data_dir: str | os.PathLike | None = None,
+    source_dir: str | os.PathLike | None = None,
+) -> FashionMnistIdx:
     """Prepares the tfds dataset once (atomically: tfds writes to a temporary folder and renames it)."""
     builder = FashionMnistIdx(data_dir=data_dir, source_dir=source_dir)
     if not builder.is_prepared():
+        builder.read_sources()
         print(f"Preparing Fashion-MNIST into {builder.data_dir} (once; later runs reuse it)", flush=True)
         tfds.disable_progress_bar()
         builder.download_and_prepare()
@@ -230,8 +264,12 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 255.0
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None, source_dir: str | os.PathLike | None = None,
-                       val_fraction: float = 0.2, split_seed: int = 42) -> Splits:
+def load_fashion_mnist(
+    data_dir: str | os.PathLike | None = None,
+    source_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.2,
+    split_seed: int = 42,
+) -> Splits:
     """Loads Fashion-MNIST as train/validation (80/20 of the official train set, fixed seed) and test.
 
     Args:

@@ -7,8 +7,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 
-def plot_curves(history: list[dict[str, float]], path: str | Path | None = None,
-                best_epoch: int | None = None) -> plt.Figure:
+def plot_curves(
+    history: list[dict[str, float]], path: str | Path | None = None, best_epoch: int | None = None
+) -> plt.Figure:
     """Two panels (loss, accuracy) of train vs validation per epoch; saved as PNG when `path` is given."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)

@@ -41,8 +41,10 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> 
     with nn.intercept_methods(record):
         variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
     params = variables.get("params", {})
-    return [LayerRow(name, kind, (None, *shape[1:]), _param_count(params.get(name, {})))
-            for name, (kind, shape) in calls.items()]
+    return [
+        LayerRow(name, kind, (None, *shape[1:]), _param_count(params.get(name, {})))
+        for name, (kind, shape) in calls.items()
+    ]
 
 
 def format_summary(rows: list[LayerRow], title: str = "") -> str:
@@ -57,6 +59,15 @@ def format_summary(rows: list[LayerRow], title: str = "") -> str:
 
     total = sum(r.params for r in rows)
     out = [f'Model: "{title}"'] if title else []
-    out += [line, fmt(headers), "=" * len(line), *(fmt(c) for c in cells), "=" * len(line),
-            f"Total params: {total:,}", f"Trainable params: {total:,}", "Non-trainable params: 0", line]
+    out += [
+        line,
+        fmt(headers),
+        "=" * len(line),
+        *(fmt(c) for c in cells),
+        "=" * len(line),
+        f"Total params: {total:,}",
+        f"Trainable params: {total:,}",
+        "Non-trainable params: 0",
+        line,
+    ]
     return "\n".join(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -82,7 +83,10 @@ def take_batch(images: jax.Array, labels: jax.Array, order: jax.Array, start: ja
 def summarize(totals: dict[str, jax.Array]) -> dict[str, float]:
     """Mean loss and accuracy from summed metrics (one device-to-host transfer)."""
     totals = jax.device_get(totals)
-    return {"loss": float(totals["loss"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"])}
+    return {
+        "loss": float(totals["loss"] / totals["count"]),
+        "accuracy": float(totals["correct"] / totals["count"]),
+    }
 
 
 def evaluate(state: TrainState, split: Split, batch_size: int = 1000) -> dict[str, float]:
@@ -135,8 +139,12 @@ class RunState:
     stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "history": self.history, "timing": self.timing,
-                "stopping": self.stopping.to_dict()}
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "timing": self.timing,
+            "stopping": self.stopping.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], patience: int) -> RunState:
@@ -150,28 +158,40 @@ def prepare_workdir(workdir: Path, config: TrainConfig, overwrite: bool = False)
     if overwrite and workdir.exists():
         shutil.rmtree(workdir)
     if config_file.exists():
-        import json
-
-        saved = json.loads(config_file.read_text())["config"]
-        differences = config_differences(saved, config)
+        saved = json.loads(config_file.read_text())
+        differences = config_differences(saved["config"], config)
         if differences:
             raise WorkdirError(
                 f"workdir {workdir} holds a run with a different config ({'; '.join(differences)}). "
                 "Use another --workdir, or pass --overwrite to delete that run and start fresh."
             )
+        # The metadata stays that of the run's start; only a resumable field (epochs) may change.
+        write_json(config_file, {**saved, "config": config.to_dict()})
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(config_file, {"config": config.to_dict(), **run_metadata()})
 
 
-def train_epoch(state: TrainState, data: tuple[jax.Array, jax.Array], config: TrainConfig, epoch: int,
-                keys: dict[str, jax.Array]) -> tuple[TrainState, dict[str, float], dict[str, float]]:
+def train_epoch(
+    state: TrainState,
+    data: tuple[jax.Array, jax.Array],
+    config: TrainConfig,
+    epoch: int,
+    keys: dict[str, jax.Array],
+) -> tuple[TrainState, dict[str, float], dict[str, float]]:
     """One pass over the training data in a fresh permutation; returns state, metrics and timing."""
     images, labels = data
     n = len(labels)
     order = jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), n)
     starts = range(0, n, config.batch_size)
-    bar = tqdm(total=len(starts), desc=f"Epoch {epoch}/{config.epochs}", unit="step", leave=False,
-               disable=None, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(starts),
+        desc=f"Epoch {epoch}/{config.epochs}",
+        unit="step",
+        leave=False,
+        disable=None,
+        dynamic_ncols=True,
+    )
     totals, compile_seconds, t0 = None, 0.0, time.perf_counter()
     for i, start in enumerate(starts):
         batch = take_batch(images, labels, order, start, min(config.batch_size, n - start))
@@ -187,8 +207,9 @@ def train_epoch(state: TrainState, data: tuple[jax.Array, jax.Array], config: Tr
         totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
         if bar.disable is False and (i % 50 == 49 or i == len(starts) - 1):
             seen = min(n, start + config.batch_size)
-            bar.set_postfix(loss=f"{summarize(totals)['loss']:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(
+                loss=f"{summarize(totals)['loss']:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}"
+            )
             bar.update(i + 1 - bar.n)
     metrics = summarize(totals)
     seconds = time.perf_counter() - t0
@@ -196,8 +217,13 @@ def train_epoch(state: TrainState, data: tuple[jax.Array, jax.Array], config: Tr
     return state, metrics, {"seconds": seconds, "compile_seconds": compile_seconds, "images": n}
 
 
-def fit(config: TrainConfig, splits: Splits, workdir: str | Path, overwrite: bool = False,
-        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+def fit(
+    config: TrainConfig,
+    splits: Splits,
+    workdir: str | Path,
+    overwrite: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """Trains `config.model` on `splits`, checkpointing in `workdir`; resumes a run already there.
 
     Args:
@@ -210,8 +236,11 @@ def fit(config: TrainConfig, splits: Splits, workdir: str | Path, overwrite: boo
       The results dictionary also written to `workdir/results.json` (metrics of the best epoch's weights).
     """
     workdir = Path(workdir)
-    train = splits.train if config.limit_train is None else Split(
-        splits.train.images[: config.limit_train], splits.train.labels[: config.limit_train])
+    train = (
+        splits.train
+        if config.limit_train is None
+        else Split(splits.train.images[: config.limit_train], splits.train.labels[: config.limit_train])
+    )
     if config.batch_size > len(train):
         raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
     prepare_workdir(workdir, config, overwrite)
@@ -226,8 +255,12 @@ def fit(config: TrainConfig, splits: Splits, workdir: str | Path, overwrite: boo
         if (latest := checkpoints.latest_epoch()) is not None:
             state, meta = checkpoints.restore(latest, state)
             run = RunState.from_dict(meta, config.patience)
-            print(f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})")
-        state, run = _fit_epochs(config, state, run, train, splits.val, keys, checkpoints, workdir, on_epoch_end)
+            print(
+                f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})"
+            )
+        state, run = _fit_epochs(
+            config, state, run, train, splits.val, keys, checkpoints, workdir, on_epoch_end
+        )
         best_state, _ = checkpoints.restore(run.stopping.best_epoch, state)
     finally:
         checkpoints.close()
@@ -249,8 +282,10 @@ def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_e
         write_json(workdir / "history.json", run.history)
         print(_epoch_line(config, epoch, metrics, timing), flush=True)
         if run.stopping.stopped:
-            print(f"Early stopping: no lower val_loss for {config.patience} epochs; "
-                  f"restoring epoch {run.stopping.best_epoch}")
+            print(
+                f"Early stopping: no lower val_loss for {config.patience} epochs; "
+                f"restoring epoch {run.stopping.best_epoch}"
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     return state, run
@@ -259,13 +294,16 @@ def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_e
 def _epoch_line(config: TrainConfig, epoch: int, metrics: dict[str, float], timing: dict[str, float]) -> str:
     steps = -(-timing["images"] // config.batch_size)
     rate = timing["images"] / timing["seconds"]
-    return (f"Epoch {epoch}/{config.epochs} - {steps} steps - {timing['seconds']:.1f}s ({rate:.0f} img/s) - "
-            f"loss: {metrics['loss']:.4f} - accuracy: {metrics['accuracy']:.4f} - "
-            f"val_loss: {metrics['val_loss']:.4f} - val_accuracy: {metrics['val_accuracy']:.4f}")
+    return (
+        f"Epoch {epoch}/{config.epochs} - {steps} steps - {timing['seconds']:.1f}s ({rate:.0f} img/s) - "
+        f"loss: {metrics['loss']:.4f} - accuracy: {metrics['accuracy']:.4f} - "
+        f"val_loss: {metrics['val_loss']:.4f} - val_accuracy: {metrics['val_accuracy']:.4f}"
+    )
 
 
-def _finish(config: TrainConfig, best_state: TrainState, run: RunState, splits: Splits,
-            workdir: Path) -> dict[str, Any]:
+def _finish(
+    config: TrainConfig, best_state: TrainState, run: RunState, splits: Splits, workdir: Path
+) -> dict[str, Any]:
     from cnn.plots import plot_curves
 
     val = evaluate(best_state, splits.val, config.eval_batch_size)
@@ -275,15 +313,24 @@ def _finish(config: TrainConfig, best_state: TrainState, run: RunState, splits: 
     images = sum(t["images"] for t in run.timing)
     results = {
         "model": config.model,
-        "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-        "best_epoch": run.stopping.best_epoch, "epochs_run": run.epoch, "stopped_early": run.stopping.stopped,
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "best_epoch": run.stopping.best_epoch,
+        "epochs_run": run.epoch,
+        "stopped_early": run.stopping.stopped,
         "params": count_params(best_state.params),
-        "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+        "steps": sum(-(-t["images"] // config.batch_size) for t in run.timing),
+        "train_seconds": train_seconds,
+        "compile_seconds": compile_seconds,
         "images_per_second": images / max(train_seconds - compile_seconds, 1e-9),
     }
     write_json(workdir / "results.json", results)
     plot_curves(run.history, workdir / "curves.png", best_epoch=run.stopping.best_epoch)
-    print(f"Best epoch {results['best_epoch']}: val_loss {val['loss']:.4f}, val_accuracy {val['accuracy']:.4f}; "
-          f"test_loss {test['loss']:.4f}, test_accuracy {test['accuracy']:.4f}. Results in {workdir}")
+    print(
+        f"Best epoch {results['best_epoch']}: "
+        f"val_loss {val['loss']:.4f}, val_accuracy {val['accuracy']:.4f}; "
+        f"test_loss {test['loss']:.4f}, test_accuracy {test['accuracy']:.4f}. Results in {workdir}"
+    )
     return results

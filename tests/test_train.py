@@ -1,0 +1,200 @@
+"""The fit loop on the tiny dataset: learning, outputs, early stopping, resuming, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cnn import TrainConfig, fit
+from cnn.cli import main
+from cnn.config import ConfigError
+from cnn.data import Split, Splits
+from cnn.train import EarlyStopping, WorkdirError
+
+FAST = dict(batch_size=32, epochs=4, patience=10)
+
+
+class Interrupt(Exception):
+    """Stands in for a run killed between epochs."""
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_splits, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    results = fit(TrainConfig(**FAST), tiny_splits, workdir)
+    return workdir, results
+
+
+def test_loss_falls_and_accuracy_rises_well_above_chance(trained):
+    workdir, results = trained
+    history = json.loads((workdir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert history[-1]["accuracy"] > 0.8 and results["test_accuracy"] > 0.8  # chance is 0.1
+
+
+def test_results_and_run_files(trained):
+    workdir, results = trained
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved == results
+    for key in (
+        "test_loss",
+        "test_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "train_seconds",
+        "images_per_second",
+    ):
+        assert math.isfinite(saved[key]) and saved[key] >= 0, key
+    assert 0 <= saved["test_accuracy"] <= 1 and 0 <= saved["val_accuracy"] <= 1
+    assert saved["params"] == 333_526 and saved["epochs_run"] == 4 and 1 <= saved["best_epoch"] <= 4
+    history = json.loads((workdir / "history.json").read_text())
+    best = min(history, key=lambda h: h["val_loss"])
+    assert saved["best_epoch"] == best["epoch"]
+    assert saved["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["config"]["batch_size"] == 32 and {"jax", "flax", "optax", "orbax_checkpoint"} <= set(
+        config["versions"]
+    )
+    assert config["device"]["platform"] == "cpu" and "git_commit" in config
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoints_keep_latest_and_best_only(tiny_splits, tmp_path):
+    # A validation set with shifted labels: val loss rises as the model learns, so the best epoch is early.
+    splits = _misleading_validation(tiny_splits)
+    results = fit(TrainConfig(batch_size=32, epochs=5, patience=10), splits, tmp_path)
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({results["best_epoch"], 5}) and results["best_epoch"] < 5
+
+
+def _misleading_validation(splits: Splits) -> Splits:
+    train = Split(splits.train.images[:320], splits.train.labels[:320])
+    val = Split(splits.train.images[:320], (splits.train.labels[:320] + 1) % 10)
+    return Splits(train=train, val=val, test=splits.test)
+
+
+def test_early_stopping_rule():
+    stopping = EarlyStopping(patience=2)
+    flags = [stopping.update(epoch, loss) for epoch, loss in enumerate([1.0, 0.8, 0.9, 0.8], start=1)]
+    assert flags == [True, True, False, False] and stopping.stopped
+    assert stopping.best_epoch == 2 and stopping.best == 0.8
+    assert not EarlyStopping(patience=2).update(1, float("nan"))
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(tiny_splits, tmp_path):
+    splits = _misleading_validation(tiny_splits)
+    results = fit(TrainConfig(batch_size=32, epochs=12, patience=2), splits, tmp_path)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert results["stopped_early"] and results["epochs_run"] == results["best_epoch"] + 2 < 12
+    assert len(history) == results["epochs_run"]
+    best = history[results["best_epoch"] - 1]
+    assert best["val_loss"] == min(h["val_loss"] for h in history)
+    # The final weights are worse on validation; the results come from the restored best ones.
+    assert history[-1]["val_loss"] > best["val_loss"]
+    assert results["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_same_seed_same_history_and_resume_matches_an_uninterrupted_run(
+    trained, tiny_splits, tmp_path, capsys
+):
+    workdir, results = trained
+    reference = json.loads((workdir / "history.json").read_text())
+
+    def interrupt_after_two(epoch, metrics):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(TrainConfig(**FAST), tiny_splits, tmp_path, on_epoch_end=interrupt_after_two)
+    epochs_second_run = []
+    resumed = fit(
+        TrainConfig(**FAST), tiny_splits, tmp_path, on_epoch_end=lambda e, m: epochs_second_run.append(e)
+    )
+    assert "Resuming" in capsys.readouterr().out and epochs_second_run == [3, 4]
+    assert json.loads((tmp_path / "history.json").read_text()) == reference
+    assert resumed["test_accuracy"] == results["test_accuracy"]
+
+
+def test_a_finished_run_is_not_trained_again(trained, tiny_splits):
+    workdir, results = trained
+    epochs = []
+    again = fit(TrainConfig(**FAST), tiny_splits, workdir, on_epoch_end=lambda e, m: epochs.append(e))
+    assert epochs == [] and again["test_accuracy"] == results["test_accuracy"]
+
+
+def test_last_partial_batch_is_used(tiny_splits, tmp_path):
+    results = fit(TrainConfig(batch_size=32, epochs=1, limit_train=100), tiny_splits, tmp_path)
+    assert results["steps"] == 4  # 32 + 32 + 32 + 4
+
+
+def test_workdir_with_another_config_is_refused_then_overwritten(trained, tiny_splits, tmp_path):
+    workdir, _ = trained
+    before = sorted(p.name for p in workdir.rglob("*"))
+    with pytest.raises(WorkdirError, match=r"lr: 0.001 -> 0.01.*--overwrite"):
+        fit(TrainConfig(**{**FAST, "lr": 1e-2}), tiny_splits, workdir)
+    assert sorted(p.name for p in workdir.rglob("*")) == before  # nothing lost
+    other = tmp_path / "other"
+    fit(TrainConfig(batch_size=32, epochs=1), tiny_splits, other)
+    results = fit(TrainConfig(batch_size=64, epochs=1), tiny_splits, other, overwrite=True)
+    assert json.loads((other / "config.json").read_text())["config"]["batch_size"] == 64
+    assert results["epochs_run"] == 1
+
+
+def test_batch_larger_than_training_set_fails_before_writing(tiny_splits, tmp_path):
+    with pytest.raises(ValueError, match="batch_size: 1000 is larger than the 480 training examples"):
+        fit(TrainConfig(batch_size=1000), tiny_splits, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("lr", 0.0),
+        ("lr", -1.0),
+        ("patience", -1),
+        ("limit_train", 0),
+        ("val_fraction", 1.5),
+        ("model", "resnet9000"),
+    ],
+)
+def test_invalid_config_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field if field != "model" else "unknown model"):
+        TrainConfig(**{field: value})
+
+
+def test_cli_trains_end_to_end_on_given_files(idx_dir, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--source-dir",
+            str(idx_dir),
+            "--data-dir",
+            str(tmp_path / "tfds"),
+            "--epochs",
+            "2",
+            "--limit-train",
+            "200",
+            "--workdir",
+            str(tmp_path / "run"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "Epoch 2/2" in out and "test_accuracy" in out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["epochs_run"] == 2 and np.isfinite(results["test_loss"])
+
+
+def test_cli_summary_and_errors(capsys, tmp_path):
+    assert main(["summary", "--model", "seed_cnn"]) == 0
+    assert "Total params: 333,526" in capsys.readouterr().out
+    assert main(["summary", "--model", "seedcnn"]) == 2
+    assert "Did you mean seed_cnn" in capsys.readouterr().err
+    assert main(["train", "--lr", "-1", "--workdir", str(tmp_path / "x")]) == 2
+    assert "lr: got -1.0" in capsys.readouterr().err and not (tmp_path / "x").exists()
