@@ -16,7 +16,6 @@ against the loop, against `jax.lax.conv_general_dilated` and against `flax.linen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any

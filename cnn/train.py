@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from cnn.checkpoints import Checkpoints
 from cnn.config import TrainConfig, config_differences, run_metadata, write_json

@@ -212,7 +212,7 @@ def test_filters_on_a_real_photo_per_channel():
     rgb = conv.sample_photo()
     gray = conv.sample_photo(grayscale=True)
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and gray.shape == rgb.shape[:2]
-    assert 0 <= rgb.min() and rgb.max() <= 1 and rgb.std() > 0.1
+    assert rgb.min() >= 0 and rgb.max() <= 1 and rgb.std() > 0.1
     blurred = conv.apply_filter(rgb, conv.box(5))
     assert blurred.shape == (rgb.shape[0] - 4, rgb.shape[1] - 4, 3)
     crop = rgb[100:120, 200:230]
@@ -257,7 +257,7 @@ def test_receptive_field_analytic_equals_empirical_for_random_stacks(stack):
     unit = field.output // 2
     centre = field.start + unit * field.jump
     first, last = centre - (field.size - 1) / 2, centre + (field.size - 1) / 2
-    assume(0 <= first and last <= size - 1)  # zero padding hides any part outside the image
+    assume(first >= 0 and last <= size - 1)  # zero padding hides any part outside the image
     layers = [conv.SpatialLayer(f"layer{i}", *spec) for i, spec in enumerate(stack)]
     assert conv.empirical_receptive_field(layers, size, unit) == (first, last)
 

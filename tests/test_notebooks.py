@@ -1,0 +1,63 @@
+"""Every research notebook runs top to bottom, and none is committed with outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from cnn import data
+from tests.conftest import write_dataset
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+REAL_DIR = data.SYSTEM_DIR
+
+
+@pytest.fixture(scope="session")
+def notebook_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed."""
+    env = {"TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds"))}
+    if not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
+        source = tmp_path_factory.mktemp("notebook-idx")
+        write_dataset(source, train_size=2000, test_size=500)
+        env[data.ENV_VAR] = str(source)
+    return env
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no notebooks in {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip the outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, notebook_env, monkeypatch):
+    for key, value in notebook_env.items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
+    client.execute(env=dict(os.environ))
+    errors = [
+        o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
+    assert not errors
+    images = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
+    assert images, "the notebook drew nothing"
