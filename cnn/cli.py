@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,11 +18,20 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model on Fashion-MNIST (resumes a run found in --workdir)")
     train.add_argument("--model", default=DEFAULTS.model)
+    train.add_argument(
+        "--model-args",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="the model's fields as JSON, e.g. '{\"hidden\": [512, 256]}' for mlp",
+    )
     train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     train.add_argument("--lr", type=float, default=DEFAULTS.lr)
     train.add_argument("--patience", type=int, default=DEFAULTS.patience)
     train.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    train.add_argument("--schedule", default=DEFAULTS.schedule, help="learning rate: constant | cosine")
+    train.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW when > 0")
     train.add_argument(
         "--limit-train", type=int, default=None, metavar="N", help="use only N training examples"
     )
@@ -32,7 +42,19 @@ def _parser() -> argparse.ArgumentParser:
 
     summary = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
     summary.add_argument("--model", default=DEFAULTS.model)
+    summary.add_argument("--model-args", type=_json_object, default={}, metavar="JSON")
+    summary.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the diagram")
     return parser
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"hidden\": [512]}'")
+    return value
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -41,12 +63,15 @@ def _train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(
         model=args.model,
+        model_args=args.model_args,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         patience=args.patience,
         seed=args.seed,
         limit_train=args.limit_train,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
     )
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
     splits = load_fashion_mnist(
@@ -60,11 +85,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from cnn.models import build_model, check_model_name
+    from cnn.models import build_model
+    from cnn.plots import plot_architecture
     from cnn.summary import format_summary, layer_rows
 
-    check_model_name(args.model)
-    print(format_summary(layer_rows(build_model(args.model)), title=args.model))
+    rows = layer_rows(build_model(args.model, **args.model_args))
+    print(format_summary(rows, title=args.model))
+    if args.plot:
+        plot_architecture(rows, args.plot, title=args.model)
+        print(f"Diagram written to {args.plot}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ class TrainConfig:
     """One training run; the defaults reproduce the sources' recipe for the seed CNN."""
 
     model: str = "seed_cnn"
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3
@@ -30,12 +31,15 @@ class TrainConfig:
     val_fraction: float = 0.2
     split_seed: int = 42
     eval_batch_size: int = 1000
+    schedule: str = "constant"
+    weight_decay: float = 0.0
 
     def __post_init__(self):
-        from cnn.models import check_model_name  # the registry imports flax; keep config import light
+        from cnn.models import build_model  # the registry imports flax; keep config import light
 
+        _check(self, "model_args", isinstance(self.model_args, dict), "a dict of the model's fields")
         try:
-            check_model_name(self.model)
+            build_model(self.model, **self.model_args)  # names, arguments and shapes, before any work
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _check(self, "epochs", self.epochs >= 1, "an integer >= 1")
@@ -47,11 +51,14 @@ class TrainConfig:
         )
         _check(self, "val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)")
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        _check(self, "schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
+        _check(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+SCHEDULES = ("constant", "cosine")
 # Fields that may change when a run resumes in the same workdir (training longer is still the same run).
 RESUMABLE_FIELDS = frozenset({"epochs"})
 
@@ -64,10 +71,13 @@ def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Fields (other than the resumable ones) whose saved value differs from `config`, as 'field: a -> b'."""
     current = config.to_dict()
+    resumable = (
+        RESUMABLE_FIELDS if config.schedule == "constant" else frozenset()
+    )  # a schedule spans `epochs`
     return [
         f"{key}: {saved.get(key)!r} -> {current[key]!r}"
         for key in current
-        if key not in RESUMABLE_FIELDS and saved.get(key) != current[key]
+        if key not in resumable and saved.get(key) != current[key]
     ]
 
 

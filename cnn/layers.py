@@ -95,3 +95,59 @@ class Flatten(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return x.reshape(x.shape[0], -1)
+
+
+class GlobalAvgPool(nn.Module):
+    """One number per feature map: the mean over all positions, `(N, H, W, C) -> (N, C)`."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.mean(axis=(1, 2))
+
+
+class GlobalMaxPool(nn.Module):
+    """One number per feature map: the maximum over all positions, `(N, H, W, C) -> (N, C)`."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.max(axis=(1, 2))
+
+
+class DepthwiseMaxPool(nn.Module):
+    """Max across groups of `pool_size` consecutive channels instead of across space (C -> C / pool_size).
+
+    Keras has no such layer; TensorFlow does it with `tf.nn.max_pool(ksize=(1, 1, 1, k))`. A network can
+    learn, say, the same pattern at several rotations in neighbouring channels and keep the strongest.
+    """
+
+    pool_size: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, c = x.shape
+        if c % self.pool_size:
+            raise ValueError(f"pool_size: {c} channels do not split into groups of {self.pool_size}")
+        return x.reshape(n, h, w, c // self.pool_size, self.pool_size).max(axis=-1)
+
+
+class RandomShiftFlip(nn.Module):
+    """Training-time augmentation on the device: a random shift of up to `max_shift` pixels (zero fill)
+    and a random horizontal flip per image. The identity when not training.
+    """
+
+    max_shift: int = 2
+    flip: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if not train:
+            return x
+        shift_key, flip_key = jax.random.split(self.make_rng("augment"))
+        n, h, w, c = x.shape
+        s = self.max_shift
+        padded = jnp.pad(x, ((0, 0), (s, s), (s, s), (0, 0)))
+        offsets = jax.random.randint(shift_key, (n, 2), 0, 2 * s + 1)
+        x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
+        if self.flip:
+            x = jnp.where(jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1)), x[:, :, ::-1, :], x)
+        return x

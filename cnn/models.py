@@ -1,14 +1,29 @@
-"""The networks, built by name through one registry; every model returns logits."""
+"""The networks, built by name through one registry; every model maps `(N, 28, 28, 1)` images to logits."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import flax.linen as nn
 import jax
 
+from cnn.conv import output_size
 from cnn.data import NUM_CLASSES
-from cnn.layers import Conv2D, Dense, Flatten, MaxPool
+from cnn.layers import (
+    AvgPool,
+    Conv2D,
+    Dense,
+    DepthwiseMaxPool,
+    Flatten,
+    GlobalAvgPool,
+    MaxPool,
+    RandomShiftFlip,
+    activation,
+)
 
 
 class SeedCNN(nn.Module):
@@ -29,8 +44,272 @@ class SeedCNN(nn.Module):
         return Dense(self.num_classes, name="logits")(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {
+class HomlCNN(nn.Module):
+    """A deeper network: 64 7×7, two 128 and two 256 3×3 convolutions, three max pools, two dense layers."""
+
+    num_classes: int = NUM_CLASSES
+    dropout_rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Conv2D(64, (7, 7), padding="SAME", activation="relu", name="conv1")(x)
+        x = MaxPool(2, name="pool1")(x)
+        x = Conv2D(128, (3, 3), padding="SAME", activation="relu", name="conv2")(x)
+        x = Conv2D(128, (3, 3), padding="SAME", activation="relu", name="conv3")(x)
+        x = MaxPool(2, name="pool2")(x)
+        x = Conv2D(256, (3, 3), padding="SAME", activation="relu", name="conv4")(x)
+        x = Conv2D(256, (3, 3), padding="SAME", activation="relu", name="conv5")(x)
+        x = MaxPool(2, name="pool3")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(128, activation="relu", name="dense1")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout1")(x)
+        x = Dense(64, activation="relu", name="dense2")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout2")(x)
+        return Dense(self.num_classes, name="logits")(x)
+
+
+class LectureCNN(nn.Module):
+    """The lecture's network: conv 64, 32, 16 (no activation in the source), two max pools, dense 256, 128."""
+
+    num_classes: int = NUM_CLASSES
+    conv_activation: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Conv2D(64, (3, 3), padding="SAME", activation=self.conv_activation, name="conv1")(x)
+        x = MaxPool(2, strides=2, name="pool1")(x)
+        x = Conv2D(32, (3, 3), padding="SAME", activation=self.conv_activation, name="conv2")(x)
+        x = MaxPool(2, strides=2, name="pool2")(x)
+        x = Conv2D(16, (3, 3), padding="SAME", activation=self.conv_activation, name="conv3")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(256, activation="relu", name="dense1")(x)
+        x = Dense(128, activation="relu", name="dense2")(x)
+        return Dense(self.num_classes, name="logits")(x)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al. 1998): tanh convolutions 6@5×5 and 16@5×5 with average pooling, dense 120, 84."""
+
+    num_classes: int = NUM_CLASSES
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Conv2D(6, (5, 5), padding="SAME", activation="tanh", name="conv1")(x)  # 28×28 input: 'same'
+        x = AvgPool(2, name="pool1")(x)
+        x = Conv2D(16, (5, 5), padding="VALID", activation="tanh", name="conv2")(x)
+        x = AvgPool(2, name="pool2")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(120, activation="tanh", name="dense1")(x)
+        x = Dense(84, activation="tanh", name="dense2")(x)
+        return Dense(self.num_classes, name="logits")(x)
+
+
+class MLP(nn.Module):
+    """The dense baseline: flatten the image, hidden ReLU layers, 10 logits."""
+
+    num_classes: int = NUM_CLASSES
+    hidden: Sequence[int] = (300, 100)
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Flatten(name="flatten")(x)
+        for i, units in enumerate(self.hidden, start=1):
+            x = Dense(units, activation="relu", name=f"dense{i}")(x)
+            if self.dropout_rate:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"dropout{i}")(x)
+        return Dense(self.num_classes, name="logits")(x)
+
+
+# ------------------------------------------------------------------------------------- configurable net
+DOWNSAMPLE = ("max", "avg", "none", "strided_conv", "depthwise_max")
+HEADS = ("flatten_dense", "global_avg")
+
+
+@dataclass(frozen=True)
+class ConvBlock:
+    """One block of `ConvNet`: `convs` convolutions, then a down-sampling step.
+
+    downsample: 'max' / 'avg' pooling (window and stride `pool`), 'none', 'strided_conv' (the block's last
+    convolution gets stride `pool` instead of a pooling layer), or 'depthwise_max' (max over groups of
+    `pool` channels: the depth shrinks, not the map).
+    """
+
+    filters: int
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "same"
+    activation: str | None = "relu"
+    batch_norm: bool = False
+    downsample: str = "max"
+    pool: int = 2
+    convs: int = 1
+
+
+class ArchitectureError(ValueError):
+    """A network whose layers do not fit together (a map shrinking to nothing, a kernel larger than its input)."""
+
+
+def as_blocks(blocks: Sequence[ConvBlock | Mapping[str, Any]]) -> tuple[ConvBlock, ...]:
+    """Blocks from `ConvBlock`s or plain dicts (as in a JSON config), rejecting unknown keys by name."""
+    fields = {f.name for f in dataclasses.fields(ConvBlock)}
+    out = []
+    for i, block in enumerate(blocks, start=1):
+        if isinstance(block, Mapping):
+            unknown = set(block) - fields
+            if unknown:
+                raise ArchitectureError(
+                    f"block {i}: unknown keys {sorted(unknown)}; allowed: {sorted(fields)}"
+                )
+            block = ConvBlock(**block)
+        out.append(block)
+    return tuple(out)
+
+
+def convnet_shapes(
+    blocks: Sequence[ConvBlock],
+    input_shape: tuple[int, int, int] = (28, 28, 1),
+) -> list[tuple[int, int, int]]:
+    """The (H, W, C) after each block, by arithmetic alone; raises `ArchitectureError` naming the block."""
+    h, w, c = input_shape
+    shapes = []
+    for i, b in enumerate(blocks, start=1):
+        where = f"block {i}"
+        if b.downsample not in DOWNSAMPLE:
+            raise ArchitectureError(f"{where}: downsample {b.downsample!r} is not one of {DOWNSAMPLE}")
+        if b.padding.lower() not in ("same", "valid"):
+            raise ArchitectureError(f"{where}: padding {b.padding!r} is not 'same' or 'valid'")
+        if min(b.filters, b.kernel, b.stride, b.pool, b.convs) < 1:
+            raise ArchitectureError(f"{where}: filters, kernel, stride, pool and convs must be >= 1 ({b})")
+        activation(b.activation)  # an unknown name raises here
+        for j in range(1, b.convs + 1):
+            stride = b.pool if (b.downsample == "strided_conv" and j == b.convs) else b.stride
+            if b.padding.lower() == "valid" and b.kernel > min(h, w):
+                raise ArchitectureError(
+                    f"{where}, conv {j}: a {b.kernel}×{b.kernel} kernel with 'valid' padding does not fit "
+                    f"its {h}×{w}×{c} input"
+                )
+            h, w, c = (
+                output_size(h, b.kernel, stride, b.padding.lower()),
+                output_size(w, b.kernel, stride, b.padding.lower()),
+                b.filters,
+            )
+        if b.downsample in ("max", "avg"):
+            if b.pool > min(h, w):
+                raise ArchitectureError(
+                    f"{where}: a {b.pool}×{b.pool} pool does not fit its {h}×{w}×{c} input"
+                )
+            h, w = h // b.pool, w // b.pool
+        elif b.downsample == "depthwise_max":
+            if c % b.pool:
+                raise ArchitectureError(
+                    f"{where}: depthwise max pool of {b.pool} needs channels divisible by it; "
+                    f"the input is {h}×{w}×{c}"
+                )
+            c //= b.pool
+        shapes.append((h, w, c))
+    return shapes
+
+
+class ConvNet(nn.Module):
+    """The configurable network of the experiments: conv blocks, then a head.
+
+    The default reproduces the seed CNN layer for layer (same parameter count): blocks of 32 and 64 filters,
+    each followed by a 2×2 max pool, then flatten, dense 100, dropout 0.4, 10 logits.
+    """
+
+    blocks: tuple[ConvBlock, ...] = (ConvBlock(32), ConvBlock(64))
+    head: str = "flatten_dense"
+    dense: tuple[int, ...] = (100,)
+    dropout_rate: float = 0.4
+    augment: bool = False
+    num_classes: int = NUM_CLASSES
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        validate_convnet(self, x.shape[1:])
+        if self.augment:
+            x = RandomShiftFlip(name="augment")(x, train)
+        for i, b in enumerate(self.blocks, start=1):
+            x = self._block(x, i, b, train)
+        if self.head == "global_avg":
+            x = GlobalAvgPool(name="global_avg")(x)
+        else:
+            x = Flatten(name="flatten")(x)
+        for k, units in enumerate(self.dense, start=1):
+            x = Dense(units, activation="relu", name=f"dense{k}")(x)
+            if self.dropout_rate:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"dropout{k}")(x)
+        return Dense(self.num_classes, name="logits")(x)
+
+    def _block(self, x: jax.Array, i: int, b: ConvBlock, train: bool) -> jax.Array:
+        for j in range(1, b.convs + 1):
+            stride = b.pool if (b.downsample == "strided_conv" and j == b.convs) else b.stride
+            name = f"block{i}_conv{j}" if b.convs > 1 else f"block{i}_conv"
+            conv_act = None if b.batch_norm else b.activation  # with batch norm: conv, BN, then activation
+            x = Conv2D(
+                b.filters,
+                (b.kernel, b.kernel),
+                strides=stride,
+                padding=b.padding.upper(),
+                activation=conv_act,
+                use_bias=not b.batch_norm,
+                name=name,
+            )(x)
+            if b.batch_norm:
+                x = nn.BatchNorm(
+                    use_running_average=not train, momentum=0.9, name=name.replace("conv", "bn")
+                )(x)
+                x = activation(b.activation)(x)
+        if b.downsample == "max":
+            x = MaxPool(b.pool, name=f"block{i}_pool")(x)
+        elif b.downsample == "avg":
+            x = AvgPool(b.pool, name=f"block{i}_pool")(x)
+        elif b.downsample == "depthwise_max":
+            x = DepthwiseMaxPool(b.pool, name=f"block{i}_pool")(x)
+        return x
+
+
+def validate_convnet(model: ConvNet, input_shape: tuple[int, int, int] = (28, 28, 1)) -> None:
+    """Checks a `ConvNet`'s configuration and shapes before anything is compiled."""
+    if model.head not in HEADS:
+        raise ArchitectureError(f"head: {model.head!r} is not one of {HEADS}")
+    if not 0 <= model.dropout_rate < 1:
+        raise ArchitectureError(f"dropout_rate: {model.dropout_rate} is not in [0, 1)")
+    if not model.blocks:
+        raise ArchitectureError("blocks: a ConvNet needs at least one block")
+    convnet_shapes(model.blocks, tuple(input_shape))
+
+
+def convnet(
+    blocks: Sequence[ConvBlock | Mapping[str, Any]] | None = None,
+    dense: Sequence[int] = (100,),
+    **kwargs: Any,
+) -> ConvNet:
+    """A validated `ConvNet`; `blocks` may be dicts (JSON configs)."""
+    model = ConvNet(
+        blocks=as_blocks(blocks) if blocks is not None else ConvNet.blocks, dense=tuple(dense), **kwargs
+    )
+    validate_convnet(model)
+    return model
+
+
+def vgg_bn(**kwargs: Any) -> ConvNet:
+    """The strong model: three VGG blocks of two 3×3 convolutions with batch norm (32, 64, 128 filters),
+    max pooling, a global-average head with dense 128, dropout 0.3, and random shift/flip augmentation."""
+    blocks = [ConvBlock(f, batch_norm=True, convs=2) for f in (32, 64, 128)]
+    defaults = dict(blocks=blocks, head="global_avg", dense=(128,), dropout_rate=0.3, augment=True)
+    return convnet(**{**defaults, **kwargs})
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": SeedCNN,
+    "homl_cnn": HomlCNN,
+    "lecture_cnn": LectureCNN,
+    "lenet5": LeNet5,
+    "mlp": MLP,
+    "convnet": convnet,
+    "vgg_bn": vgg_bn,
 }
 
 
@@ -42,7 +321,13 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"model: unknown model {name!r}; choose one of {sorted(MODELS)}.{hint}")
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """The model registered as `name`, with `kwargs` overriding its fields."""
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """The model registered as `name`, with `kwargs` overriding its fields (e.g. `hidden=(512,)` for `mlp`)."""
     check_model_name(name)
-    return MODELS[name](**kwargs)
+    factory = MODELS[name]
+    try:
+        return factory(
+            **{k: tuple(v) if isinstance(v, list) and k != "blocks" else v for k, v in kwargs.items()}
+        )
+    except TypeError as e:
+        raise ValueError(f"model_args: {name} does not take these arguments ({e})") from None

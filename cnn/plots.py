@@ -25,3 +25,36 @@ def plot_curves(
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return fig
+
+
+def plot_architecture(rows, path: str | Path | None = None, title: str = "") -> plt.Figure:
+    """The layers as a vertical diagram of boxes with input and output shapes, like Keras'
+    `plot_model(show_shapes=True)`, drawn with matplotlib (no graphviz). `rows` from `cnn.summary.layer_rows`."""
+    n = len(rows) + 1
+    fig, ax = plt.subplots(figsize=(7, 0.72 * n + 0.6))
+    ax.set(xlim=(0, 10), ylim=(-n + 0.3, 1.0))
+    ax.axis("off")
+    entries = [("input", "InputLayer", rows[0].input_shape, rows[0].input_shape, 0)] + [
+        (r.name, r.kind, r.input_shape, r.output_shape, r.params + r.non_trainable) for r in rows
+    ]
+    for i, (name, kind, shape_in, shape_out, params) in enumerate(entries):
+        y = -i
+        ax.add_patch(plt.Rectangle((0.5, y - 0.25), 9, 0.5, facecolor="#e8f0fe", edgecolor="#3367d6"))
+        ax.text(0.7, y, f"{name}: {kind}", va="center", fontsize=9, fontweight="bold")
+        shapes = f"in {_shape(shape_in)}   out {_shape(shape_out)}" if i else f"out {_shape(shape_out)}"
+        ax.text(9.3, y + 0.09, shapes, va="center", ha="right", fontsize=8, family="monospace")
+        if params:
+            ax.text(9.3, y - 0.13, f"{params:,} params", va="center", ha="right", fontsize=7, color="#555")
+        if i:
+            ax.annotate("", xy=(5, y + 0.25), xytext=(5, y + 0.75), arrowprops=dict(arrowstyle="->", lw=1))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"

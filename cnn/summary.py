@@ -1,4 +1,4 @@
-"""A Keras-style model summary: each layer's name, type, output shape and parameter count."""
+"""A Keras-style model summary, and more: each layer's type, output shape, parameters and MACs."""
 
 from __future__ import annotations
 
@@ -14,60 +14,128 @@ from cnn.data import IMAGE_SHAPE
 
 @dataclass(frozen=True)
 class LayerRow:
-    """One layer of a summary."""
+    """One layer of a summary; `macs` counts the multiply-accumulates of one image's forward pass."""
 
     name: str
     kind: str
+    input_shape: tuple[int | None, ...]
     output_shape: tuple[int | None, ...]
     params: int
+    non_trainable: int
+    macs: int
 
 
-def _param_count(tree) -> int:
+def _count(tree) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+
+
+def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    if isinstance(module, nn.Conv):
+        kernel = np.prod(module.kernel_size) * x_shape[-1] // module.feature_group_count
+        return int(np.prod(out_shape[1:]) * kernel)
+    if isinstance(module, nn.Dense):
+        return int(x_shape[-1] * np.prod(out_shape[1:]))
+    return 0
 
 
 def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> list[LayerRow]:
     """The model's top-level layers in call order, from shapes alone (`jax.eval_shape`, no computation)."""
-    calls: dict[str, tuple[str, tuple[int, ...]]] = {}
+    calls: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = {}
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         module = context.module
         if len(module.scope.path) == 1 and context.method_name == "__call__" and module.name not in calls:
-            calls[module.name] = (type(module).__name__, out.shape)
+            calls[module.name] = (module, args[0].shape, out.shape)
         return out
 
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     with nn.intercept_methods(record):
         variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-    params = variables.get("params", {})
+    params, stats = variables.get("params", {}), variables.get("batch_stats", {})
     return [
-        LayerRow(name, kind, (None, *shape[1:]), _param_count(params.get(name, {})))
-        for name, (kind, shape) in calls.items()
+        LayerRow(
+            name,
+            type(module).__name__,
+            (None, *x_shape[1:]),
+            (None, *out_shape[1:]),
+            _count(params.get(name, {})),
+            _count(stats.get(name, {})),
+            _macs(module, x_shape, out_shape),
+        )
+        for name, (module, x_shape, out_shape) in calls.items()
     ]
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Whole-model figures of a summary (per image where it says so)."""
+
+    trainable: int
+    non_trainable: int
+    macs: int
+    activation_bytes: int
+
+
+def totals(rows: list[LayerRow], dtype_bytes: int = 4) -> Totals:
+    """Parameter counts, MACs per image, and the bytes of every layer's output for one image (float32)."""
+    activations = sum(int(np.prod(r.output_shape[1:])) for r in rows) * dtype_bytes
+    return Totals(
+        sum(r.params for r in rows),
+        sum(r.non_trainable for r in rows),
+        sum(r.macs for r in rows),
+        activations,
+    )
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}T"
 
 
 def format_summary(rows: list[LayerRow], title: str = "") -> str:
-    """The rows as a Keras-like text table with the total parameter count."""
-    headers = ("Layer (type)", "Output Shape", "Param #")
-    cells = [(f"{r.name} ({r.kind})", str(r.output_shape), f"{r.params:,}") for r in rows]
+    """The rows as a Keras-like text table, with MACs per layer and the totals Keras shows and more."""
+    headers = ("Layer (type)", "Output Shape", "Param #", "MACs")
+    cells = [
+        (
+            f"{r.name} ({r.kind})",
+            str(r.output_shape),
+            f"{r.params + r.non_trainable:,}",
+            _human(r.macs) if r.macs else "0",
+        )
+        for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    line = "-" * (sum(widths) + 6)
+    width = sum(widths) + 9
 
     def fmt(cols):
-        return f"{cols[0]:<{widths[0]}}   {cols[1]:<{widths[1]}}   {cols[2]:>{widths[2]}}"
+        return f"{cols[0]:<{widths[0]}}   {cols[1]:<{widths[1]}}   {cols[2]:>{widths[2]}}   {cols[3]:>{widths[3]}}"
 
-    total = sum(r.params for r in rows)
+    t = totals(rows)
     out = [f'Model: "{title}"'] if title else []
     out += [
-        line,
+        "-" * width,
         fmt(headers),
-        "=" * len(line),
+        "=" * width,
         *(fmt(c) for c in cells),
-        "=" * len(line),
-        f"Total params: {total:,}",
-        f"Trainable params: {total:,}",
-        "Non-trainable params: 0",
-        line,
+        "=" * width,
+        f"Total params: {t.trainable + t.non_trainable:,}",
+        f"Trainable params: {t.trainable:,}",
+        f"Non-trainable params: {t.non_trainable:,}",
+        f"MACs per image (forward): {t.macs:,} ({_human(t.macs)})",
+        f"Activation memory per image (float32 layer outputs): {t.activation_bytes / 1024:,.1f} KiB",
+        "-" * width,
     ]
     return "\n".join(out)
+
+
+def summary(model_or_name: nn.Module | str, **model_args) -> str:
+    """The summary table of a model, or of a zoo model by name (for notebooks: `print(summary("lenet5"))`)."""
+    from cnn.models import build_model
+
+    if isinstance(model_or_name, str):
+        return format_summary(layer_rows(build_model(model_or_name, **model_args)), model_or_name)
+    return format_summary(layer_rows(model_or_name), type(model_or_name).__name__)

@@ -24,23 +24,44 @@ from cnn.config import TrainConfig, config_differences, run_metadata, write_json
 from cnn.data import IMAGE_SHAPE, Split, Splits
 from cnn.models import build_model
 
-TrainState = train_state.TrainState
 Batch = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the batch-norm statistics (None for models without batch norm)."""
+
+    batch_stats: Any = None
 
 
 class WorkdirError(ValueError):
     """The workdir holds a run that the requested one cannot continue."""
 
 
-def make_optimizer(lr: float) -> optax.GradientTransformation:
-    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8)."""
+def make_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8); AdamW when `weight_decay` > 0; the
+    learning rate constant or cosine-decayed to zero over `epochs`."""
+    lr: float | optax.Schedule = config.lr
+    if config.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(config.lr, config.epochs * steps_per_epoch)
+    if config.weight_decay:
+        return optax.adamw(lr, eps=1e-7, weight_decay=config.weight_decay)
     return optax.adam(lr, eps=1e-7)
 
 
-def create_train_state(model: nn.Module, lr: float, rng: jax.Array) -> TrainState:
-    """Initialises the model's parameters on a dummy batch and wraps them with Adam."""
-    params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(lr))
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """Initialises the model's variables on a dummy batch and pairs them with the optimizer `tx`."""
+    variables = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
+    )
+
+
+def model_variables(state: TrainState, params: Any = None) -> dict[str, Any]:
+    """The variables to apply the model with: parameters, plus batch statistics when the model has them."""
+    variables = {"params": state.params if params is None else params}
+    if state.batch_stats is not None:
+        variables["batch_stats"] = state.batch_stats
+    return variables
 
 
 def count_params(params: Any) -> int:
@@ -49,16 +70,26 @@ def count_params(params: Any) -> int:
 
 @functools.partial(jax.jit, donate_argnums=0)
 def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One Adam step on `batch`; returns the new state and the batch's summed loss and correct count."""
+    """One optimizer step on `batch`; returns the new state and the batch's summed loss and correct count."""
     dropout_rng = jax.random.fold_in(rng, state.step)
+    rngs = {"dropout": dropout_rng, "augment": jax.random.fold_in(dropout_rng, 1)}
+    has_batch_stats = state.batch_stats is not None
 
     def loss_fn(params):
-        logits = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng})
+        variables = model_variables(state, params)
+        if has_batch_stats:
+            logits, updates = state.apply_fn(
+                variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"]
+            )
+        else:
+            logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs=rngs), {}
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        return losses.mean(), (losses, logits)
+        return losses.mean(), (losses, logits, updates)
 
-    (_, (losses, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (losses, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
+    if has_batch_stats:
+        state = state.replace(batch_stats=updates["batch_stats"])
     correct = (logits.argmax(-1) == batch["label"]).sum()
     return state, {"loss": losses.sum(), "correct": correct, "count": jnp.float32(len(losses))}
 
@@ -66,7 +97,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
 @jax.jit
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     """Summed loss and correct count over the examples of `batch` whose `mask` is 1."""
-    logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
+    logits = state.apply_fn(model_variables(state), batch["image"], train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     mask = batch["mask"]
     correct = (logits.argmax(-1) == batch["label"]) * mask
@@ -247,8 +278,9 @@ def fit(
 
     root = jax.random.PRNGKey(config.seed)
     keys = dict(zip(("init", "dropout", "shuffle"), jax.random.split(root, 3), strict=True))
-    model = build_model(config.model)
-    state = create_train_state(model, config.lr, keys["init"])
+    model = build_model(config.model, **config.model_args)
+    tx = make_optimizer(config, steps_per_epoch=-(-len(train) // config.batch_size))
+    state = create_train_state(model, tx, keys["init"])
     checkpoints = Checkpoints(workdir / "checkpoints")
     run = RunState(stopping=EarlyStopping(config.patience))
     try:
@@ -321,6 +353,7 @@ def _finish(
         "epochs_run": run.epoch,
         "stopped_early": run.stopping.stopped,
         "params": count_params(best_state.params),
+        "non_trainable_params": count_params(best_state.batch_stats),
         "steps": sum(-(-t["images"] // config.batch_size) for t in run.timing),
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
