@@ -3,7 +3,8 @@
 from cnn.config import TrainConfig
 from cnn.data import CLASS_NAMES, Split, Splits, load_fashion_mnist
 from cnn.models import MODELS, build_model
-from cnn.summary import format_summary, layer_rows
+from cnn.plots import plot_architecture, plot_curves
+from cnn.summary import format_summary, layer_rows, model_summary
 from cnn.train import create_train_state, eval_step, evaluate, fit, train_step
 
 __all__ = [
@@ -20,5 +21,8 @@ __all__ = [
     "format_summary",
     "layer_rows",
     "load_fashion_mnist",
+    "model_summary",
+    "plot_architecture",
+    "plot_curves",
     "train_step",
 ]

@@ -147,7 +147,7 @@ class ConvBlock:
 
 
 class ArchitectureError(ValueError):
-    """A network whose layers do not fit together (a map shrinking to nothing, a kernel larger than its input)."""
+    """Layers that do not fit together: a map shrinking to nothing, a kernel larger than its input."""
 
 
 def as_blocks(blocks: Sequence[ConvBlock | Mapping[str, Any]]) -> tuple[ConvBlock, ...]:
@@ -232,10 +232,7 @@ class ConvNet(nn.Module):
             x = RandomShiftFlip(name="augment")(x, train)
         for i, b in enumerate(self.blocks, start=1):
             x = self._block(x, i, b, train)
-        if self.head == "global_avg":
-            x = GlobalAvgPool(name="global_avg")(x)
-        else:
-            x = Flatten(name="flatten")(x)
+        x = GlobalAvgPool(name="global_avg")(x) if self.head == "global_avg" else Flatten(name="flatten")(x)
         for k, units in enumerate(self.dense, start=1):
             x = Dense(units, activation="relu", name=f"dense{k}")(x)
             if self.dropout_rate:
@@ -286,7 +283,7 @@ def convnet(
     dense: Sequence[int] = (100,),
     **kwargs: Any,
 ) -> ConvNet:
-    """A validated `ConvNet`; `blocks` may be dicts (JSON configs)."""
+    """The configurable network (validated); its defaults are the seed CNN's layers. `blocks` may be dicts."""
     model = ConvNet(
         blocks=as_blocks(blocks) if blocks is not None else ConvNet.blocks, dense=tuple(dense), **kwargs
     )
@@ -322,7 +319,7 @@ def check_model_name(name: str) -> None:
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """The model registered as `name`, with `kwargs` overriding its fields (e.g. `hidden=(512,)` for `mlp`)."""
+    """The model registered as `name`, `kwargs` overriding its fields (e.g. `hidden=(512,)` for `mlp`)."""
     check_model_name(name)
     factory = MODELS[name]
     try:

@@ -29,7 +29,7 @@ def plot_curves(
 
 def plot_architecture(rows, path: str | Path | None = None, title: str = "") -> plt.Figure:
     """The layers as a vertical diagram of boxes with input and output shapes, like Keras'
-    `plot_model(show_shapes=True)`, drawn with matplotlib (no graphviz). `rows` from `cnn.summary.layer_rows`."""
+    `plot_model(show_shapes=True)`, drawn with matplotlib (no graphviz). `rows`: `cnn.summary.layer_rows`."""
     n = len(rows) + 1
     fig, ax = plt.subplots(figsize=(7, 0.72 * n + 0.6))
     ax.set(xlim=(0, 10), ylim=(-n + 0.3, 1.0))

@@ -112,7 +112,9 @@ def format_summary(rows: list[LayerRow], title: str = "") -> str:
     width = sum(widths) + 9
 
     def fmt(cols):
-        return f"{cols[0]:<{widths[0]}}   {cols[1]:<{widths[1]}}   {cols[2]:>{widths[2]}}   {cols[3]:>{widths[3]}}"
+        name, shape, params, macs = cols
+        w = widths
+        return f"{name:<{w[0]}}   {shape:<{w[1]}}   {params:>{w[2]}}   {macs:>{w[3]}}"
 
     t = totals(rows)
     out = [f'Model: "{title}"'] if title else []
@@ -132,8 +134,8 @@ def format_summary(rows: list[LayerRow], title: str = "") -> str:
     return "\n".join(out)
 
 
-def summary(model_or_name: nn.Module | str, **model_args) -> str:
-    """The summary table of a model, or of a zoo model by name (for notebooks: `print(summary("lenet5"))`)."""
+def model_summary(model_or_name: nn.Module | str, **model_args) -> str:
+    """The summary table of a model or of a zoo model by name: `print(model_summary("lenet5"))`."""
     from cnn.models import build_model
 
     if isinstance(model_or_name, str):
