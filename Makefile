@@ -1,6 +1,6 @@
 # The two commands: `make train` (the main job) and `make test` (the whole suite). Both set everything up.
 # Extra arguments: make train ARGS="--epochs 5"   make test PYTEST_ARGS="-k data"
-.PHONY: setup train test lint
+.PHONY: setup train test lint bench
 
 setup:
 	@bash scripts/setup.sh
@@ -14,3 +14,10 @@ test: setup
 lint: setup
 	.venv/bin/ruff check cnn tests experiments scripts
 	.venv/bin/ruff format --check cnn tests experiments scripts
+
+# Throughput of the seed CNN on this machine beside PyTorch eager (same invocation), into benchmarks/.
+PEER_DIR ?= ../shared/peers
+bench: setup
+	bash scripts/peer_setup.sh
+	.venv/bin/python -m cnn bench --batch-sizes 32 128 --out benchmarks/throughput-cpu.json \
+	  --peer ".venv-peer/bin/python $(PEER_DIR)/torch_seed_cnn.py --json --batch-size {batch_size} --steps {steps}"

@@ -1,4 +1,4 @@
-"""Command line: `python -m cnn train | summary`. Parsing only; the logic lives in the library."""
+"""Command line: `python -m cnn train | summary | bench`. Parsing only; the logic lives in the library."""
 
 from __future__ import annotations
 
@@ -33,12 +33,34 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", default=DEFAULTS.schedule, help="learning rate: constant | cosine")
     train.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW when > 0")
     train.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=DEFAULTS.steps_per_call,
+        help="train steps compiled into one call (lax.scan); 1 is fastest on the CPU",
+    )
+    train.add_argument(
         "--limit-train", type=int, default=None, metavar="N", help="use only N training examples"
     )
     train.add_argument("--workdir", type=Path, default=None, help="default: runs/MODEL-seedSEED")
     train.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
     train.add_argument("--source-dir", default=None, help="folder with the four Fashion-MNIST IDX .gz files")
     train.add_argument("--overwrite", action="store_true", help="delete a different run found in --workdir")
+
+    bench = sub.add_parser("bench", help="training/evaluation throughput, optionally beside a peer command")
+    bench.add_argument("--models", nargs="+", default=["seed_cnn"])
+    bench.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    bench.add_argument("--steps", type=int, default=300, help="steps per timed window")
+    bench.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
+    bench.add_argument("--steps-per-call", nargs="+", type=int, default=[1])
+    bench.add_argument(
+        "--peer",
+        default=None,
+        metavar="CMD",
+        help="a command printing a JSON line with images_per_second; {batch_size} and {steps} "
+        "are filled in, e.g. '.venv-peer/bin/python ../shared/peers/torch_seed_cnn.py --json "
+        "--batch-size {batch_size} --steps {steps}'",
+    )
+    bench.add_argument("--out", type=Path, default=None, metavar="FILE.json")
 
     summary = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
     summary.add_argument("--model", default=DEFAULTS.model)
@@ -72,6 +94,7 @@ def _train(args: argparse.Namespace) -> None:
         limit_train=args.limit_train,
         schedule=args.schedule,
         weight_decay=args.weight_decay,
+        steps_per_call=args.steps_per_call,
     )
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
     splits = load_fashion_mnist(
@@ -96,6 +119,24 @@ def _summary(args: argparse.Namespace) -> None:
         print(f"Diagram written to {args.plot}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from cnn.bench import benchmark, format_table
+    from cnn.config import write_json
+    from cnn.models import check_model_name
+
+    for model in args.models:
+        check_model_name(model)
+    if min(args.batch_sizes + args.steps_per_call + [args.steps, args.windows]) < 1:
+        raise ValueError("bench: --batch-sizes, --steps-per-call, --steps and --windows must be >= 1")
+    report = benchmark(
+        args.models, args.batch_sizes, args.steps, args.windows, args.steps_per_call, args.peer
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.out, report)
+    print(format_table(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; a bad setting or input exits with status 2 and a one-line message, no traceback."""
     from cnn.data import DataError
@@ -103,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "summary": _summary}[args.command](args)
-    except (ValueError, DataError, WorkdirError) as e:
+        {"train": _train, "summary": _summary, "bench": _bench}[args.command](args)
+    except (ValueError, RuntimeError, DataError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -33,6 +33,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     schedule: str = "constant"
     weight_decay: float = 0.0
+    steps_per_call: int = 1
 
     def __post_init__(self):
         from cnn.models import build_model  # the registry imports flax; keep config import light
@@ -53,14 +54,16 @@ class TrainConfig:
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
         _check(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
+        _check(self, "steps_per_call", self.steps_per_call >= 1, "an integer >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 SCHEDULES = ("constant", "cosine")
-# Fields that may change when a run resumes in the same workdir (training longer is still the same run).
-RESUMABLE_FIELDS = frozenset({"epochs"})
+# Fields that may change when a run resumes in the same workdir: training longer is still the same run, and
+# `steps_per_call` only changes how many steps one compiled call runs.
+RESUMABLE_FIELDS = frozenset({"epochs", "steps_per_call"})
 
 
 def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
@@ -71,9 +74,8 @@ def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Fields (other than the resumable ones) whose saved value differs from `config`, as 'field: a -> b'."""
     current = config.to_dict()
-    resumable = (
-        RESUMABLE_FIELDS if config.schedule == "constant" else frozenset()
-    )  # a schedule spans `epochs`
+    # A learning-rate schedule spans `epochs`, so only a constant one lets a resumed run train longer.
+    resumable = RESUMABLE_FIELDS - ({"epochs"} if config.schedule != "constant" else set())
     return [
         f"{key}: {saved.get(key)!r} -> {current[key]!r}"
         for key in current

@@ -68,21 +68,26 @@ def count_params(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on `batch`; returns the new state and the batch's summed loss and correct count."""
+def as_float_images(images: jax.Array) -> jax.Array:
+    """uint8 pixels to float32 in [0, 1] inside the compiled step (data stays compact on the device);
+    float images pass through unchanged."""
+    return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+
+
+def _train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     dropout_rng = jax.random.fold_in(rng, state.step)
     rngs = {"dropout": dropout_rng, "augment": jax.random.fold_in(dropout_rng, 1)}
     has_batch_stats = state.batch_stats is not None
+    images = as_float_images(batch["image"])
 
     def loss_fn(params):
         variables = model_variables(state, params)
         if has_batch_stats:
             logits, updates = state.apply_fn(
-                variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"]
+                variables, images, train=True, rngs=rngs, mutable=["batch_stats"]
             )
         else:
-            logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs=rngs), {}
+            logits, updates = state.apply_fn(variables, images, train=True, rngs=rngs), {}
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         return losses.mean(), (losses, logits, updates)
 
@@ -94,21 +99,63 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
     return state, {"loss": losses.sum(), "correct": correct, "count": jnp.float32(len(losses))}
 
 
+train_step = jax.jit(_train_step, donate_argnums=0)
+train_step.__doc__ = """One optimizer step on `batch` (jit-compiled, state donated).
+
+Returns the new state and the batch's summed loss, correct count and size, on the device. The dropout and
+augmentation randomness is `fold_in(rng, state.step)`, so a resumed run draws the same numbers."""
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "steps"))
+def train_steps(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    order: jax.Array,
+    start: jax.Array,
+    rng: jax.Array,
+    *,
+    batch_size: int,
+    steps: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`steps` consecutive train steps as one compiled program (an unrolled `lax.scan`; compile time grows
+    with `steps`), each batch gathered on the device from `order[start + i * batch_size:][:batch_size]`;
+    returns the state and the summed metrics."""
+
+    def body(state, i):
+        return _train_step(state, _gather(images, labels, order, start + i * batch_size, batch_size), rng)
+
+    # Unrolled: XLA:CPU runs a convolution inside a loop body about 15x slower than in straight-line code
+    # (measured: 223 vs 3,540 images/s at batch 32); unrolled, the chunk beats one call per step.
+    state, metrics = jax.lax.scan(body, state, jnp.arange(steps), unroll=True)
+    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
 @jax.jit
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     """Summed loss and correct count over the examples of `batch` whose `mask` is 1."""
-    logits = state.apply_fn(model_variables(state), batch["image"], train=False)
+    logits = state.apply_fn(model_variables(state), as_float_images(batch["image"]), train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     mask = batch["mask"]
     correct = (logits.argmax(-1) == batch["label"]) * mask
     return {"loss": (losses * mask).sum(), "correct": correct.sum(), "count": mask.sum()}
 
 
-@functools.partial(jax.jit, static_argnames="size")
-def take_batch(images: jax.Array, labels: jax.Array, order: jax.Array, start: jax.Array, size: int) -> Batch:
-    """The `size` examples at positions `order[start:start + size]`, gathered on the device."""
+def _gather(images: jax.Array, labels: jax.Array, order: jax.Array, start: jax.Array, size: int) -> Batch:
     idx = jax.lax.dynamic_slice_in_dim(order, start, size)
     return {"image": images[idx], "label": labels[idx]}
+
+
+take_batch = jax.jit(_gather, static_argnames="size")
+take_batch.__doc__ = "The `size` examples at positions `order[start:start + size]`, gathered on the device."
+
+
+def device_data(split: Split) -> tuple[jax.Array, jax.Array]:
+    """The split's images and labels on the device, images as uint8 (a quarter of the float32 bytes)
+    when that is exact, as it is for pixels that came from uint8 files."""
+    as_uint8 = np.rint(split.images * 255.0).astype(np.uint8)
+    exact = np.array_equal(as_uint8.astype(np.float32) / 255.0, split.images)
+    return jax.device_put(as_uint8 if exact else split.images), jax.device_put(split.labels)
 
 
 def summarize(totals: dict[str, jax.Array]) -> dict[str, float]:
@@ -223,25 +270,33 @@ def train_epoch(
         disable=None,
         dynamic_ncols=True,
     )
-    totals, compile_seconds, t0 = None, 0.0, time.perf_counter()
-    for i, start in enumerate(starts):
-        batch = take_batch(images, labels, order, start, min(config.batch_size, n - start))
-        if i == 0 and state.step == 0:
-            tqdm.write("Compiling the train step (first step only)...")
+    bs, chunk, full_batches = config.batch_size, config.steps_per_call, n // config.batch_size
+    totals, compile_seconds, t0, i = None, 0.0, time.perf_counter(), 0
+    while i < len(starts):
+        first = state.step == 0
+        if first:
+            tqdm.write("Compiling the train step (first call only)...")
             t = time.perf_counter()
+        if chunk > 1 and full_batches - i >= chunk:
+            state, metrics = train_steps(
+                state, images, labels, order, i * bs, keys["dropout"], batch_size=bs, steps=chunk
+            )
+            i += chunk
+        else:
+            batch = take_batch(images, labels, order, i * bs, min(bs, n - i * bs))
             state, metrics = train_step(state, batch, keys["dropout"])
+            i += 1
+        if first:
             jax.block_until_ready(metrics)
             compile_seconds = time.perf_counter() - t
-            tqdm.write(f"Compiled and ran the first step in {compile_seconds:.1f} s")
-        else:
-            state, metrics = train_step(state, batch, keys["dropout"])
+            tqdm.write(f"Compiled and ran the first call in {compile_seconds:.1f} s")
         totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-        if bar.disable is False and (i % 50 == 49 or i == len(starts) - 1):
-            seen = min(n, start + config.batch_size)
+        if bar.disable is False and (i % 50 < max(chunk, 1) or i == len(starts)):
+            seen = min(n, i * bs)
             bar.set_postfix(
                 loss=f"{summarize(totals)['loss']:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}"
             )
-            bar.update(i + 1 - bar.n)
+            bar.update(i - bar.n)
     metrics = summarize(totals)
     seconds = time.perf_counter() - t0
     bar.close()
@@ -300,7 +355,7 @@ def fit(
 
 
 def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_epoch_end):
-    data = (jax.device_put(train.images), jax.device_put(train.labels))
+    data = device_data(train)
     while run.epoch < config.epochs and not run.stopping.stopped:
         epoch = run.epoch + 1
         state, metrics, timing = train_epoch(state, data, config, epoch, keys)

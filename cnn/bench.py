@@ -1,0 +1,198 @@
+"""Training and evaluation throughput at steady state, optionally beside a peer command run in the same
+invocation (so a comparison never mixes two moments of a noisy machine)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnn.config import TrainConfig, run_metadata
+from cnn.models import build_model
+from cnn.summary import layer_rows, totals
+from cnn.train import create_train_state, eval_step, make_optimizer, take_batch, train_step, train_steps
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchResult:
+    """One (model, batch size, steps per call) measurement."""
+
+    model: str
+    batch_size: int
+    steps_per_call: int
+    train_images_per_second: float
+    train_windows: list[float]
+    eval_images_per_second: float
+    compile_seconds: float
+    train_gflops_per_second: float
+    peak_memory_mb: float
+    peer: dict[str, Any] | None = None
+    ratio_to_peer: float | None = None
+
+
+def _synthetic(n: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Random uint8 images and labels on the device (throughput does not depend on the pixel values)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
+    return jax.device_put(images), jax.device_put(rng.integers(0, 10, size=n).astype(np.int32))
+
+
+def _peak_memory_mb() -> float:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # host RSS, KiB on Linux
+
+
+def measure(
+    model: str = "seed_cnn",
+    batch_size: int = 32,
+    steps: int = 300,
+    windows: int = 5,
+    steps_per_call: int = 1,
+    warmup: int = 20,
+    data_size: int = 48_000,
+) -> BenchResult:
+    """Median training images/s over `windows` windows of `steps` steps, after compilation and warm-up.
+
+    The data lives on the device as uint8 and batches are gathered there, as in `fit`.
+    """
+    config = TrainConfig(model=model, batch_size=batch_size, steps_per_call=steps_per_call)
+    images, labels = _synthetic(data_size)
+    state = create_train_state(build_model(model), make_optimizer(config), jax.random.PRNGKey(0))
+    order = jax.random.permutation(jax.random.PRNGKey(1), data_size)
+    rng = jax.random.PRNGKey(2)
+    per_epoch = data_size // batch_size
+    chunk = max(1, steps_per_call)
+    steps = max(chunk, steps // chunk * chunk)
+
+    def run(state, count, offset):
+        metrics = None
+        for i in range(0, count, chunk):
+            start = ((offset + i) % (per_epoch - chunk + 1)) * batch_size
+            if chunk > 1:
+                state, metrics = train_steps(
+                    state, images, labels, order, start, rng, batch_size=batch_size, steps=chunk
+                )
+            else:
+                state, metrics = train_step(state, take_batch(images, labels, order, start, batch_size), rng)
+        jax.block_until_ready(metrics)
+        return state
+
+    t = time.perf_counter()
+    state = run(state, chunk, 0)
+    compile_seconds = time.perf_counter() - t
+    state = run(state, max(warmup, chunk), chunk)
+    rates = []
+    for w in range(windows):
+        t = time.perf_counter()
+        state = run(state, steps, w * steps)
+        rates.append(steps * batch_size / (time.perf_counter() - t))
+    train_rate = statistics.median(rates)
+    macs = totals(layer_rows(build_model(model))).macs
+    return BenchResult(
+        model=model,
+        batch_size=batch_size,
+        steps_per_call=chunk,
+        train_images_per_second=train_rate,
+        train_windows=rates,
+        eval_images_per_second=_eval_rate(state, images, labels),
+        compile_seconds=compile_seconds,
+        train_gflops_per_second=train_rate * 6 * macs / 1e9,  # forward 2·MACs, backward about twice that
+        peak_memory_mb=_peak_memory_mb(),
+    )
+
+
+def _eval_rate(state, images, labels, batch_size: int = 1000, batches: int = 10) -> float:
+    batch_size = min(batch_size, len(labels))
+    batch = {"image": images[:batch_size], "label": labels[:batch_size], "mask": jnp.ones(batch_size)}
+    jax.block_until_ready(eval_step(state, batch))
+    t = time.perf_counter()
+    for _ in range(batches):
+        out = eval_step(state, batch)
+    jax.block_until_ready(out)
+    return batches * batch_size / (time.perf_counter() - t)
+
+
+def run_peer(command: str, batch_size: int, steps: int) -> dict[str, Any]:
+    """Runs a peer command (placeholders `{batch_size}`, `{steps}`); reads the JSON object it prints last."""
+    argv = shlex.split(command.format(batch_size=batch_size, steps=steps))
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"peer command {argv} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    for line in reversed(done.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            result = json.loads(line)
+            if "images_per_second" not in result:
+                raise RuntimeError(f"peer output has no images_per_second: {line}")
+            return result
+    raise RuntimeError(f"peer command {argv} printed no JSON line: {done.stdout[-500:]}")
+
+
+def benchmark(
+    models: list[str],
+    batch_sizes: list[int],
+    steps: int = 300,
+    windows: int = 5,
+    steps_per_call: list[int] | None = None,
+    peer: str | None = None,
+    data_size: int = 48_000,
+) -> dict[str, Any]:
+    """Every (model, batch size, steps per call) measurement, each with the peer beside it when given."""
+    rows = []
+    for model in models:
+        for batch_size in batch_sizes:
+            for chunk in steps_per_call or [1]:
+                result = measure(model, batch_size, steps, windows, chunk, data_size=data_size)
+                if peer:
+                    result.peer = run_peer(peer, batch_size, steps)
+                    result.ratio_to_peer = result.train_images_per_second / result.peer["images_per_second"]
+                rows.append(result)
+                print(format_row(result), file=sys.stderr, flush=True)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": " ".join(sys.argv),
+        **run_metadata(),
+        "results": [asdict(r) for r in rows],
+    }
+
+
+HEADER = (
+    "| model | batch | steps/call | train img/s | eval img/s | GFLOP/s | compile s | peak MB "
+    "| peer img/s | ratio |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(r: BenchResult | dict[str, Any]) -> str:
+    r = asdict(r) if isinstance(r, BenchResult) else r
+    peer = f"{r['peer']['images_per_second']:,.0f}" if r.get("peer") else "–"
+    ratio = f"{r['ratio_to_peer']:.2f}" if r.get("ratio_to_peer") else "–"
+    cells = [
+        f"`{r['model']}`",
+        str(r["batch_size"]),
+        str(r["steps_per_call"]),
+        f"{r['train_images_per_second']:,.0f}",
+        f"{r['eval_images_per_second']:,.0f}",
+        f"{r['train_gflops_per_second']:.1f}",
+        f"{r['compile_seconds']:.1f}",
+        f"{r['peak_memory_mb']:,.0f}",
+        peer,
+        ratio,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    return "\n".join([HEADER, *(format_row(r) for r in report["results"])])

@@ -1,0 +1,137 @@
+"""The fast paths (uint8 data on the device, chunks of steps in one call) compute what the plain path does,
+and the benchmark writes its report. Speed itself is measured by `python -m cnn bench`, never here."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cnn import TrainConfig, build_model, create_train_state, fit
+from cnn import train as train_module
+from cnn.bench import SCHEMA_VERSION, benchmark
+from cnn.cli import main
+from cnn.data import Split
+from cnn.train import device_data, make_optimizer, take_batch, train_step, train_steps
+from tests.test_data import REAL_DIR
+
+
+def _state(model="seed_cnn"):
+    return create_train_state(
+        build_model(model), make_optimizer(TrainConfig(model=model)), jax.random.PRNGKey(0)
+    )
+
+
+@pytest.mark.parametrize("model", ["seed_cnn", "vgg_bn"])
+def test_chunk_of_steps_equals_single_steps(model, tiny_splits):
+    images, labels = device_data(tiny_splits.train)
+    order = jax.random.permutation(jax.random.PRNGKey(3), len(labels))
+    rng, bs, k = jax.random.PRNGKey(4), 16, 5
+    single, losses = _state(model), []
+    for i in range(k):
+        single, m = train_step(single, take_batch(images, labels, order, i * bs, bs), rng)
+        losses.append(float(m["loss"]))
+    chunked, m = train_steps(_state(model), images, labels, order, 0, rng, batch_size=bs, steps=k)
+    assert float(m["loss"]) == pytest.approx(sum(losses), rel=1e-5)
+    assert int(chunked.step) == int(single.step) == k
+    for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(single.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def test_training_data_is_stored_as_uint8_only_when_exact(tiny_splits):
+    images, labels = device_data(tiny_splits.train)
+    assert images.dtype == np.uint8 and images.nbytes * 4 == tiny_splits.train.images.nbytes
+    np.testing.assert_array_equal(np.asarray(images).astype(np.float32) / 255, tiny_splits.train.images)
+    arbitrary = Split(tiny_splits.train.images * 0.5 + 0.001, tiny_splits.train.labels)
+    kept, _ = device_data(arbitrary)
+    assert kept.dtype == np.float32  # not representable in uint8: kept as it is
+
+
+def _plain_device_data(split):
+    return jax.device_put(split.images), jax.device_put(split.labels)
+
+
+def test_fast_paths_give_the_plain_paths_history(tiny_splits, tmp_path, monkeypatch):
+    config = TrainConfig(epochs=2, batch_size=32, patience=5)
+    fast = fit(
+        TrainConfig(epochs=2, batch_size=32, patience=5, steps_per_call=4), tiny_splits, tmp_path / "fast"
+    )
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "device_data", _plain_device_data)
+        plain = fit(config, tiny_splits, tmp_path / "plain")
+    fast_history = json.loads((tmp_path / "fast" / "history.json").read_text())
+    plain_history = json.loads((tmp_path / "plain" / "history.json").read_text())
+    for f, p in zip(fast_history, plain_history, strict=True):
+        for key in ("loss", "val_loss"):
+            assert f[key] == pytest.approx(p[key], rel=1e-3)
+    assert fast["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.011)
+
+
+@pytest.mark.skipif(
+    not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file(), reason="real Fashion-MNIST not installed"
+)
+def test_same_accuracy_on_a_short_real_run(tmp_path, monkeypatch):
+    from cnn.data import load_fashion_mnist
+
+    splits = load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=REAL_DIR)
+    config = TrainConfig(epochs=1, batch_size=32, limit_train=4000)
+    fast = fit(
+        TrainConfig(epochs=1, batch_size=32, limit_train=4000, steps_per_call=10), splits, tmp_path / "f"
+    )
+    monkeypatch.setattr(train_module, "device_data", _plain_device_data)
+    plain = fit(config, splits, tmp_path / "p")
+    assert plain["test_accuracy"] > 0.7
+    assert fast["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.01)
+
+
+def test_benchmark_report_schema_with_a_peer(tmp_path):
+    script = tmp_path / "peer.py"
+    script.write_text(
+        "import json, sys\nprint('warming up')\n"
+        "print(json.dumps({'images_per_second': 1000.0, 'bs': int(sys.argv[1])}))\n"
+    )
+    peer = f"{sys.executable} {script} {{batch_size}}"
+    report = benchmark(
+        ["seed_cnn"], [16], steps=4, windows=2, steps_per_call=[1, 2], peer=peer, data_size=512
+    )
+    assert report["schema_version"] == SCHEMA_VERSION and report["device"]["platform"] == "cpu"
+    assert [r["steps_per_call"] for r in report["results"]] == [1, 2]
+    for r in report["results"]:
+        assert r["train_images_per_second"] > 0 and len(r["train_windows"]) == 2
+        assert r["eval_images_per_second"] > 0 and r["compile_seconds"] > 0 and r["peak_memory_mb"] > 0
+        assert r["peer"] == {"images_per_second": 1000.0, "bs": 16}
+        assert r["ratio_to_peer"] == pytest.approx(r["train_images_per_second"] / 1000.0)
+
+
+def test_bench_cli_writes_json_and_table(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--batch-sizes", "8", "--steps", "3", "--windows", "1", "--out", str(out)]) == 0
+    assert "| `seed_cnn` | 8 | 1 |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["results"][0]["batch_size"] == 8
+
+
+def test_bench_errors_are_clear(capsys):
+    assert main(["bench", "--batch-sizes", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "--models", "seed", "--steps", "1"]) == 2
+    assert "unknown model 'seed'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "bench",
+                "--steps",
+                "2",
+                "--windows",
+                "1",
+                "--batch-sizes",
+                "8",
+                "--peer",
+                f"{sys.executable} -c 'print(42)'",
+            ]
+        )
+        == 2
+    )
+    assert "printed no JSON line" in capsys.readouterr().err
