@@ -1,4 +1,4 @@
-"""Command line: `python -m cnn train | summary | bench`. Parsing only; the logic lives in the library."""
+"""Command line: `python -m cnn train | summary | bench | viz`. Parsing only; the logic is in the library."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size {batch_size} --steps {steps}'",
     )
     bench.add_argument("--out", type=Path, default=None, metavar="FILE.json")
+
+    viz = sub.add_parser("viz", help="every picture of a trained run, from its best checkpoint")
+    viz.add_argument("--workdir", type=Path, required=True)
+    viz.add_argument("--out", type=Path, default=None, help="default: WORKDIR/viz")
+    viz.add_argument("--data-dir", default=None)
+    viz.add_argument("--source-dir", default=None)
 
     summary = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
     summary.add_argument("--model", default=DEFAULTS.model)
@@ -137,6 +143,22 @@ def _bench(args: argparse.Namespace) -> None:
     print(format_table(report))
 
 
+def _viz(args: argparse.Namespace) -> None:
+    from cnn.data import load_fashion_mnist
+    from cnn.train import restore_run
+    from cnn.viz import write_all
+
+    config, _, _ = restore_run(args.workdir)  # a missing run fails here, before the data is loaded
+    splits = load_fashion_mnist(
+        data_dir=args.data_dir,
+        source_dir=args.source_dir,
+        val_fraction=config.val_fraction,
+        split_seed=config.split_seed,
+    )
+    for path in write_all(args.workdir, splits, args.out):
+        print(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; a bad setting or input exits with status 2 and a one-line message, no traceback."""
     from cnn.data import DataError
@@ -144,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "summary": _summary, "bench": _bench}[args.command](args)
+        commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz}
+        commands[args.command](args)
     except (ValueError, RuntimeError, DataError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

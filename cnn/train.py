@@ -167,21 +167,40 @@ def summarize(totals: dict[str, jax.Array]) -> dict[str, float]:
     }
 
 
+def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
+    """Batches of `batch_size` with a `mask`; the last one is padded (one compiled shape), never dropped."""
+    n = len(images)
+    for start in range(0, n, batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        pad = batch_size - len(x) if n > batch_size else 0
+        yield {
+            "image": np.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0))),
+            "label": np.pad(y, (0, pad)),
+            "mask": np.pad(np.ones(len(x), np.float32), (0, pad)),
+        }
+
+
 def evaluate(state: TrainState, split: Split, batch_size: int = 1000) -> dict[str, float]:
     """Mean loss and accuracy of `state` on `split`; the last batch is padded and masked, never dropped."""
-    n = len(split)
     totals = None
-    for start in range(0, n, batch_size):
-        images, labels = split.images[start : start + batch_size], split.labels[start : start + batch_size]
-        pad = batch_size - len(labels) if n > batch_size else 0
-        batch = {
-            "image": np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))),
-            "label": np.pad(labels, (0, pad)),
-            "mask": np.pad(np.ones(len(labels), np.float32), (0, pad)),
-        }
+    for batch in padded_batches(split.images, split.labels, batch_size):
         metrics = eval_step(state, batch)
         totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
     return summarize(totals)
+
+
+@jax.jit
+def _probabilities(state: TrainState, images: jax.Array) -> jax.Array:
+    return jax.nn.softmax(state.apply_fn(model_variables(state), as_float_images(images), train=False))
+
+
+def predict(state: TrainState, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities `(N, 10)` of `images` `(N, 28, 28, 1)` (float in [0, 1] or uint8)."""
+    out = [
+        np.asarray(_probabilities(state, b["image"]))[: int(b["mask"].sum())]
+        for b in padded_batches(images, np.zeros(len(images), np.int32), batch_size)
+    ]
+    return np.concatenate(out)
 
 
 @dataclass
@@ -303,6 +322,48 @@ def train_epoch(
     return state, metrics, {"seconds": seconds, "compile_seconds": compile_seconds, "images": n}
 
 
+def run_keys(config: TrainConfig) -> dict[str, jax.Array]:
+    """The run's random keys, all derived from `config.seed`: initialisation, dropout and shuffling."""
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    return dict(zip(("init", "dropout", "shuffle"), keys, strict=True))
+
+
+def initial_state(config: TrainConfig, steps_per_epoch: int = 1) -> TrainState:
+    """The freshly initialised train state of `config` (also the template to restore a checkpoint into)."""
+    model = build_model(config.model, **config.model_args)
+    return create_train_state(model, make_optimizer(config, steps_per_epoch), run_keys(config)["init"])
+
+
+class RunNotFoundError(ValueError):
+    """A workdir without the files of a trained run."""
+
+
+def restore_run(
+    workdir: str | Path, epoch: int | None = None
+) -> tuple[TrainConfig, TrainState, dict[str, Any]]:
+    """The config, the train state of the best epoch (or of `epoch`) and the metadata of a run's workdir."""
+    workdir = Path(workdir)
+    config_file = workdir / "config.json"
+    hint = f"train one first: python -m cnn train --workdir {workdir}"
+    if not config_file.is_file():
+        raise RunNotFoundError(f"workdir {workdir} holds no run (no config.json); {hint}")
+    config = TrainConfig(**json.loads(config_file.read_text())["config"])
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    try:
+        latest = checkpoints.latest_epoch()
+        if latest is None:
+            raise RunNotFoundError(f"workdir {workdir} has no checkpoint yet; {hint}")
+        template = initial_state(config)
+        _, meta = checkpoints.restore(latest, template)
+        chosen = epoch or meta["stopping"]["best_epoch"]
+        if chosen not in checkpoints.epochs():
+            raise RunNotFoundError(f"epoch {chosen} is not saved in {workdir}; saved: {checkpoints.epochs()}")
+        state, meta = checkpoints.restore(chosen, template)
+    finally:
+        checkpoints.close()
+    return config, state, meta
+
+
 def fit(
     config: TrainConfig,
     splits: Splits,
@@ -331,11 +392,8 @@ def fit(
         raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
     prepare_workdir(workdir, config, overwrite)
 
-    root = jax.random.PRNGKey(config.seed)
-    keys = dict(zip(("init", "dropout", "shuffle"), jax.random.split(root, 3), strict=True))
-    model = build_model(config.model, **config.model_args)
-    tx = make_optimizer(config, steps_per_epoch=-(-len(train) // config.batch_size))
-    state = create_train_state(model, tx, keys["init"])
+    keys = run_keys(config)
+    state = initial_state(config, steps_per_epoch=-(-len(train) // config.batch_size))
     checkpoints = Checkpoints(workdir / "checkpoints")
     run = RunState(stopping=EarlyStopping(config.patience))
     try:

@@ -1,0 +1,305 @@
+"""Looking inside a trained network: filters, feature maps, curves, predictions, confusion matrix, mistakes.
+
+Every plotting function returns its matplotlib figure and, given `path`, also saves it as a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cnn import conv
+from cnn.data import CLASS_NAMES, IMAGE_SHAPE
+from cnn.plots import plot_curves
+from cnn.train import TrainState, as_float_images, model_variables
+
+
+def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
+def _grid(n: int, ncols: int | None = None) -> tuple[int, int]:
+    ncols = ncols or min(n, 8)
+    return math.ceil(n / ncols), ncols
+
+
+def conv_kernels(params: Any, layer: str) -> np.ndarray:
+    """The `(kh, kw, C_in, C_out)` kernel of the convolution `layer`; the error lists the valid names."""
+    names = [name for name, p in params.items() if isinstance(p, dict) and np.ndim(p.get("kernel", 0)) == 4]
+    if layer not in names:
+        raise ValueError(f"layer: no convolution called {layer!r}; the model's convolutions are {names}")
+    return np.asarray(params[layer]["kernel"])
+
+
+def plot_filters(
+    params: Any,
+    layer: str = "conv1",
+    in_channel: int = 0,
+    ncols: int | None = None,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """Every filter of a convolution for one input channel, on one symmetric colour scale (signs comparable).
+
+    32 filters make a 4×8 grid; red is positive, blue negative, white zero.
+    """
+    kernels = conv_kernels(params, layer)
+    if not 0 <= in_channel < kernels.shape[2]:
+        raise ValueError(f"in_channel: {layer} has {kernels.shape[2]} input channels, got {in_channel}")
+    filters = kernels[:, :, in_channel, :]
+    limit = float(np.abs(filters).max()) or 1.0
+    rows, cols = _grid(filters.shape[-1], ncols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < filters.shape[-1]:
+            image = ax.imshow(filters[:, :, i], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_title(str(i), fontsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.suptitle(
+        f"{layer}: {filters.shape[-1]} filters {filters.shape[0]}×{filters.shape[1]}, input channel "
+        f"{in_channel}"
+    )
+    return _finish(fig, path)
+
+
+def _as_batch(image: np.ndarray) -> jax.Array:
+    image = np.asarray(image)
+    if image.shape == IMAGE_SHAPE[:2]:
+        image = image[..., None]
+    if image.shape == IMAGE_SHAPE:
+        image = image[None]
+    if image.shape != (1, *IMAGE_SHAPE):
+        raise ValueError(
+            f"image: expected one image of shape (28, 28), (28, 28, 1) or (1, 28, 28, 1), got {image.shape}"
+        )
+    return as_float_images(jnp.asarray(image))
+
+
+def layer_outputs(state: TrainState, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Every top-level layer's output for one image (captured while the model runs, no second model)."""
+    _, captured = state.apply_fn(
+        model_variables(state),
+        _as_batch(image),
+        train=False,
+        capture_intermediates=True,
+        mutable=["intermediates"],
+    )
+    # A layer that calls a parent's __call__ (Conv2D -> nn.Conv) records twice: its own output is the last.
+    return {
+        name: np.asarray(out["__call__"][-1][0])
+        for name, out in captured["intermediates"].items()
+        if name != "__call__"
+    }
+
+
+def feature_maps(state: TrainState, image: np.ndarray, layer: str) -> np.ndarray:
+    """The `(H, W, C)` feature maps of `layer` for one image; the error lists the layers that have maps."""
+    outputs = layer_outputs(state, image)
+    spatial = [name for name, out in outputs.items() if out.ndim == 3]
+    if layer not in spatial:
+        raise ValueError(f"layer: {layer!r} has no feature maps; layers with feature maps: {spatial}")
+    return outputs[layer]
+
+
+def plot_feature_maps(
+    state: TrainState,
+    image: np.ndarray,
+    layer: str,
+    max_maps: int = 32,
+    ncols: int | None = None,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """One panel per feature map of `layer` (up to `max_maps`), each at the layer's real spatial size."""
+    maps = feature_maps(state, image, layer)
+    count = min(max_maps, maps.shape[-1])
+    rows, cols = _grid(count, ncols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.4 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < count:
+            ax.imshow(maps[:, :, i], cmap="viridis")
+            ax.set_title(str(i), fontsize=8)
+    fig.suptitle(
+        f"{layer}: {maps.shape[-1]} feature maps {maps.shape[0]}×{maps.shape[1]}"
+        + (f" (first {count})" if count < maps.shape[-1] else "")
+    )
+    return _finish(fig, path)
+
+
+def plot_history(history: list[dict[str, float]] | str | Path, path: str | Path | None = None) -> plt.Figure:
+    """Loss and accuracy curves from a history list, a `history.json` or a workdir, best epoch marked."""
+    if not isinstance(history, list):
+        source = Path(history)
+        source = source / "history.json" if source.is_dir() else source
+        if not source.is_file():
+            raise FileNotFoundError(f"history: {source} does not exist; it is written by python -m cnn train")
+        history = json.loads(source.read_text())
+    best = min(history, key=lambda h: h["val_loss"])["epoch"]
+    return plot_curves(history, path, best_epoch=best)
+
+
+def plot_predictions(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray | None = None,
+    n: int = 25,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """A grid of images titled with their class names; with `probabilities`, the predicted name and its
+    confidence, wrong predictions in red."""
+    n = min(n, len(images))
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "nothing to show (no images)", ha="center", va="center")
+        return _finish(fig, path)
+    rows, cols = _grid(n, int(math.ceil(math.sqrt(n))))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(np.asarray(images[i]).squeeze(), cmap="gray_r")
+        if probabilities is None:
+            ax.set_title(CLASS_NAMES[labels[i]], fontsize=9)
+        else:
+            guess = int(np.argmax(probabilities[i]))
+            ax.set_title(
+                f"{CLASS_NAMES[guess]} {probabilities[i][guess]:.0%}\n(true: {CLASS_NAMES[labels[i]]})",
+                fontsize=8,
+                color="black" if guess == labels[i] else "red",
+            )
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def confusion_matrix(
+    labels: np.ndarray, predictions: np.ndarray, classes: int = len(CLASS_NAMES)
+) -> np.ndarray:
+    """Counts `[true, predicted]`."""
+    return np.bincount(classes * np.asarray(labels) + np.asarray(predictions), minlength=classes**2).reshape(
+        classes, classes
+    )
+
+
+def plot_confusion(labels: np.ndarray, predictions: np.ndarray, path: str | Path | None = None) -> plt.Figure:
+    """The confusion matrix twice: counts, and normalised by the true class (each row sums to 1)."""
+    counts = confusion_matrix(labels, predictions)
+    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(17, 7.5), constrained_layout=True)
+    for ax, matrix, title, fmt in (
+        (axes[0], counts, "counts", "d"),
+        (axes[1], normalised, "normalised", ".2f"),
+    ):
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(
+                j,
+                i,
+                format(value, fmt),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
+        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+        ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({title})")
+    return _finish(fig, path)
+
+
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, k: int = 16) -> np.ndarray:
+    """Indices of the `k` wrong predictions made with the highest confidence, most confident first."""
+    guesses = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(guesses != labels)
+    return wrong[np.argsort(-probabilities[wrong, guesses[wrong]], kind="stable")][:k]
+
+
+def plot_mistakes(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    k: int = 16,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """The most confident mistakes, titled with the predicted and the true class."""
+    idx = most_confident_mistakes(labels, probabilities, k)
+    return plot_predictions(images[idx], labels[idx], probabilities[idx], n=len(idx), path=path)
+
+
+def plot_learned_vs_classic(
+    params: Any,
+    photo: np.ndarray | None = None,
+    layer: str = "conv1",
+    count: int = 8,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """A trained network's first filters applied to a real grayscale photo, beside the classic filters."""
+    photo = conv.sample_photo(grayscale=True)[::2, ::2] if photo is None else photo
+    learned = conv_kernels(params, layer)[:, :, 0, :count]
+    classic = {name: make() for name, make in conv.CLASSIC_FILTERS.items() if name != "random"}
+    fig, axes = plt.subplots(
+        2, max(count, len(classic)), figsize=(2.2 * max(count, len(classic)), 5), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(learned.shape[-1]):
+        axes[0, i].imshow(np.abs(conv.apply_filter(photo, learned[:, :, i], padding="same")), cmap="gray")
+        axes[0, i].set_title(f"{layer} filter {i}", fontsize=8)
+    for ax, (name, kernel) in zip(axes[1], classic.items(), strict=False):
+        ax.imshow(np.abs(conv.apply_filter(photo, kernel, padding="same")), cmap="gray")
+        ax.set_title(name, fontsize=8)
+    fig.suptitle("Learned filters (top) and classic filters (bottom) on a real photo")
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def first_conv(params: Any) -> str:
+    """The name of the model's first convolution (its parameters appear in call order)."""
+    for name, p in params.items():
+        if isinstance(p, dict) and np.ndim(p.get("kernel", 0)) == 4:
+            return name
+    raise ValueError("layer: the model has no convolution")
+
+
+def write_all(workdir: str | Path, splits, out: str | Path | None = None) -> list[Path]:
+    """Every picture of a run, from its best checkpoint, into `out` (default `workdir/viz`)."""
+    from cnn.train import predict, restore_run
+
+    _, state, _ = restore_run(workdir)
+    out = Path(out or Path(workdir) / "viz")
+    out.mkdir(parents=True, exist_ok=True)
+    test = splits.test
+    probabilities = predict(state, test.images)
+    conv_name = first_conv(state.params)
+    spatial = [name for name, o in layer_outputs(state, test.images[0]).items() if o.ndim == 3]
+    written = {
+        "filters.png": lambda p: plot_filters(state.params, conv_name, path=p),
+        "curves.png": lambda p: plot_history(workdir, path=p),
+        "samples.png": lambda p: plot_predictions(test.images, test.labels, path=p),
+        "predictions.png": lambda p: plot_predictions(test.images, test.labels, probabilities, path=p),
+        "confusion.png": lambda p: plot_confusion(test.labels, probabilities.argmax(1), path=p),
+        "mistakes.png": lambda p: plot_mistakes(test.images, test.labels, probabilities, path=p),
+        "learned_vs_classic.png": lambda p: plot_learned_vs_classic(state.params, layer=conv_name, path=p),
+        **{
+            f"feature_maps_{name}.png": (
+                lambda p, name=name: plot_feature_maps(state, test.images[0], name, path=p)
+            )
+            for name in spatial
+        },
+    }
+    paths = []
+    for filename, draw in written.items():
+        draw(out / filename)
+        paths.append(out / filename)
+    return paths
