@@ -447,7 +447,12 @@ def _epoch_line(config: TrainConfig, epoch: int, metrics: dict[str, float], timi
 
 
 def _finish(
-    config: TrainConfig, best_state: TrainState, run: RunState, splits: Splits, workdir: Path
+    config: TrainConfig,
+    best_state: TrainState,
+    run: RunState,
+    splits: Splits,
+    workdir: Path,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from cnn.plots import plot_curves
 
@@ -471,7 +476,12 @@ def _finish(
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
         "images_per_second": images / max(train_seconds - compile_seconds, 1e-9),
+        **(extra or {}),
     }
+    if all("group_images" in t for t in run.timing):  # trained together with other seeds (cnn.sweep)
+        results["group_images_per_second"] = sum(t["group_images"] for t in run.timing) / max(
+            train_seconds, 1e-9
+        )
     write_json(workdir / "results.json", results)
     plot_curves(run.history, workdir / "curves.png", best_epoch=run.stopping.best_epoch)
     print(

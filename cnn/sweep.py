@@ -1,0 +1,474 @@
+"""Sweeps: a base config, variants (a grid or a zip of overrides, or named ones), several seeds.
+
+The seeds of one variant train together in one compiled program: `jax.vmap` over parameters, optimizer
+state and random keys, each seed with its own shuffling, dropout and early stopping, exactly as sequential
+runs of `cnn.train.fit` would do. Every (variant, seed) run gets an ordinary run directory (config.json,
+history.json, results.json, curves.png, a checkpoint of its best epoch), so `restore_run` and
+`python -m cnn viz` work on it. Re-running a sweep skips finished runs and resumes unfinished ones; a
+variant that fails is recorded in its `error.json` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cnn.checkpoints import Checkpoints
+from cnn.config import ConfigError, TrainConfig, write_json
+from cnn.data import Split, Splits
+from cnn.models import build_model
+from cnn.summary import layer_rows, totals
+from cnn.train import (
+    EarlyStopping,
+    RunState,
+    _finish,
+    _gather,
+    _train_step,
+    create_train_state,
+    device_data,
+    eval_step,
+    make_optimizer,
+    padded_batches,
+    prepare_workdir,
+    run_keys,
+)
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+class SweepError(ValueError):
+    """A sweep definition that cannot run: an unknown field, an empty list, a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of a sweep: a name and the TrainConfig fields it overrides (`model_args` as a dict)."""
+
+    name: str
+    overrides: dict[str, Any]
+
+
+def _set(fields: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """`fields` with `path` ('lr' or 'model_args.dropout_rate') set to `value`."""
+    if path.startswith("model_args."):
+        return {**fields, "model_args": {**fields.get("model_args", {}), path.split(".", 1)[1]: value}}
+    return {**fields, path: value}
+
+
+def _check_value(path: str, value: Any) -> None:
+    name = path.split(".", 1)[0]
+    if name not in FIELDS:
+        raise SweepError(
+            f"{path}: unknown field; TrainConfig fields are {sorted(FIELDS)} "
+            "(model fields as model_args.NAME)"
+        )
+    if path.startswith("model_args."):
+        return  # checked when the model is built
+    default = FIELDS[name].default
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+    if expected and (
+        not isinstance(value, expected) or (isinstance(value, bool) and type(default) is not bool)
+    ):
+        raise SweepError(f"{path}: {value!r} is a {type(value).__name__}, expected {type(default).__name__}")
+
+
+def grid_variants(grid: dict[str, Sequence[Any]], mode: str = "product") -> list[Variant]:
+    """Variants from lists of values per field: their product (every combination) or their zip."""
+    if mode not in ("product", "zip"):
+        raise SweepError(f"mode: expected 'product' or 'zip', got {mode!r}")
+    for path, values in grid.items():
+        if not isinstance(values, list | tuple) or not values:
+            raise SweepError(f"{path}: expected a non-empty list of values, got {values!r}")
+        for value in values:
+            _check_value(path, value)
+    if mode == "zip" and len({len(v) for v in grid.values()}) > 1:
+        raise SweepError(
+            f"zip: every list must have the same length, got { {k: len(v) for k, v in grid.items()} }"
+        )
+    combos = itertools.product(*grid.values()) if mode == "product" else zip(*grid.values(), strict=True)
+    variants = []
+    for combo in combos:
+        overrides: dict[str, Any] = {}
+        for path, value in zip(grid, combo, strict=True):
+            overrides = _set(overrides, path, value)
+        name = ",".join(
+            f"{path}={json.dumps(value, separators=(',', ':'))}"
+            for path, value in zip(grid, combo, strict=True)
+        )
+        variants.append(Variant(_safe(name), overrides))
+    return variants
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "=,.-_" else "_" for c in name)[:120]
+
+
+def resolve(base: dict[str, Any], variants: Sequence[Variant]) -> list[TrainConfig]:
+    """Every variant's TrainConfig, built and validated before any training; errors name the variant."""
+    for path, value in base.items():
+        _check_value(path, value)
+    if len({v.name for v in variants}) != len(variants):
+        raise SweepError("variants: two variants share a name")
+    configs = []
+    for variant in variants:
+        fields = dict(base)
+        for path, value in variant.overrides.items():
+            if path != "model_args":
+                _check_value(path, value)
+            fields = (
+                _set(fields, path, value)
+                if path != "model_args"
+                else {**fields, "model_args": {**fields.get("model_args", {}), **value}}
+            )
+        try:
+            configs.append(TrainConfig(**fields))
+        except (ConfigError, TypeError) as e:
+            raise SweepError(f"variant {variant.name}: {e}") from None
+    return configs
+
+
+# ------------------------------------------------------------------------------------- multi-seed training
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _select(mask: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(mask.reshape(-1, *[1] * (n.ndim - 1)), n, o), new, old)
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames="size")
+def multi_train_step(states, images, labels, orders, start, size: int, rngs, active):
+    """One train step of every seed (vmapped); seeds whose `active` is False keep their state."""
+    batches = jax.vmap(_gather, in_axes=(None, None, 0, None, None))(images, labels, orders, start, size)
+    new, metrics = jax.vmap(_train_step)(states, batches, rngs)
+    return _select(active, new, states), metrics
+
+
+_multi_eval_step = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
+
+
+def _multi_evaluate(states, split: Split, batch_size: int) -> list[dict[str, float]]:
+    totals_ = None
+    for batch in padded_batches(split.images, split.labels, batch_size):
+        m = _multi_eval_step(states, batch)
+        totals_ = m if totals_ is None else jax.tree.map(jnp.add, totals_, m)
+    t = jax.device_get(totals_)
+    return [
+        {"loss": float(t["loss"][i] / t["count"][i]), "accuracy": float(t["correct"][i] / t["count"][i])}
+        for i in range(len(t["count"]))
+    ]
+
+
+def fit_seeds(config: TrainConfig, seeds: Sequence[int], splits: Splits, workdir: str | Path) -> list[dict]:
+    """Trains `config` once per seed, all seeds in one vmapped program; the same results as `fit` per seed.
+
+    Runs land in `workdir/seed{S}`; the group's latest state is checkpointed in `workdir/group` each epoch,
+    so an interrupted group resumes where it stopped.
+    """
+    workdir, seeds = Path(workdir), list(seeds)
+    train = (
+        splits.train
+        if config.limit_train is None
+        else Split(splits.train.images[: config.limit_train], splits.train.labels[: config.limit_train])
+    )
+    if config.batch_size > len(train):
+        raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
+    configs = [dataclasses.replace(config, seed=s) for s in seeds]
+    for c in configs:
+        prepare_workdir(workdir / f"seed{c.seed}", c)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    # One model and one optimizer for every seed: they are static parts of the state, shared by the vmap.
+    model, tx = build_model(config.model, **config.model_args), make_optimizer(config, steps_per_epoch)
+    state = _stack([create_train_state(model, tx, run_keys(c)["init"]) for c in configs])
+    keys = _stack([run_keys(c) for c in configs])
+    runs = [RunState(stopping=EarlyStopping(config.patience)) for _ in seeds]
+    best = jax.tree.map(jnp.copy, state)  # its own buffers: the train step donates the state's
+    manager = ocp.CheckpointManager(
+        (workdir / "group").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+        item_names=("state", "best", "meta"),
+    )
+    try:
+        if (latest := manager.latest_step()) is not None:
+            restored = manager.restore(
+                latest,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(state),
+                    best=ocp.args.StandardRestore(best),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+            state, best = restored["state"], restored["best"]
+            runs = [RunState.from_dict(m, config.patience) for m in restored["meta"]["runs"]]
+            print(f"Resuming {workdir} after epoch {runs[0].epoch}")
+        state, best, runs = _train_group(config, state, best, runs, keys, train, splits.val, manager)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+    results = []
+    for i, c in enumerate(configs):
+        seed_state, run_dir = _unstack(best, i), workdir / f"seed{c.seed}"
+        checkpoints = Checkpoints(run_dir / "checkpoints")
+        if runs[i].stopping.best_epoch not in checkpoints.epochs():
+            checkpoints.save(
+                runs[i].stopping.best_epoch, seed_state, runs[i].to_dict(), runs[i].stopping.best
+            )
+        checkpoints.close()
+        write_json(run_dir / "history.json", runs[i].history)
+        results.append(_finish(c, seed_state, runs[i], splits, run_dir, extra={"trained_with_seeds": seeds}))
+    return results
+
+
+def _train_group(config, state, best, runs, keys, train, val, manager):
+    images, labels = device_data(train)
+    n, bs = len(train), config.batch_size
+    while True:
+        active = np.array([r.epoch < config.epochs and not r.stopping.stopped for r in runs])
+        if not active.any():
+            return state, best, runs
+        epoch = max(r.epoch for r in runs if not r.stopping.stopped) + 1
+        orders = jax.vmap(lambda k, e=epoch: jax.random.permutation(jax.random.fold_in(k, e), n))(
+            keys["shuffle"]
+        )
+        t0, sums = time.perf_counter(), None
+        for start in range(0, n, bs):
+            state, m = multi_train_step(
+                state, images, labels, orders, start, min(bs, n - start), keys["dropout"], jnp.asarray(active)
+            )
+            sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        sums = jax.device_get(sums)
+        seconds = time.perf_counter() - t0
+        val_metrics = _multi_evaluate(state, val, config.eval_batch_size)
+        improved = np.zeros(len(runs), bool)
+        for i, run in enumerate(runs):
+            if not active[i]:
+                continue
+            metrics = {
+                "loss": float(sums["loss"][i] / sums["count"][i]),
+                "accuracy": float(sums["correct"][i] / sums["count"][i]),
+                "val_loss": val_metrics[i]["loss"],
+                "val_accuracy": val_metrics[i]["accuracy"],
+            }
+            improved[i] = run.stopping.update(epoch, metrics["val_loss"])
+            run.epoch = epoch
+            run.history.append({"epoch": epoch, **metrics})
+            run.timing.append(
+                {
+                    "epoch": epoch,
+                    "seconds": seconds,
+                    "compile_seconds": 0.0,
+                    "images": n,
+                    "group_images": n * int(active.sum()),
+                }
+            )
+        best = _select(jnp.asarray(improved), state, best)
+        shown = ", ".join(f"{r.history[-1]['val_accuracy']:.4f}" for r in runs if r.history)
+        print(
+            f"Epoch {epoch}/{config.epochs} - {int(active.sum())} seeds - {seconds:.1f}s "
+            f"({n * int(active.sum()) / seconds:.0f} img/s) - val_accuracy {shown}",
+            flush=True,
+        )
+        manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                best=ocp.args.StandardSave(best),
+                meta=ocp.args.JsonSave({"runs": [r.to_dict() for r in runs]}),
+            ),
+        )
+
+
+# ------------------------------------------------------------------------------------------ the sweep
+def run_sweep(
+    base: dict[str, Any], variants: Sequence[Variant], seeds: Sequence[int], splits: Splits, out: str | Path
+) -> list[dict[str, Any]]:
+    """Runs every variant for every seed (skipping finished runs) and writes the sweep's tables and plots."""
+    out = Path(out)
+    configs = resolve(base, variants)  # every error before any training
+    if not seeds:
+        raise SweepError("seeds: expected at least one seed")
+    out.mkdir(parents=True, exist_ok=True)
+    for variant, config in zip(variants, configs, strict=True):
+        vdir = out / variant.name
+        if all((vdir / f"seed{s}" / "results.json").is_file() for s in seeds):
+            print(f"[{variant.name}] finished before: skipped")
+            continue
+        (vdir / "error.json").unlink(missing_ok=True)
+        print(f"[{variant.name}] training seeds {list(seeds)} together", flush=True)
+        try:
+            fit_seeds(config, seeds, splits, vdir)
+        except Exception as e:  # one failed variant must not end the sweep
+            vdir.mkdir(parents=True, exist_ok=True)
+            write_json(
+                vdir / "error.json",
+                {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
+            )
+            print(f"[{variant.name}] FAILED: {type(e).__name__}: {e} (recorded in {vdir / 'error.json'})")
+    rows = collect(out, variants, configs, seeds)
+    write_tables(rows, out)
+    plot_sweep(rows, out)
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def final_feature_map(config: TrainConfig) -> str:
+    """The last spatial output of the network, e.g. '7×7×64' ('none' for a network without one)."""
+    rows = layer_rows(build_model(config.model, **config.model_args))
+    spatial = [r.output_shape[1:] for r in rows if len(r.output_shape) == 4]
+    return "×".join(map(str, spatial[-1])) if spatial else "none"
+
+
+def collect(
+    out: Path, variants: Sequence[Variant], configs: Sequence[TrainConfig], seeds: Sequence[int]
+) -> list[dict[str, Any]]:
+    """One row per variant: size, cost and mean ± std of the results over the seeds that finished."""
+    rows = []
+    for variant, config in zip(variants, configs, strict=True):
+        results = [
+            json.loads(p.read_text())
+            for s in seeds
+            if (p := out / variant.name / f"seed{s}" / "results.json").is_file()
+        ]
+        histories = [
+            json.loads(p.read_text())
+            for s in seeds
+            if (p := out / variant.name / f"seed{s}" / "history.json").is_file()
+        ]
+        model_totals = totals(layer_rows(build_model(config.model, **config.model_args)))
+        test, val = (_mean_std([r[k] for r in results]) for k in ("test_accuracy", "val_accuracy"))
+        error = out / variant.name / "error.json"
+        rows.append(
+            {
+                "variant": variant.name,
+                "model": config.model,
+                "params": model_totals.trainable,
+                "macs": model_totals.macs,
+                "feature_map": final_feature_map(config),
+                "test_accuracy_mean": test[0],
+                "test_accuracy_std": test[1],
+                "val_accuracy_mean": val[0],
+                "val_accuracy_std": val[1],
+                "epochs_mean": float(np.mean([r["epochs_run"] for r in results])) if results else math.nan,
+                "train_seconds": results[0]["train_seconds"] if results else math.nan,
+                "images_per_second": results[0].get("group_images_per_second", math.nan)
+                if results
+                else math.nan,
+                "seeds_finished": len(results),
+                "seeds": len(seeds),
+                "error": json.loads(error.read_text())["error"] if error.is_file() else "",
+                "val_curve": np.mean(
+                    [
+                        [h["val_accuracy"] for h in hist]
+                        for hist in histories
+                        if len(hist) == min(map(len, histories))
+                    ],
+                    axis=0,
+                ).tolist()
+                if histories
+                else [],
+            }
+        )
+    return rows
+
+
+COLUMNS = [
+    "variant",
+    "params",
+    "macs",
+    "feature_map",
+    "test_accuracy_mean",
+    "test_accuracy_std",
+    "val_accuracy_mean",
+    "val_accuracy_std",
+    "epochs_mean",
+    "train_seconds",
+    "images_per_second",
+    "seeds_finished",
+    "seeds",
+    "error",
+]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as Markdown: accuracy as mean ± std over seeds."""
+    lines = [
+        "| variant | params | MACs | final map | test accuracy | val accuracy | epochs | train s (all seeds) "
+        "| img/s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        status = f"{r['seeds_finished']}/{r['seeds']}" + (" (failed)" if r["error"] else "")
+        lines.append(
+            f"| {r['variant']} | {r['params']:,} | {r['macs'] / 1e6:.2f} M | {r['feature_map']} | "
+            f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f} | "
+            f"{r['val_accuracy_mean']:.4f} ± {r['val_accuracy_std']:.4f} | {r['epochs_mean']:.1f} | "
+            f"{r['train_seconds']:.0f} | {r['images_per_second']:,.0f} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
+    """results.csv, results.json and results.md in `out`."""
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_json(out / "results.json", rows)
+    (out / "results.md").write_text(markdown_table(rows) + "\n")
+
+
+def plot_sweep(rows: list[dict[str, Any]], out: Path) -> None:
+    """accuracy_vs_params.png, accuracy_vs_macs.png and val_curves.png in `out`."""
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["seeds_finished"]]
+    for key, label, filename in (
+        ("params", "parameters", "accuracy_vs_params.png"),
+        ("macs", "multiply-accumulates per image", "accuracy_vs_macs.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        for r in done:
+            ax.errorbar(r[key], r["test_accuracy_mean"], yerr=r["test_accuracy_std"], fmt="o", capsize=3)
+            ax.annotate(
+                r["variant"],
+                (r[key], r["test_accuracy_mean"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        ax.set(xscale="log", xlabel=label, ylabel="test accuracy (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        fig.savefig(out / filename, dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for r in done:
+        ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], "o-", label=r["variant"])
+    ax.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", title="Validation curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(out / "val_curves.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,146 @@
+"""Sweeps: vmapped seeds equal sequential runs, skipping and resuming, failures recorded, grids validated."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from cnn import TrainConfig, fit
+from cnn import sweep as sweep_module
+from cnn.data import Split, Splits
+from cnn.sweep import SweepError, Variant, fit_seeds, grid_variants, resolve, run_sweep
+from cnn.train import restore_run
+
+
+def _small(splits: Splits, misleading: bool = False) -> Splits:
+    train = Split(splits.train.images[:256], splits.train.labels[:256])
+    labels = (splits.val.labels + 1) % 10 if misleading else splits.val.labels
+    return Splits(train=train, val=Split(splits.val.images, labels), test=splits.test)
+
+
+@pytest.mark.parametrize("misleading", [False, True], ids=["plain", "early-stopping"])
+def test_vmapped_seeds_equal_sequential_runs(tiny_splits, tmp_path, misleading):
+    splits = _small(tiny_splits, misleading)
+    config = TrainConfig(epochs=4 if misleading else 2, batch_size=32, patience=1)
+    fit_seeds(config, [0, 1, 2], splits, tmp_path / "vmapped")
+    for seed in (0, 1, 2):
+        sequential = fit(TrainConfig(**{**config.to_dict(), "seed": seed}), splits, tmp_path / f"seq{seed}")
+        together = json.loads((tmp_path / "vmapped" / f"seed{seed}" / "results.json").read_text())
+        assert together["epochs_run"] == sequential["epochs_run"]
+        assert together["best_epoch"] == sequential["best_epoch"]
+        h_vmap = json.loads((tmp_path / "vmapped" / f"seed{seed}" / "history.json").read_text())
+        h_seq = json.loads((tmp_path / f"seq{seed}" / "history.json").read_text())
+        for a, b in zip(h_vmap, h_seq, strict=True):
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (seed, a["epoch"], key)
+        _, state_v, _ = restore_run(tmp_path / "vmapped" / f"seed{seed}")
+        _, state_s, _ = restore_run(tmp_path / f"seq{seed}")
+        for a, b in zip(jax.tree.leaves(state_v.params), jax.tree.leaves(state_s.params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if misleading:  # early stopping acted per seed inside the vmapped group
+        assert all(
+            json.loads((tmp_path / "vmapped" / f"seed{s}" / "results.json").read_text())["stopped_early"]
+            for s in (0, 1, 2)
+        )
+
+
+VARIANTS = [Variant("bs16", {"batch_size": 16}), Variant("bs32", {"batch_size": 32})]
+BASE = {"epochs": 2, "patience": 5, "limit_train": 128}
+
+
+def test_sweep_tables_plots_and_run_directories(tiny_splits, tmp_path):
+    rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path)
+    assert [r["variant"] for r in rows] == ["bs16", "bs32"]
+    for r in rows:
+        assert r["seeds_finished"] == 2 and r["params"] == 333_526 and r["feature_map"] == "7×7×64"
+        assert (
+            0 < r["test_accuracy_mean"] <= 1 and np.isfinite(r["test_accuracy_std"]) and r["epochs_mean"] == 2
+        )
+        assert r["macs"] > 0 and r["images_per_second"] > 0 and len(r["val_curve"]) == 2
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["variant"] for t in table] == ["bs16", "bs32"] and "test_accuracy_std" in table[0]
+    assert "± " in (tmp_path / "results.md").read_text()
+    for name in ("accuracy_vs_params.png", "accuracy_vs_macs.png", "val_curves.png"):
+        assert (tmp_path / name).stat().st_size > 5000
+    config = json.loads((tmp_path / "bs16" / "seed1" / "config.json").read_text())["config"]
+    assert config["batch_size"] == 16 and config["seed"] == 1
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_splits, tmp_path, monkeypatch, capsys):
+    original, calls = sweep_module.multi_train_step, {"n": 0}
+
+    def dies_in_the_second_variant(states, images, labels, orders, start, size, rngs, active):
+        calls["n"] += size == 32
+        if calls["n"] > 4 + 2:  # the second variant (batch 32: 4 steps an epoch) dies 2 steps into epoch 2
+            raise KeyboardInterrupt
+        return original(states, images, labels, orders, start, size, rngs, active)
+
+    monkeypatch.setattr(sweep_module, "multi_train_step", dies_in_the_second_variant)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path)
+    finished = (tmp_path / "bs16" / "seed0" / "results.json").stat().st_mtime_ns
+    monkeypatch.setattr(sweep_module, "multi_train_step", original)
+    capsys.readouterr()
+    rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path)
+    out = capsys.readouterr().out
+    assert "[bs16] finished before: skipped" in out and "Resuming" in out and "after epoch 1" in out
+    assert (tmp_path / "bs16" / "seed0" / "results.json").stat().st_mtime_ns == finished
+    assert all(r["seeds_finished"] == 2 for r in rows)
+    history = json.loads((tmp_path / "bs32" / "seed1" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_a_failing_variant_is_recorded_and_the_sweep_goes_on(tiny_splits, tmp_path):
+    variants = [Variant("too-big", {"batch_size": 4096}), Variant("fine", {"batch_size": 32})]
+    rows = run_sweep(BASE, variants, [0], tiny_splits, tmp_path)
+    error = json.loads((tmp_path / "too-big" / "error.json").read_text())
+    assert "batch_size: 4096 is larger than the 128 training examples" in error["error"]
+    assert rows[0]["seeds_finished"] == 0 and rows[0]["error"] and rows[1]["seeds_finished"] == 1
+    assert "(failed)" in (tmp_path / "results.md").read_text()
+
+
+def test_grids():
+    product = grid_variants({"lr": [1e-3, 1e-2], "batch_size": [32, 128]})
+    assert [v.overrides for v in product] == [
+        {"lr": 1e-3, "batch_size": 32},
+        {"lr": 1e-3, "batch_size": 128},
+        {"lr": 1e-2, "batch_size": 32},
+        {"lr": 1e-2, "batch_size": 128},
+    ]
+    zipped = grid_variants({"lr": [1e-3, 1e-2], "model_args.dropout_rate": [0.2, 0.5]}, mode="zip")
+    assert [v.overrides for v in zipped] == [
+        {"lr": 1e-3, "model_args": {"dropout_rate": 0.2}},
+        {"lr": 1e-2, "model_args": {"dropout_rate": 0.5}},
+    ]
+    assert zipped[0].name == "lr=0.001,model_args.dropout_rate=0.2"
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"learning_rate": [0.1]}, "learning_rate: unknown field"),
+        ({"lr": []}, "lr: expected a non-empty list"),
+        ({"batch_size": [32, "64"]}, "batch_size: '64' is a str, expected int"),
+        ({"epochs": [2.5]}, "epochs: 2.5 is a float, expected int"),
+        ({"model_args.dropout_rate": [1.5]}, "dropout_rate"),
+        ({"model_args.hiden": [[10]]}, "does not take"),
+    ],
+)
+def test_invalid_grids_fail_before_any_training(grid, message, tiny_splits, tmp_path):
+    with pytest.raises(SweepError, match=message):
+        variants = grid_variants(grid)
+        base = {"model": "mlp"} if "hiden" in str(grid) else {"model": "convnet"}
+        run_sweep(base, variants, [0], tiny_splits, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_base_config_is_validated_too():
+    with pytest.raises(SweepError, match="lr: 'fast' is a str"):
+        resolve({"lr": "fast"}, [Variant("a", {})])
+    with pytest.raises(SweepError, match="two variants share a name"):
+        resolve({}, [Variant("a", {}), Variant("a", {"lr": 0.1})])
