@@ -1,4 +1,4 @@
-"""Command line: `python -m cnn train | summary | bench | viz`. Parsing only; the logic is in the library."""
+"""Command line: `python -m cnn train | summary | bench | viz | sweep`. Parsing only; logic in the library."""
 
 from __future__ import annotations
 
@@ -61,6 +61,27 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size {batch_size} --steps {steps}'",
     )
     bench.add_argument("--out", type=Path, default=None, metavar="FILE.json")
+
+    sweep = sub.add_parser(
+        "sweep", help="train a grid of configs, several seeds each (seeds vmapped together)"
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON_LIST",
+        help="e.g. lr=[0.001,0.01] or model_args.dropout_rate=[0.2,0.5]; repeat for more fields",
+    )
+    sweep.add_argument(
+        "--zip", action="store_true", help="pair the lists element-wise instead of every combination"
+    )
+    sweep.add_argument(
+        "--base", type=_json_object, default={}, metavar="JSON", help="fields shared by every run"
+    )
+    sweep.add_argument("--seeds", type=int, default=3)
+    sweep.add_argument("--out", type=Path, required=True)
+    sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--source-dir", default=None)
 
     viz = sub.add_parser("viz", help="every picture of a trained run, from its best checkpoint")
     viz.add_argument("--workdir", type=Path, required=True)
@@ -143,6 +164,29 @@ def _bench(args: argparse.Namespace) -> None:
     print(format_table(report))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from cnn.data import load_fashion_mnist
+    from cnn.sweep import SweepError, grid_variants, markdown_table, resolve, run_sweep
+
+    grid = {}
+    for item in args.grid:
+        field, sep, values = item.partition("=")
+        if not sep:
+            raise SweepError(f"--grid {item!r}: expected FIELD=JSON_LIST, e.g. lr=[0.001,0.01]")
+        try:
+            grid[field] = json.loads(values)
+        except json.JSONDecodeError as e:
+            raise SweepError(f"{field}: {values!r} is not a JSON list ({e})") from None
+    if not grid:
+        raise SweepError("--grid: give at least one FIELD=JSON_LIST")
+    if args.seeds < 1:
+        raise SweepError(f"seeds: expected at least 1, got {args.seeds}")
+    variants = grid_variants(grid, "zip" if args.zip else "product")
+    resolve(args.base, variants)  # every error before the data is loaded
+    splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir)
+    print(markdown_table(run_sweep(args.base, variants, list(range(args.seeds)), splits, args.out)))
+
+
 def _viz(args: argparse.Namespace) -> None:
     from cnn.data import load_fashion_mnist
     from cnn.train import restore_run
@@ -166,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz}
+        commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz, "sweep": _sweep}
         commands[args.command](args)
     except (ValueError, RuntimeError, DataError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -259,6 +259,16 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """NHWC images moved `dy` pixels down and `dx` right (negative: up, left), the uncovered border zero."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    src_y, dst_y = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
+    src_x, dst_x = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
+    out[:, dst_y, dst_x] = images[:, src_y, src_x]
+    return out
+
+
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 pixels to float32 in [0, 1]."""
     return images.astype(np.float32) / 255.0

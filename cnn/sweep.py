@@ -10,6 +10,7 @@ variant that fails is recorded in its `error.json` and the sweep goes on.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import functools
@@ -472,3 +473,48 @@ def plot_sweep(rows: list[dict[str, Any]], out: Path) -> None:
     ax.legend(fontsize=7)
     fig.savefig(out / "val_curves.png", dpi=100)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ experiments
+def experiment_parser(
+    description: str, epochs: int = 10, seeds: int = 3, limit_train: int | None = None
+) -> argparse.ArgumentParser:
+    """The flags every experiment script shares."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--epochs", type=int, default=epochs, help="most epochs (early stopping may end sooner)"
+    )
+    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1, trained together (vmap)")
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=limit_train,
+        metavar="N",
+        help="use only N training images (default: all 48,000)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: experiments/results/NAME")
+    parser.add_argument("--data-dir", default=None, help="tfds data dir")
+    parser.add_argument("--source-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    return parser
+
+
+def run_experiment(
+    name: str, variants: Sequence[Variant], args: argparse.Namespace, base: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], Splits, Path]:
+    """Runs an experiment's variants with its flags; returns the table rows, the data and the output dir."""
+    from cnn.data import load_fashion_mnist
+
+    if args.seeds < 1:
+        raise SweepError(f"seeds: expected at least 1, got {args.seeds}")
+    base = {"epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
+    resolve(base, variants)  # fail on a bad definition before loading any data
+    out = args.out or Path(__file__).resolve().parent.parent / "experiments" / "results" / name
+    splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir)
+    rows = run_sweep(base, variants, list(range(args.seeds)), splits, out)
+    print(markdown_table(rows))
+    return rows, splits, out
+
+
+def block(filters: int, **fields: Any) -> dict[str, Any]:
+    """A ConvNet block as a JSON-able dict (for `model_args`)."""
+    return {"filters": filters, **fields}

@@ -1,0 +1,140 @@
+"""Tiny versions of every experiment (200 images, 1 epoch, 2 seeds) produce their tables; `cnn sweep` too."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn.cli import main
+from cnn.data import shift
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+EXPECTED_ROWS = {
+    "padding": ["same", "valid", "deep-same", "deep-valid"],
+    "stride": ["stride1+maxpool2", "stride2-conv", "stride3-conv"],
+    "pooling": ["max", "avg", "none", "strided_conv", "depthwise_max", "max+global_avg_head"],
+    "mlp_vs_cnn": ["seed_cnn", "mlp-420", "mlp-300-100", "lenet5"],
+    "shift_robustness": ["max", "avg", "strided_conv", "none"],
+}
+FEATURE_MAPS = {
+    ("padding", "valid"): "5×5×64",
+    ("padding", "deep-valid"): "4×4×64",
+    ("stride", "stride3-conv"): "4×4×64",
+    ("pooling", "none"): "28×28×64",
+    ("pooling", "depthwise_max"): "28×28×32",
+    ("mlp_vs_cnn", "mlp-420"): "none",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
+def test_tiny_experiment_produces_its_table(name, idx_dir, tmp_path, monkeypatch):
+    out = tmp_path / name
+    argv = [
+        f"{name}.py",
+        "--epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--limit-train",
+        "200",
+        "--out",
+        str(out),
+        "--source-dir",
+        str(idx_dir),
+        "--data-dir",
+        str(tmp_path / "tfds"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(EXPERIMENTS / f"{name}.py"), run_name="__main__")
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == EXPECTED_ROWS[name]
+    assert set(rows[0]) >= {
+        "params",
+        "macs",
+        "feature_map",
+        "test_accuracy_mean",
+        "test_accuracy_std",
+        "val_accuracy_mean",
+        "epochs_mean",
+        "train_seconds",
+        "images_per_second",
+    }
+    for r in rows:
+        assert r["error"] == "" and r["seeds_finished"] == "2"
+        for key in ("test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean", "train_seconds"):
+            assert math.isfinite(float(r[key])), (r["variant"], key)
+        assert 0 <= float(r["test_accuracy_mean"]) <= 1
+        if (name, r["variant"]) in FEATURE_MAPS:
+            assert r["feature_map"] == FEATURE_MAPS[(name, r["variant"])]
+    assert (out / "accuracy_vs_params.png").is_file() and (out / "results.md").is_file()
+    if name == "shift_robustness":
+        curves = json.loads((out / "shift_accuracy.json").read_text())
+        assert set(curves) == set(EXPECTED_ROWS[name])
+        assert all(np.array(c).shape == (2, 5) for c in curves.values())
+        assert (out / "shift_accuracy.png").is_file() and "shift 4" in (out / "shift_accuracy.md").read_text()
+
+
+def test_sweep_command_on_a_user_grid(idx_dir, tmp_path, capsys):
+    code = main(
+        [
+            "sweep",
+            "--grid",
+            "lr=[0.001,0.003]",
+            "--grid",
+            "model_args.dropout_rate=[0.2,0.5]",
+            "--zip",
+            "--base",
+            '{"epochs": 1, "limit_train": 128}',
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path / "s"),
+            "--source-dir",
+            str(idx_dir),
+            "--data-dir",
+            str(tmp_path / "tfds"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert [r["variant"] for r in rows] == [
+        "lr=0.001,model_args.dropout_rate=0.2",
+        "lr=0.003,model_args.dropout_rate=0.5",
+    ]
+    assert all(r["seeds_finished"] == 2 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grid", "lr"], "expected FIELD=JSON_LIST"),
+        (["--grid", "lr=[0.1,"], "is not a JSON list"),
+        (["--grid", "optimizer=[1]"], "optimizer: unknown field"),
+        (["--grid", "lr=[]"], "lr: expected a non-empty list"),
+        (["--grid", "batch_size=[32.5]"], "batch_size: 32.5 is a float, expected int"),
+        ([], "give at least one"),
+    ],
+)
+def test_sweep_command_rejects_bad_grids_before_training(args, message, tmp_path, capsys):
+    assert main(["sweep", "--out", str(tmp_path / "s"), *args]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_shift_moves_and_zero_fills():
+    images = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1).astype(np.float32) + 1
+    down = shift(images, 1, 0)
+    np.testing.assert_array_equal(down[:, 1:], images[:, :-1]) and np.testing.assert_array_equal(
+        down[:, 0], 0
+    )
+    left = shift(images, 0, -2)
+    np.testing.assert_array_equal(left[:, :, :2], images[:, :, 2:])
+    assert (left[:, :, 2:] == 0).all()
+    np.testing.assert_array_equal(shift(images, 0, 0), images)
