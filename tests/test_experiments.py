@@ -131,9 +131,8 @@ def test_sweep_command_rejects_bad_grids_before_training(args, message, tmp_path
 def test_shift_moves_and_zero_fills():
     images = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1).astype(np.float32) + 1
     down = shift(images, 1, 0)
-    np.testing.assert_array_equal(down[:, 1:], images[:, :-1]) and np.testing.assert_array_equal(
-        down[:, 0], 0
-    )
+    np.testing.assert_array_equal(down[:, 1:], images[:, :-1])
+    assert (down[:, 0] == 0).all()
     left = shift(images, 0, -2)
     np.testing.assert_array_equal(left[:, :, :2], images[:, :, 2:])
     assert (left[:, :, 2:] == 0).all()
