@@ -19,5 +19,5 @@ lint: setup
 PEER_DIR ?= ../shared/peers
 bench: setup
 	bash scripts/peer_setup.sh
-	.venv/bin/python -m cnn bench --batch-sizes 32 128 --out benchmarks/throughput-cpu.json \
+	.venv/bin/python -m cnn bench --batch-sizes 32 128 --steps-per-call 1 10 --seeds 3 --out benchmarks/throughput-cpu.json \
 	  --peer ".venv-peer/bin/python $(PEER_DIR)/torch_seed_cnn.py --json --batch-size {batch_size} --steps {steps}"

@@ -149,8 +149,10 @@ def benchmark(
     steps_per_call: list[int] | None = None,
     peer: str | None = None,
     data_size: int = 48_000,
+    seeds: int = 0,
 ) -> dict[str, Any]:
-    """Every (model, batch size, steps per call) measurement, each with the peer beside it when given."""
+    """Every (model, batch size, steps per call) measurement, each with the peer beside it when given;
+    with `seeds` > 1, also `seeds` runs trained together (vmap) against the same runs one after another."""
     rows = []
     for model in models:
         for batch_size in batch_sizes:
@@ -161,11 +163,17 @@ def benchmark(
                     result.ratio_to_peer = result.train_images_per_second / result.peer["images_per_second"]
                 rows.append(result)
                 print(format_row(result), file=sys.stderr, flush=True)
+    together = []
+    for model in models if seeds > 1 else []:
+        for batch_size in batch_sizes:
+            together.append(measure_seeds(model, batch_size, seeds, max(1, steps // seeds), 3, data_size))
+            print(format_seeds_row(together[-1]), file=sys.stderr, flush=True)
     return {
         "schema_version": SCHEMA_VERSION,
         "command": " ".join(sys.argv),
         **run_metadata(),
         "results": [asdict(r) for r in rows],
+        "seeds": together,
     }
 
 
@@ -194,5 +202,81 @@ def format_row(r: BenchResult | dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+SEEDS_HEADER = (
+    "| model | batch | seeds | sequential img/s | vmapped img/s | speed-up |\n|---|---|---|---|---|---|"
+)
+
+
+def format_seeds_row(r: dict[str, Any]) -> str:
+    return (
+        f"| `{r['model']}` | {r['batch_size']} | {r['seeds']} | {r['sequential_images_per_second']:,.0f} | "
+        f"{r['vmapped_images_per_second']:,.0f} | {r['speedup']:.2f} |"
+    )
+
+
 def format_table(report: dict[str, Any]) -> str:
-    return "\n".join([HEADER, *(format_row(r) for r in report["results"])])
+    table = "\n".join([HEADER, *(format_row(r) for r in report["results"])])
+    if report.get("seeds"):
+        table += "\n\n" + "\n".join([SEEDS_HEADER, *(format_seeds_row(r) for r in report["seeds"])])
+    return table
+
+
+def measure_seeds(
+    model: str = "seed_cnn",
+    batch_size: int = 32,
+    seeds: int = 3,
+    steps: int = 100,
+    windows: int = 3,
+    data_size: int = 48_000,
+) -> dict[str, Any]:
+    """Training images/s of `seeds` runs trained together (`cnn.sweep.multi_train_step`, vmapped) against
+    the same runs one after another (`train_step`), after compilation; medians of `windows` windows."""
+    from cnn.sweep import _stack, multi_train_step
+
+    config = TrainConfig(model=model, batch_size=batch_size)
+    images, labels = _synthetic(data_size)
+    tx, net = make_optimizer(config), build_model(model)
+    states = [create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)]
+    stacked = _stack([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])
+    orders = jnp.stack([jax.random.permutation(jax.random.PRNGKey(100 + s), data_size) for s in range(seeds)])
+    rngs = jnp.stack([jax.random.PRNGKey(200 + s) for s in range(seeds)])
+    active = jnp.ones(seeds, bool)
+    per_epoch = data_size // batch_size
+
+    def sequential(states, count, offset):
+        for s in range(seeds):
+            for i in range(count):
+                start = ((offset + i) % per_epoch) * batch_size
+                states[s], m = train_step(
+                    states[s], take_batch(images, labels, orders[s], start, batch_size), rngs[s]
+                )
+        jax.block_until_ready(m)
+        return states
+
+    def together(stacked, count, offset):
+        for i in range(count):
+            start = ((offset + i) % per_epoch) * batch_size
+            stacked, m = multi_train_step(stacked, images, labels, orders, start, batch_size, rngs, active)
+        jax.block_until_ready(m)
+        return stacked
+
+    rates = {"sequential": [], "vmapped": []}
+    states, stacked = sequential(states, 10, 0), together(stacked, 10, 0)  # compile and warm up
+    for w in range(windows):
+        for name in rates:
+            t = time.perf_counter()
+            if name == "sequential":
+                states = sequential(states, steps, w * steps)
+            else:
+                stacked = together(stacked, steps, w * steps)
+            rates[name].append(seeds * steps * batch_size / (time.perf_counter() - t))
+    seq, vm = statistics.median(rates["sequential"]), statistics.median(rates["vmapped"])
+    return {
+        "model": model,
+        "batch_size": batch_size,
+        "seeds": seeds,
+        "sequential_images_per_second": seq,
+        "vmapped_images_per_second": vm,
+        "speedup": vm / seq,
+        "windows": rates,
+    }

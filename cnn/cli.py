@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         "are filled in, e.g. '.venv-peer/bin/python ../shared/peers/torch_seed_cnn.py --json "
         "--batch-size {batch_size} --steps {steps}'",
     )
+    bench.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N seeds trained together (vmap) against N runs one after another",
+    )
     bench.add_argument("--out", type=Path, default=None, metavar="FILE.json")
 
     sweep = sub.add_parser(
@@ -156,7 +163,13 @@ def _bench(args: argparse.Namespace) -> None:
     if min(args.batch_sizes + args.steps_per_call + [args.steps, args.windows]) < 1:
         raise ValueError("bench: --batch-sizes, --steps-per-call, --steps and --windows must be >= 1")
     report = benchmark(
-        args.models, args.batch_sizes, args.steps, args.windows, args.steps_per_call, args.peer
+        args.models,
+        args.batch_sizes,
+        args.steps,
+        args.windows,
+        args.steps_per_call,
+        args.peer,
+        seeds=args.seeds,
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def test_benchmark_report_schema_with_a_peer(tmp_path):
     )
     peer = f"{sys.executable} {script} {{batch_size}}"
     report = benchmark(
-        ["seed_cnn"], [16], steps=4, windows=2, steps_per_call=[1, 2], peer=peer, data_size=512
+        ["seed_cnn"], [16], steps=4, windows=2, steps_per_call=[1, 2], peer=peer, data_size=512, seeds=2
     )
     assert report["schema_version"] == SCHEMA_VERSION and report["device"]["platform"] == "cpu"
     assert [r["steps_per_call"] for r in report["results"]] == [1, 2]
@@ -104,6 +104,10 @@ def test_benchmark_report_schema_with_a_peer(tmp_path):
         assert r["eval_images_per_second"] > 0 and r["compile_seconds"] > 0 and r["peak_memory_mb"] > 0
         assert r["peer"] == {"images_per_second": 1000.0, "bs": 16}
         assert r["ratio_to_peer"] == pytest.approx(r["train_images_per_second"] / 1000.0)
+    (together,) = report["seeds"]
+    assert together["seeds"] == 2 and together["speedup"] == pytest.approx(
+        together["vmapped_images_per_second"] / together["sequential_images_per_second"]
+    )
 
 
 def test_bench_cli_writes_json_and_table(tmp_path, capsys):
