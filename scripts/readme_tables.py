@@ -11,7 +11,9 @@ import re
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+EXPERIMENTS = ROOT / "experiments"
 
 
 def results_row(workdir: Path) -> str:
@@ -53,12 +55,43 @@ def zoo_table() -> str:
     return "\n".join(lines)
 
 
-def replace_block(block: str, table: str) -> None:
+def experiment_block(name: str) -> str | None:
+    """An experiment's table and plots, as written by its last run, or None if it has not run."""
+    results = EXPERIMENTS / "results" / name
+    if not (results / "results.md").is_file():
+        return None
+    parts = [(results / "results.md").read_text().strip()]
+    if (results / "shift_accuracy.md").is_file():
+        parts += [
+            "Test accuracy by shift (mean ± std over seeds):",
+            (results / "shift_accuracy.md").read_text().strip(),
+            f"![accuracy vs shift](results/{name}/shift_accuracy.png)",
+        ]
+    parts += [
+        f"![validation curves](results/{name}/val_curves.png) "
+        f"![accuracy vs MACs](results/{name}/accuracy_vs_macs.png)"
+    ]
+    return "\n\n".join(parts)
+
+
+def bench_table(path: str) -> str:
+    from cnn.bench import format_table
+
+    report = json.loads(Path(path).read_text())
+    host, device = report["host"], report["device"]
+    return (
+        format_table(report) + f"\n\nMachine: {host['cores']}-core {host['cpu']} ({device['platform']}), "
+        f"jax {report['versions']['jax']}; command: `{report['command']}`; commit "
+        f"`{(report['git_commit'] or 'unknown')[:8]}`."
+    )
+
+
+def replace_block(block: str, table: str, readme: Path = README) -> None:
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
-    text = README.read_text()
+    text = readme.read_text()
     if start not in text:
-        raise SystemExit(f"README.md has no {start} marker")
-    README.write_text(
+        raise SystemExit(f"{readme} has no {start} marker")
+    readme.write_text(
         re.sub(
             re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{table}\n{end}", text, flags=re.S
         )
@@ -72,5 +105,11 @@ if __name__ == "__main__":
         replace_block("results", results_table(args))
     elif command == "zoo":
         replace_block("zoo", zoo_table())
+    elif command == "experiments":
+        for name in ("padding", "stride", "pooling", "mlp_vs_cnn", "shift_robustness"):
+            if (table := experiment_block(name)) is not None:
+                replace_block(name, table, EXPERIMENTS / "README.md")
+    elif command == "bench" and args:
+        replace_block("bench", bench_table(args[0]))
     else:
         raise SystemExit(__doc__)
