@@ -310,6 +310,17 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def transfer(**kwargs: Any) -> nn.Module:
+    """A zoo model (`base`) cut at a named layer (`cut`) with a new dense head (`head`, `outputs`): the
+    network of transfer learning (see `cnn.transfer`)."""
+    from cnn.transfer import transfer_model
+
+    return transfer_model(**kwargs)
+
+
+MODELS["transfer"] = transfer
+
+
 def check_model_name(name: str) -> None:
     """Raises a ValueError naming the registered models (and the closest ones) if `name` is unknown."""
     if name not in MODELS:

@@ -53,14 +53,20 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> 
     with nn.intercept_methods(record):
         variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
     params, stats = variables.get("params", {}), variables.get("batch_stats", {})
+
+    def owner(name: str, module: nn.Module) -> str:
+        # A layer wrapping a model field (cnn.transfer.Cut) holds that model's variables under its name.
+        wrapped = getattr(module, "base", None)
+        return wrapped.name if isinstance(wrapped, nn.Module) and wrapped.name else name
+
     return [
         LayerRow(
             name,
             type(module).__name__,
             (None, *x_shape[1:]),
             (None, *out_shape[1:]),
-            _count(params.get(name, {})),
-            _count(stats.get(name, {})),
+            _count(params.get(owner(name, module), {})),
+            _count(stats.get(owner(name, module), {})),
             _macs(module, x_shape, out_shape),
         )
         for name, (module, x_shape, out_shape) in calls.items()

@@ -370,6 +370,7 @@ def fit(
     workdir: str | Path,
     overwrite: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    init_state: TrainState | None = None,
 ) -> dict[str, Any]:
     """Trains `config.model` on `splits`, checkpointing in `workdir`; resumes a run already there.
 
@@ -379,6 +380,8 @@ def fit(
       workdir: folder for config.json, history.json, results.json, curves.png and checkpoints/.
       overwrite: delete a run with a different config found in `workdir` instead of refusing.
       on_epoch_end: called after each epoch (and its checkpoint) with the epoch and its metrics.
+      init_state: start from this state (e.g. pretrained, with a freezing optimizer; see `cnn.transfer`)
+        instead of a fresh one.
     Returns:
       The results dictionary also written to `workdir/results.json` (metrics of the best epoch's weights).
     """
@@ -393,7 +396,8 @@ def fit(
     prepare_workdir(workdir, config, overwrite)
 
     keys = run_keys(config)
-    state = initial_state(config, steps_per_epoch=-(-len(train) // config.batch_size))
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    state = init_state if init_state is not None else initial_state(config, steps_per_epoch)
     checkpoints = Checkpoints(workdir / "checkpoints")
     run = RunState(stopping=EarlyStopping(config.patience))
     try:
