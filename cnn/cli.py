@@ -69,9 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", type=Path, default=None, metavar="FILE.json")
 
-    sweep = sub.add_parser(
-        "sweep", help="train a grid of configs, several seeds each (seeds vmapped together)"
-    )
+    sweep = sub.add_parser("sweep", help="train a grid of configs, several seeds each")
     sweep.add_argument(
         "--grid",
         action="append",
@@ -86,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         "--base", type=_json_object, default={}, metavar="JSON", help="fields shared by every run"
     )
     sweep.add_argument("--seeds", type=int, default=3)
+    sweep.add_argument(
+        "--together",
+        default="auto",
+        choices=["auto", "vmap", "sequential"],
+        help="seeds in one vmapped program or one after another (auto: vmap except on the CPU)",
+    )
     sweep.add_argument("--out", type=Path, required=True)
     sweep.add_argument("--data-dir", default=None)
     sweep.add_argument("--source-dir", default=None)
@@ -197,7 +201,11 @@ def _sweep(args: argparse.Namespace) -> None:
     variants = grid_variants(grid, "zip" if args.zip else "product")
     resolve(args.base, variants)  # every error before the data is loaded
     splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir)
-    print(markdown_table(run_sweep(args.base, variants, list(range(args.seeds)), splits, args.out)))
+    print(
+        markdown_table(
+            run_sweep(args.base, variants, list(range(args.seeds)), splits, args.out, together=args.together)
+        )
+    )
 
 
 def _viz(args: argparse.Namespace) -> None:

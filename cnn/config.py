@@ -33,7 +33,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     schedule: str = "constant"
     weight_decay: float = 0.0
-    steps_per_call: int = 1
+    steps_per_call: int = 10
 
     def __post_init__(self):
         from cnn.models import build_model  # the registry imports flax; keep config import light

@@ -43,6 +43,7 @@ from cnn.train import (
     create_train_state,
     device_data,
     eval_step,
+    fit,
     make_optimizer,
     padded_batches,
     prepare_workdir,
@@ -299,14 +300,42 @@ def _train_group(config, state, best, runs, keys, train, val, manager):
 
 
 # ------------------------------------------------------------------------------------------ the sweep
+TOGETHER = ("auto", "vmap", "sequential")
+
+
+def seeds_mode(together: str = "auto") -> str:
+    """How a variant's seeds train: 'vmap' (one program) or 'sequential' (`fit` per seed). 'auto' picks vmap
+    on accelerators and sequential on the CPU, where XLA runs the vmapped convolutions about 5x slower
+    (measured by `python -m cnn bench --seeds 3`: 0.19x at batch 32); both give the same results."""
+    if together not in TOGETHER:
+        raise SweepError(f"together: expected one of {TOGETHER}, got {together!r}")
+    if together != "auto":
+        return together
+    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _fit_sequentially(config: TrainConfig, seeds: Sequence[int], splits: Splits, vdir: Path) -> None:
+    for s in seeds:
+        if not (vdir / f"seed{s}" / "results.json").is_file():
+            fit(dataclasses.replace(config, seed=s), splits, vdir / f"seed{s}")
+
+
 def run_sweep(
-    base: dict[str, Any], variants: Sequence[Variant], seeds: Sequence[int], splits: Splits, out: str | Path
+    base: dict[str, Any],
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    splits: Splits,
+    out: str | Path,
+    together: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Runs every variant for every seed (skipping finished runs) and writes the sweep's tables and plots."""
+    """Runs every variant for every seed (skipping finished runs) and writes the sweep's tables and plots.
+
+    `together`: how the seeds of a variant train, see `seeds_mode`."""
     out = Path(out)
     configs = resolve(base, variants)  # every error before any training
     if not seeds:
         raise SweepError("seeds: expected at least one seed")
+    mode = seeds_mode(together)
     out.mkdir(parents=True, exist_ok=True)
     for variant, config in zip(variants, configs, strict=True):
         vdir = out / variant.name
@@ -314,9 +343,12 @@ def run_sweep(
             print(f"[{variant.name}] finished before: skipped")
             continue
         (vdir / "error.json").unlink(missing_ok=True)
-        print(f"[{variant.name}] training seeds {list(seeds)} together", flush=True)
+        print(f"[{variant.name}] training seeds {list(seeds)} ({mode})", flush=True)
         try:
-            fit_seeds(config, seeds, splits, vdir)
+            if mode == "vmap":
+                fit_seeds(config, seeds, splits, vdir)
+            else:
+                _fit_sequentially(config, seeds, splits, vdir)
         except Exception as e:  # one failed variant must not end the sweep
             vdir.mkdir(parents=True, exist_ok=True)
             write_json(
@@ -334,6 +366,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _train_seconds(results: list[dict[str, Any]]) -> float:
+    """A variant's training time: vmapped seeds share one clock; sequential ones add up."""
+    if not results:
+        return math.nan
+    return (
+        results[0]["train_seconds"]
+        if "trained_with_seeds" in results[0]
+        else sum(r["train_seconds"] for r in results)
+    )
 
 
 def final_feature_map(config: TrainConfig) -> str:
@@ -374,10 +417,12 @@ def collect(
                 "val_accuracy_mean": val[0],
                 "val_accuracy_std": val[1],
                 "epochs_mean": float(np.mean([r["epochs_run"] for r in results])) if results else math.nan,
-                "train_seconds": results[0]["train_seconds"] if results else math.nan,
-                "images_per_second": results[0].get("group_images_per_second", math.nan)
-                if results
-                else math.nan,
+                "train_seconds": _train_seconds(results),
+                "images_per_second": (
+                    results[0].get("group_images_per_second", results[0]["images_per_second"])
+                    if results
+                    else math.nan
+                ),
                 "seeds_finished": len(results),
                 "seeds": len(seeds),
                 "error": json.loads(error.read_text())["error"] if error.is_file() else "",
@@ -484,7 +529,7 @@ def experiment_parser(
     parser.add_argument(
         "--epochs", type=int, default=epochs, help="most epochs (early stopping may end sooner)"
     )
-    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1, trained together (vmap)")
+    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1")
     parser.add_argument(
         "--limit-train",
         type=int,
@@ -495,6 +540,12 @@ def experiment_parser(
     parser.add_argument("--out", type=Path, default=None, help="default: experiments/results/NAME")
     parser.add_argument("--data-dir", default=None, help="tfds data dir")
     parser.add_argument("--source-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument(
+        "--together",
+        default="auto",
+        choices=TOGETHER,
+        help="seeds in one vmapped program, or one after another (auto: fastest measured)",
+    )
     return parser
 
 
@@ -510,7 +561,7 @@ def run_experiment(
     resolve(base, variants)  # fail on a bad definition before loading any data
     out = args.out or Path(__file__).resolve().parent.parent / "experiments" / "results" / name
     splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir)
-    rows = run_sweep(base, variants, list(range(args.seeds)), splits, out)
+    rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
     print(markdown_table(rows))
     return rows, splits, out
 

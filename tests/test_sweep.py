@@ -52,8 +52,9 @@ VARIANTS = [Variant("bs16", {"batch_size": 16}), Variant("bs32", {"batch_size": 
 BASE = {"epochs": 2, "patience": 5, "limit_train": 128}
 
 
-def test_sweep_tables_plots_and_run_directories(tiny_splits, tmp_path):
-    rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path)
+@pytest.mark.parametrize("together", ["vmap", "sequential"])
+def test_sweep_tables_plots_and_run_directories(tiny_splits, tmp_path, together):
+    rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together=together)
     assert [r["variant"] for r in rows] == ["bs16", "bs32"]
     for r in rows:
         assert r["seeds_finished"] == 2 and r["params"] == 333_526 and r["feature_map"] == "7×7×64"
@@ -82,11 +83,11 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_splits, tm
 
     monkeypatch.setattr(sweep_module, "multi_train_step", dies_in_the_second_variant)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path)
+        run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together="vmap")
     finished = (tmp_path / "bs16" / "seed0" / "results.json").stat().st_mtime_ns
     monkeypatch.setattr(sweep_module, "multi_train_step", original)
     capsys.readouterr()
-    rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path)
+    rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together="vmap")
     out = capsys.readouterr().out
     assert "[bs16] finished before: skipped" in out and "Resuming" in out and "after epoch 1" in out
     assert (tmp_path / "bs16" / "seed0" / "results.json").stat().st_mtime_ns == finished
@@ -144,3 +145,11 @@ def test_base_config_is_validated_too():
         resolve({"lr": "fast"}, [Variant("a", {})])
     with pytest.raises(SweepError, match="two variants share a name"):
         resolve({}, [Variant("a", {}), Variant("a", {"lr": 0.1})])
+
+
+def test_together_mode(monkeypatch):
+    assert sweep_module.seeds_mode("auto") == "sequential"  # the CPU: vmapped convolutions measured slower
+    monkeypatch.setattr(sweep_module.jax, "default_backend", lambda: "gpu")
+    assert sweep_module.seeds_mode("auto") == "vmap" and sweep_module.seeds_mode("sequential") == "sequential"
+    with pytest.raises(SweepError, match="together: expected one of"):
+        sweep_module.seeds_mode("parallel")
