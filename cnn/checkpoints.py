@@ -45,6 +45,14 @@ class Checkpoints:
         restored = self.manager.restore(epoch, args=args)
         return restored["state"], restored["meta"]
 
+    def restore_variables(self, epoch: int) -> tuple[Any, Any, dict[str, Any]]:
+        """The parameters, batch statistics (or None) and metadata saved as `epoch`, without a template, so
+        that a state trained with any optimizer restores."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        restored = self.manager.restore(epoch, args=args)
+        state = restored["state"]
+        return state["params"], state.get("batch_stats"), restored["meta"]
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

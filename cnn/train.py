@@ -353,12 +353,18 @@ def restore_run(
         latest = checkpoints.latest_epoch()
         if latest is None:
             raise RunNotFoundError(f"workdir {workdir} has no checkpoint yet; {hint}")
-        template = initial_state(config)
-        _, meta = checkpoints.restore(latest, template)
+        _, _, meta = checkpoints.restore_variables(latest)
         chosen = epoch or meta["stopping"]["best_epoch"]
         if chosen not in checkpoints.epochs():
             raise RunNotFoundError(f"epoch {chosen} is not saved in {workdir}; saved: {checkpoints.epochs()}")
-        state, meta = checkpoints.restore(chosen, template)
+        params, batch_stats, meta = checkpoints.restore_variables(chosen)
+        # The variables into a fresh state of the run's model: any optimizer it was trained with (a frozen
+        # backbone's, say) restores, and the optimizer state, needed only to resume, starts anew.
+        template = initial_state(config)
+        state = template.replace(
+            params=jax.tree.map(jnp.asarray, params),
+            batch_stats=None if batch_stats is None else jax.tree.map(jnp.asarray, batch_stats),
+        )
     finally:
         checkpoints.close()
     return config, state, meta

@@ -110,14 +110,18 @@ def transfer_model(
 
 
 def transfer_config(
-    base: str, cut: str, outputs: int, head: Sequence[int] = (64,), **fields: Any
+    base: str,
+    cut: str,
+    outputs: int,
+    head: Sequence[int] = (64,),
+    base_args: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> TrainConfig:
     """The TrainConfig of a transfer model (model 'transfer'), other fields as given."""
-    return TrainConfig(
-        model="transfer",
-        model_args={"base": base, "cut": cut, "head": list(head), "outputs": outputs},
-        **fields,
-    )
+    model_args = {"base": base, "cut": cut, "head": list(head), "outputs": outputs}
+    if base_args:
+        model_args["base_args"] = base_args
+    return TrainConfig(model="transfer", model_args=model_args, **fields)
 
 
 def load_backbone(source: str | Path) -> dict[str, Any]:

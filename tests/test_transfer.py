@@ -1,0 +1,148 @@
+"""Transfer learning: frozen means bit-for-bit unchanged, counts are right, bad checkpoints are named."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax.traverse_util import flatten_dict
+
+from cnn import TrainConfig, build_model, fit
+from cnn.train import RunNotFoundError, restore_run
+from cnn.transfer import (
+    format_counts,
+    load_backbone,
+    parameter_counts,
+    transfer_config,
+    transfer_state,
+)
+
+BN_ARGS = {"blocks": [{"filters": 8, "batch_norm": True}, {"filters": 8, "batch_norm": True}], "dense": [16]}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_splits, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pretrained")
+    fit(TrainConfig(model="convnet", model_args=BN_ARGS, epochs=1, batch_size=32), tiny_splits, workdir)
+    return workdir
+
+
+def _leaves(tree):
+    return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(tree)).items()}
+
+
+def test_head_only_training_leaves_the_backbone_bit_for_bit(pretrained, tiny_splits, tmp_path):
+    backbone = load_backbone(pretrained)
+    config = transfer_config("convnet", "block2_pool", 10, base_args=BN_ARGS, epochs=2, batch_size=32)
+    state, _ = transfer_state(config, backbone, freeze="backbone")
+    head_before = _leaves({k: v for k, v in state.params.items() if k != "base"})
+    fit(config, tiny_splits, tmp_path, init_state=state)
+    _, trained, _ = restore_run(tmp_path)
+    for path, value in _leaves(trained.params["base"]).items():
+        np.testing.assert_array_equal(value, _leaves(backbone["params"])[path])
+    for path, value in _leaves(trained.batch_stats["base"]).items():
+        np.testing.assert_array_equal(value, _leaves(backbone["batch_stats"])[path])
+    head_after = _leaves({k: v for k, v in trained.params.items() if k != "base"})
+    assert all(not np.array_equal(head_after[p], head_before[p]) for p in head_before)
+
+
+def test_fine_tuning_trains_the_top_block_only(pretrained, tiny_splits, tmp_path):
+    backbone = load_backbone(pretrained)
+    config = transfer_config("convnet", "block2_pool", 10, base_args=BN_ARGS, epochs=1, batch_size=32)
+    state, labels = transfer_state(config, backbone, freeze="backbone_except_top")
+    assert {k: v["kernel"] for k, v in labels["base"].items() if "conv" in k} == {
+        "block1_conv": "frozen",
+        "block2_conv": "finetune",
+    }
+    fit(config, tiny_splits, tmp_path, init_state=state)
+    _, trained, _ = restore_run(tmp_path)
+    before, after = _leaves(backbone["params"]), _leaves(trained.params["base"])
+    assert np.array_equal(after[("block1_conv", "kernel")], before[("block1_conv", "kernel")])
+    assert not np.array_equal(after[("block2_conv", "kernel")], before[("block2_conv", "kernel")])
+
+
+def test_parameter_counts_for_a_known_cut():
+    config = transfer_config("seed_cnn", "pool2", 2, head=(64,))
+    state, labels = transfer_state(config, None, freeze="backbone")
+    backbone = (3 * 3 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64)
+    head = (7 * 7 * 64 * 64 + 64) + (64 * 2 + 2)
+    counts = parameter_counts(state.params, labels, state.batch_stats)
+    assert counts == {"trainable": head, "non_trainable": backbone}
+    assert format_counts(counts).splitlines() == [
+        f"Total params: {head + backbone:,}",
+        f"Trainable params: {head:,}",
+        f"Non-trainable params: {backbone:,}",
+    ]
+    _, scratch = transfer_state(config, None, freeze="none")
+    assert parameter_counts(state.params, scratch)["non_trainable"] == 0
+
+
+def test_user_supplied_orbax_checkpoint(tmp_path):
+    variables = build_model("seed_cnn").init(jax.random.PRNGKey(5), np.zeros((1, 28, 28, 1), np.float32))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((tmp_path / "flax-weights").absolute(), variables)
+    checkpointer.wait_until_finished()
+    backbone = load_backbone(tmp_path / "flax-weights")
+    state, _ = transfer_state(transfer_config("seed_cnn", "conv2", 3), backbone)
+    np.testing.assert_array_equal(
+        state.params["base"]["conv2"]["kernel"], variables["params"]["conv2"]["kernel"]
+    )
+
+
+def test_wrong_architecture_lists_the_mismatched_paths(tmp_path):
+    variables = build_model("lecture_cnn").init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((tmp_path / "other").absolute(), variables)
+    checkpointer.wait_until_finished()
+    with pytest.raises(ValueError) as e:
+        transfer_state(transfer_config("seed_cnn", "pool2", 2), load_backbone(tmp_path / "other"))
+    message = str(e.value)
+    assert "do not match the backbone" in message
+    assert "conv1/kernel: checkpoint has (3, 3, 1, 64), the model needs (3, 3, 1, 32)" in message
+    assert "conv2/kernel: checkpoint has (3, 3, 64, 32), the model needs (3, 3, 32, 64)" in message
+
+
+def test_missing_checkpoint_and_unknown_cut(tmp_path):
+    with pytest.raises(RunNotFoundError, match="holds no run"):
+        load_backbone(tmp_path / "nothing-here")
+    with pytest.raises(
+        ValueError, match=r"cut: seed_cnn has no layer 'block9'; its layers are \['conv1', 'pool1'"
+    ):
+        transfer_config("seed_cnn", "block9", 2)
+    with pytest.raises(ValueError, match="freeze: expected one of"):
+        transfer_state(transfer_config("seed_cnn", "pool2", 2), None, freeze="half")
+
+
+def test_tiny_few_shot_experiment(idx_dir, tmp_path, monkeypatch):
+    out = tmp_path / "transfer"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "transfer.py",
+            "--epochs",
+            "2",
+            "--seeds",
+            "2",
+            "--pretrain-epochs",
+            "1",
+            "--out",
+            str(out),
+            "--source-dir",
+            str(idx_dir),
+            "--data-dir",
+            str(tmp_path / "tfds"),
+        ],
+    )
+    runpy.run_path(
+        str(Path(__file__).resolve().parent.parent / "experiments" / "transfer.py"), run_name="__main__"
+    )
+    table = (out / "results.md").read_text()
+    for method in ("frozen", "finetune", "scratch"):
+        assert table.count(f"| {method} |") == 3
+    assert (out / "transfer.png").stat().st_size > 5000
