@@ -48,6 +48,7 @@ from cnn.train import (
     padded_batches,
     prepare_workdir,
     run_keys,
+    training_split,
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -187,13 +188,7 @@ def fit_seeds(config: TrainConfig, seeds: Sequence[int], splits: Splits, workdir
     so an interrupted group resumes where it stopped.
     """
     workdir, seeds = Path(workdir), list(seeds)
-    train = (
-        splits.train
-        if config.limit_train is None
-        else Split(splits.train.images[: config.limit_train], splits.train.labels[: config.limit_train])
-    )
-    if config.batch_size > len(train):
-        raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
+    train = training_split(config, splits)
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     for c in configs:
         prepare_workdir(workdir / f"seed{c.seed}", c)

@@ -370,6 +370,16 @@ def restore_run(
     return config, state, meta
 
 
+def training_split(config: TrainConfig, splits: Splits) -> Split:
+    """The training examples a run uses (the first `limit_train`), checked against the batch size."""
+    train = splits.train
+    if config.limit_train is not None:
+        train = Split(train.images[: config.limit_train], train.labels[: config.limit_train])
+    if config.batch_size > len(train):
+        raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
+    return train
+
+
 def fit(
     config: TrainConfig,
     splits: Splits,
@@ -392,13 +402,7 @@ def fit(
       The results dictionary also written to `workdir/results.json` (metrics of the best epoch's weights).
     """
     workdir = Path(workdir)
-    train = (
-        splits.train
-        if config.limit_train is None
-        else Split(splits.train.images[: config.limit_train], splits.train.labels[: config.limit_train])
-    )
-    if config.batch_size > len(train):
-        raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
+    train = training_split(config, splits)
     prepare_workdir(workdir, config, overwrite)
 
     keys = run_keys(config)
