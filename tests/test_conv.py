@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cnn import conv
 from cnn.models import build_model
 
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _rel_close(a, b, tol=1e-5):
@@ -237,7 +237,7 @@ def test_seed_cnn_receptive_field_analytic_and_empirical():
         assert (first + last) / 2 == field.start + unit * field.jump
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     st.lists(
         st.tuples(
