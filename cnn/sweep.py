@@ -1,11 +1,13 @@
 """Sweeps: a base config, variants (a grid or a zip of overrides, or named ones), several seeds.
 
-The seeds of one variant train together in one compiled program: `jax.vmap` over parameters, optimizer
-state and random keys, each seed with its own shuffling, dropout and early stopping, exactly as sequential
-runs of `cnn.train.fit` would do. Every (variant, seed) run gets an ordinary run directory (config.json,
-history.json, results.json, curves.png, a checkpoint of its best epoch), so `restore_run` and
-`python -m cnn viz` work on it. Re-running a sweep skips finished runs and resumes unfinished ones; a
-variant that fails is recorded in its `error.json` and the sweep goes on.
+The seeds of one variant can train together in one compiled program: `jax.vmap` over parameters,
+optimizer state and random keys, each seed with its own shuffling, dropout and early stopping, exactly as
+sequential runs of `cnn.train.fit` would do (`fit_seeds`). That is the default on accelerators; on the CPU,
+where XLA runs the vmapped convolutions several times slower, the seeds run one after another
+(`seeds_mode`). Every (variant, seed) run gets an ordinary run directory (config.json, history.json,
+results.json, curves.png, a checkpoint of its best epoch), so `restore_run` and `python -m cnn viz` work
+on it. Re-running a sweep skips finished runs and resumes unfinished ones; a variant that fails is
+recorded in its `error.json` and the sweep goes on.
 """
 
 from __future__ import annotations
