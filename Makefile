@@ -8,8 +8,9 @@ setup:
 train: setup
 	.venv/bin/python -m cnn train $(ARGS)
 
+# Two workers: most tests are bound by XLA compilation, which runs on one core.
 test: setup
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check cnn tests experiments scripts
