@@ -65,12 +65,16 @@ def experiment_block(name: str) -> str | None:
         parts += [
             "Test accuracy by shift (mean ± std over seeds):",
             (results / "shift_accuracy.md").read_text().strip(),
-            f"![accuracy vs shift](results/{name}/shift_accuracy.png)",
         ]
-    parts += [
-        f"![validation curves](results/{name}/val_curves.png) "
-        f"![accuracy vs MACs](results/{name}/accuracy_vs_macs.png)"
+    plots = [
+        ("accuracy vs shift", "shift_accuracy.png"),
+        ("few-shot transfer", "transfer.png"),
+        ("validation curves", "val_curves.png"),
+        ("accuracy vs MACs", "accuracy_vs_macs.png"),
     ]
+    parts.append(
+        " ".join(f"![{alt}](results/{name}/{file})" for alt, file in plots if (results / file).is_file())
+    )
     return "\n\n".join(parts)
 
 
@@ -106,7 +110,7 @@ if __name__ == "__main__":
     elif command == "zoo":
         replace_block("zoo", zoo_table())
     elif command == "experiments":
-        for name in ("padding", "stride", "pooling", "mlp_vs_cnn", "shift_robustness"):
+        for name in ("padding", "stride", "pooling", "mlp_vs_cnn", "shift_robustness", "transfer"):
             if (table := experiment_block(name)) is not None:
                 replace_block(name, table, EXPERIMENTS / "README.md")
     elif command == "bench" and args:
