@@ -22,6 +22,11 @@ TASKS = {  # name: (unseen classes, training images per class)
 }
 
 
+def slug(task: str) -> str:
+    """A folder name for a task, distinct for every task."""
+    return "".join(c if c.isalnum() else "-" for c in task).strip("-")
+
+
 def main() -> None:
     parser = experiment_parser(__doc__, epochs=50, seeds=5)
     parser.add_argument("--pretrain-epochs", type=int, default=10)
@@ -45,7 +50,7 @@ def main() -> None:
             accuracies = []
             for seed in range(args.seeds):
                 train = few_shot(splits.train, classes, per_class, seed)
-                workdir = out / task.split()[0] / method / f"seed{seed}"
+                workdir = out / slug(task) / method / f"seed{seed}"
                 r = train_few_shot(
                     backbone, train, test, method, workdir, cut=args.cut, epochs=args.epochs, seed=seed
                 )

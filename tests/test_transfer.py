@@ -146,3 +146,5 @@ def test_tiny_few_shot_experiment(idx_dir, tmp_path, monkeypatch):
     for method in ("frozen", "finetune", "scratch"):
         assert table.count(f"| {method} |") == 3
     assert (out / "transfer.png").stat().st_size > 5000
+    task_dirs = [p for p in out.iterdir() if p.is_dir() and p.name != "pretrain"]
+    assert len(task_dirs) == 3  # every task trains in its own folder, never reusing another's runs
