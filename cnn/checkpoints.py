@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a run: the latest epoch (for resuming) and the best one (by validation loss)."""
+"""Orbax checkpoints of a run: the latest epoch (for resuming) and the best one (lowest score: the
+validation loss, or the negated validation accuracy, see `cnn.train.monitored`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ from typing import Any
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+TIE_BREAK = 1e-12  # far below the gap between two distinct float32 scores
+
+
+def _score(metrics: dict[str, float]) -> float:
+    # Checkpoints written before the score was configurable saved it as "val_loss".
+    return metrics["score"] if "score" in metrics else metrics["val_loss"]
+
 
 class Checkpoints:
-    """Keeps two epochs of a run in `directory`: the latest and the one with the lowest validation loss.
+    """Keeps two epochs of a run in `directory`: the latest and the one with the lowest score.
 
     Orbax's `best_step()` answers the latest step under this combined policy, so the best epoch is
     recorded by the caller (in the saved metadata), not asked of the manager.
@@ -20,7 +28,7 @@ class Checkpoints:
         policy = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=1),
-                policies.BestN(get_metric_fn=lambda metrics: metrics["val_loss"], reverse=True, n=1),
+                policies.BestN(get_metric_fn=_score, reverse=True, n=1),
             ]
         )
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False)
@@ -34,10 +42,12 @@ class Checkpoints:
     def epochs(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, epoch: int, state: Any, meta: dict[str, Any], val_loss: float) -> None:
-        """Saves `state` and JSON `meta` as `epoch`, ranked by `val_loss`."""
+    def save(self, epoch: int, state: Any, meta: dict[str, Any], score: float) -> None:
+        """Saves `state` and JSON `meta` as `epoch`, ranked by `score` (lower is better)."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self.manager.save(epoch, args=args, metrics={"val_loss": float(val_loss)})
+        # Ties (common for accuracy) go to the earlier epoch, as in early stopping: without this, orbax
+        # could keep a later epoch of the same score and delete the one early stopping calls the best.
+        self.manager.save(epoch, args=args, metrics={"score": float(score) + epoch * TIE_BREAK})
 
     def restore(self, epoch: int, template: Any) -> tuple[Any, dict[str, Any]]:
         """The state (shaped like `template`) and metadata saved as `epoch`."""

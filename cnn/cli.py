@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", default=DEFAULTS.schedule, help="learning rate: constant | cosine")
     train.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW when > 0")
     train.add_argument(
+        "--monitor",
+        default=DEFAULTS.monitor,
+        help="what early stopping and the best checkpoint follow: val_loss (lowest) | val_accuracy (highest)",
+    )
+    train.add_argument(
         "--steps-per-call",
         type=int,
         default=DEFAULTS.steps_per_call,
@@ -133,6 +138,7 @@ def _train(args: argparse.Namespace) -> None:
         schedule=args.schedule,
         weight_decay=args.weight_decay,
         steps_per_call=args.steps_per_call,
+        monitor=args.monitor,
     )
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
     splits = load_fashion_mnist(

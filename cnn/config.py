@@ -34,6 +34,7 @@ class TrainConfig:
     schedule: str = "constant"
     weight_decay: float = 0.0
     steps_per_call: int = 10
+    monitor: str = "val_loss"
 
     def __post_init__(self):
         from cnn.models import build_model  # the registry imports flax; keep config import light
@@ -55,12 +56,18 @@ class TrainConfig:
         _check(self, "schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
         _check(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
         _check(self, "steps_per_call", self.steps_per_call >= 1, "an integer >= 1")
+        _check(self, "monitor", self.monitor in MONITORS, f"one of {MONITORS}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 SCHEDULES = ("constant", "cosine")
+# What early stopping and the best checkpoint follow: the lowest validation loss (Keras' default) or the
+# highest validation accuracy (better for a long cosine schedule, where the loss rises while accuracy climbs).
+MONITORS = ("val_loss", "val_accuracy")
+# Fields added after runs were saved, with the value those runs used: an older config.json still matches.
+ADDED_FIELDS = {"monitor": "val_loss"}
 # Fields that may change when a run resumes in the same workdir: training longer is still the same run, and
 # `steps_per_call` only changes how many steps one compiled call runs.
 RESUMABLE_FIELDS = frozenset({"epochs", "steps_per_call"})
@@ -77,9 +84,9 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     # A learning-rate schedule spans `epochs`, so only a constant one lets a resumed run train longer.
     resumable = RESUMABLE_FIELDS - ({"epochs"} if config.schedule != "constant" else set())
     return [
-        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
+        f"{key}: {saved.get(key, ADDED_FIELDS.get(key))!r} -> {current[key]!r}"
         for key in current
-        if key not in resumable and saved.get(key) != current[key]
+        if key not in resumable and saved.get(key, ADDED_FIELDS.get(key)) != current[key]
     ]
 
 

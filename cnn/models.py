@@ -291,10 +291,13 @@ def convnet(
     return model
 
 
-def vgg_bn(**kwargs: Any) -> ConvNet:
+def vgg_bn(widths: Sequence[int] = (32, 64, 128), **kwargs: Any) -> ConvNet:
     """The strong model: three VGG blocks of two 3×3 convolutions with batch norm (32, 64, 128 filters),
-    max pooling, a global-average head with dense 128, dropout 0.3, and random shift/flip augmentation."""
-    blocks = [ConvBlock(f, batch_norm=True, convs=2) for f in (32, 64, 128)]
+    max pooling, a global-average head with dense 128, dropout 0.3, and random shift/flip augmentation.
+    `widths` sets the filters of each block (e.g. `[64, 128, 256]` for the wide variant)."""
+    if "blocks" in kwargs:
+        raise ValueError("model_args: vgg_bn takes `widths`, not `blocks` (use the convnet model for blocks)")
+    blocks = [ConvBlock(int(f), batch_norm=True, convs=2) for f in widths]
     defaults = dict(blocks=blocks, head="global_avg", dense=(128,), dropout_rate=0.3, augment=True)
     return convnet(**{**defaults, **kwargs})
 

@@ -47,6 +47,7 @@ from cnn.train import (
     eval_step,
     fit,
     make_optimizer,
+    monitored,
     padded_batches,
     prepare_workdir,
     run_keys,
@@ -267,7 +268,7 @@ def _train_group(config, state, best, runs, keys, train, val, manager):
                 "val_loss": val_metrics[i]["loss"],
                 "val_accuracy": val_metrics[i]["accuracy"],
             }
-            improved[i] = run.stopping.update(epoch, metrics["val_loss"])
+            improved[i] = run.stopping.update(epoch, monitored(metrics, config.monitor))
             run.epoch = epoch
             run.history.append({"epoch": epoch, **metrics})
             run.timing.append(

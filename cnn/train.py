@@ -203,9 +203,16 @@ def predict(state: TrainState, images: np.ndarray, batch_size: int = 1000) -> np
     return np.concatenate(out)
 
 
+def monitored(metrics: dict[str, float], monitor: str = "val_loss") -> float:
+    """The score early stopping and the best checkpoint minimise: the validation loss, or the negated
+    validation accuracy."""
+    return metrics[monitor] if monitor == "val_loss" else -metrics[monitor]
+
+
 @dataclass
 class EarlyStopping:
-    """Keras' EarlyStopping on validation loss: stop after `patience` epochs without a new minimum."""
+    """Keras' EarlyStopping: stop after `patience` epochs without a new minimum of the score (see
+    `monitored`)."""
 
     patience: int
     best: float = float("inf")
@@ -213,10 +220,10 @@ class EarlyStopping:
     wait: int = 0
     stopped: bool = False
 
-    def update(self, epoch: int, val_loss: float) -> bool:
-        """Records one epoch's validation loss; returns True when this epoch is the best so far."""
-        if val_loss < self.best:
-            self.best, self.best_epoch, self.wait = val_loss, epoch, 0
+    def update(self, epoch: int, score: float) -> bool:
+        """Records one epoch's score (lower is better); returns True when this epoch is the best so far."""
+        if score < self.best:
+            self.best, self.best_epoch, self.wait = score, epoch, 0
             return True
         self.wait += 1
         self.stopped = self.wait >= self.patience
@@ -433,16 +440,17 @@ def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_e
         state, metrics, timing = train_epoch(state, data, config, epoch, keys)
         val_metrics = evaluate(state, val, config.eval_batch_size)
         metrics |= {"val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"]}
-        run.stopping.update(epoch, metrics["val_loss"])
+        score = monitored(metrics, config.monitor)
+        run.stopping.update(epoch, score)
         run.epoch = epoch
         run.history.append({"epoch": epoch, **metrics})
         run.timing.append({"epoch": epoch, **timing})
-        checkpoints.save(epoch, state, run.to_dict(), metrics["val_loss"])
+        checkpoints.save(epoch, state, run.to_dict(), score)
         write_json(workdir / "history.json", run.history)
         print(_epoch_line(config, epoch, metrics, timing), flush=True)
         if run.stopping.stopped:
             print(
-                f"Early stopping: no lower val_loss for {config.patience} epochs; "
+                f"Early stopping: no better {config.monitor} for {config.patience} epochs; "
                 f"restoring epoch {run.stopping.best_epoch}"
             )
         if on_epoch_end is not None:

@@ -287,7 +287,15 @@ def train_few_shot(
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
     outputs = int(train.labels.max()) + 1
     config = transfer_config(
-        base, cut, outputs, epochs=epochs, batch_size=min(10, len(train)), lr=lr, patience=epochs, seed=seed
+        base,
+        cut,
+        outputs,
+        epochs=epochs,
+        batch_size=min(10, len(train)),
+        lr=lr,
+        patience=epochs,
+        seed=seed,
+        steps_per_call=1,  # a few steps per epoch: one compiled step is all it needs
     )
     state, labels = transfer_state(config, None if method == "scratch" else backbone, METHODS[method])
     results = fit(config, Splits(train=train, val=train, test=test), workdir, init_state=state)

@@ -14,6 +14,14 @@ from cnn.data import load_fashion_mnist
 from cnn.sweep import experiment_parser
 from cnn.transfer import METHODS, class_subset, few_shot, load_backbone, train_few_shot
 
+# The backbones: the recipe each is pretrained with, and the layer it is cut at by default.
+BACKBONES = {
+    "seed_cnn": ({}, "pool2"),
+    "vgg_bn": (
+        {"batch_size": 128, "schedule": "cosine", "weight_decay": 1e-4, "monitor": "val_accuracy"},
+        "global_avg",
+    ),
+}
 PRETRAIN_CLASSES = [0, 2, 5, 8, 9]  # T-shirt/top, Pullover, Sandal, Bag, Ankle boot
 TASKS = {  # name: (unseen classes, training images per class)
     "coat-vs-shirt (15+15)": ([4, 6], 15),
@@ -30,8 +38,16 @@ def slug(task: str) -> str:
 def main() -> None:
     parser = experiment_parser(__doc__, epochs=50, seeds=5)
     parser.add_argument("--pretrain-epochs", type=int, default=10)
-    parser.add_argument("--cut", default="pool2", help="the seed CNN layer the backbone ends at")
+    parser.add_argument(
+        "--backbone", default="seed_cnn", choices=sorted(BACKBONES), help="the pretrained model"
+    )
+    parser.add_argument(
+        "--cut", default=None, help="the layer the backbone ends at (default: pool2 | global_avg)"
+    )
     args = parser.parse_args()
+    recipe, default_cut = BACKBONES[args.backbone]
+    args.cut = args.cut or default_cut
+    patience = {"patience": args.pretrain_epochs} if "schedule" in recipe else {}
     out = args.out or __import__("pathlib").Path(__file__).resolve().parent / "results" / "transfer"
     splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir)
     source = class_subset(splits.train, PRETRAIN_CLASSES)
@@ -40,7 +56,8 @@ def main() -> None:
     pretrain = type(splits)(
         source, class_subset(splits.val, PRETRAIN_CLASSES), class_subset(splits.test, PRETRAIN_CLASSES)
     )
-    results = fit(TrainConfig(epochs=args.pretrain_epochs), pretrain, out / "pretrain")
+    config = TrainConfig(model=args.backbone, epochs=args.pretrain_epochs, **recipe, **patience)
+    results = fit(config, pretrain, out / "pretrain")
     print(f"backbone pretrained on classes {PRETRAIN_CLASSES}: test accuracy {results['test_accuracy']:.4f}")
     backbone = load_backbone(out / "pretrain")
     table = {}
@@ -52,7 +69,15 @@ def main() -> None:
                 train = few_shot(splits.train, classes, per_class, seed)
                 workdir = out / slug(task) / method / f"seed{seed}"
                 r = train_few_shot(
-                    backbone, train, test, method, workdir, cut=args.cut, epochs=args.epochs, seed=seed
+                    backbone,
+                    train,
+                    test,
+                    method,
+                    workdir,
+                    base=args.backbone,
+                    cut=args.cut,
+                    epochs=args.epochs,
+                    seed=seed,
                 )
                 accuracies.append(r["test_accuracy"])
             table[(task, method)] = (accuracies, r["trainable"], r["non_trainable"])
@@ -70,8 +95,8 @@ def write(table, out, args) -> None:
             f"{frozen:,} |"
         )
     (out / "results.md").write_text(
-        "\n".join(lines) + f"\n\nBackbone: the seed CNN up to `{args.cut}`; "
-        f"{args.seeds} seeds, {args.epochs} epochs.\n"
+        "\n".join(lines) + f"\n\nBackbone: `{args.backbone}` up to `{args.cut}`, pretrained for "
+        f"{args.pretrain_epochs} epochs; {args.seeds} seeds, {args.epochs} epochs.\n"
     )
     (out / "results.json").write_text(
         json.dumps(

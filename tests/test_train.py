@@ -162,6 +162,7 @@ def test_batch_larger_than_training_set_fails_before_writing(tiny_splits, tmp_pa
         ("limit_train", 0),
         ("val_fraction", 1.5),
         ("model", "resnet9000"),
+        ("monitor", "accuracy"),
     ],
 )
 def test_invalid_config_names_the_field(field, value):
@@ -198,3 +199,40 @@ def test_cli_summary_and_errors(capsys, tmp_path):
     assert "Did you mean seed_cnn" in capsys.readouterr().err
     assert main(["train", "--lr", "-1", "--workdir", str(tmp_path / "x")]) == 2
     assert "lr: got -1.0" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_monitor_val_accuracy_keeps_the_most_accurate_epoch(tiny_splits, tmp_path):
+    config = TrainConfig(batch_size=32, epochs=5, patience=10, monitor="val_accuracy", limit_train=320)
+    results = fit(config, tiny_splits, tmp_path)
+    history = json.loads((tmp_path / "history.json").read_text())
+    top = max(h["val_accuracy"] for h in history)
+    first_top = next(h for h in history if h["val_accuracy"] == top)  # ties go to the earlier epoch
+    assert results["best_epoch"] == first_top["epoch"]
+    assert results["val_accuracy"] == pytest.approx(top, abs=1e-6)
+
+
+def test_checkpoint_ties_keep_the_earlier_epoch(tmp_path):
+    # Accuracy ties are common; the kept best checkpoint must be the epoch early stopping calls the best.
+    import jax.numpy as jnp
+
+    from cnn.checkpoints import Checkpoints
+
+    checkpoints, stopping = Checkpoints(tmp_path / "checkpoints"), EarlyStopping(patience=10)
+    for epoch, score in enumerate([-0.5, -0.9, -0.9, -0.9, -0.8], start=1):
+        stopping.update(epoch, score)
+        checkpoints.save(epoch, {"w": jnp.full(3, epoch, jnp.float32)}, {"epoch": epoch}, score)
+    assert checkpoints.epochs() == [stopping.best_epoch, 5] == [2, 5]
+    state, meta = checkpoints.restore(2, {"w": jnp.zeros(3, jnp.float32)})
+    assert meta == {"epoch": 2} and float(state["w"][0]) == 2.0
+    checkpoints.close()
+
+
+def test_a_run_saved_before_monitor_existed_still_resumes():
+    from cnn.config import config_differences
+
+    saved = TrainConfig(**FAST).to_dict()
+    del saved["monitor"]
+    assert config_differences(saved, TrainConfig(**FAST)) == []
+    assert config_differences(saved, TrainConfig(**FAST, monitor="val_accuracy")) == [
+        "monitor: 'val_loss' -> 'val_accuracy'"
+    ]

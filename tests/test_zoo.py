@@ -88,6 +88,18 @@ def test_parameter_count(zoo_model):
     assert (batch_stats > 0) == (name in HAS_BATCH_NORM)
 
 
+def test_vgg_bn_widths_set_the_filters_of_each_block():
+    model = build_model("vgg_bn", widths=[64, 128, 256])
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))
+    pairs = [(1, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
+    expected = (
+        sum(conv_p(3, a, b, bias=False) + 2 * b for a, b in pairs) + dense_p(256, 128) + dense_p(128, 10)
+    )
+    assert sum(p.size for p in jax.tree.leaves(variables["params"])) == expected == 1_179_338
+    with pytest.raises(ValueError, match="takes `widths`, not `blocks`"):
+        build_model("vgg_bn", blocks=[{"filters": 8}])
+
+
 def test_eval_is_deterministic_and_dropout_acts_only_in_training(zoo_model):
     name, model, variables = zoo_model
     x = jax.random.uniform(jax.random.PRNGKey(2), (16, 28, 28, 1))
