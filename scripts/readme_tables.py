@@ -20,9 +20,14 @@ def results_row(workdir: Path) -> str:
     results = json.loads((workdir / "results.json").read_text())
     meta = json.loads((workdir / "config.json").read_text())
     config, host, device = meta["config"], meta["host"], meta["device"]
-    machine = f"{host['cores']}-core {host['cpu']} ({device['platform']}), jax {meta['versions']['jax']}"
+    if device["platform"] == "cpu":
+        machine = f"{host['cores']}-core {host['cpu']} (cpu), jax {meta['versions']['jax']}"
+    else:
+        machine = f"{device['kind']} ({device['platform']}), jax {meta['versions']['jax']}"
+    args = config.get("model_args") or {}
+    model = f"`{config['model']}`" + (f" `{json.dumps(args, separators=(',', ':'))}`" if args else "")
     return (
-        f"| `{config['model']}` | {results['test_accuracy']:.4f} | {results['val_accuracy']:.4f} | "
+        f"| {model} | {results['test_accuracy']:.4f} | {results['val_accuracy']:.4f} | "
         f"{results['best_epoch']} / {results['epochs_run']} | {results['train_seconds']:.0f} s | "
         f"{results['images_per_second']:,.0f} | {machine} | `{(meta['git_commit'] or 'unknown')[:8]}` |"
     )
