@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -25,6 +26,7 @@ class Checkpoints:
     """
 
     def __init__(self, directory: Path):
+        self.directory = Path(directory).absolute()
         policy = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=1),
@@ -55,10 +57,23 @@ class Checkpoints:
         restored = self.manager.restore(epoch, args=args)
         return restored["state"], restored["meta"]
 
+    def restore_meta(self, epoch: int) -> dict[str, Any]:
+        """Only the JSON metadata saved as `epoch` (no arrays are read)."""
+        return self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def restore_variables(self, epoch: int) -> tuple[Any, Any, dict[str, Any]]:
         """The parameters, batch statistics (or None) and metadata saved as `epoch`, without a template, so
         that a state trained with any optimizer restores."""
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        # A target on this process's first device, from the saved shapes: a run saved by several devices or
+        # processes (another topology) restores here too.
+        saved = ocp.StandardCheckpointer().metadata(self.directory / str(epoch) / "state").item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device) if hasattr(m, "shape") else m,
+            saved,
+            is_leaf=lambda m: hasattr(m, "shape"),
+        )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(epoch, args=args)
         state = restored["state"]
         return state["params"], state.get("batch_stats"), restored["meta"]

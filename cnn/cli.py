@@ -9,6 +9,14 @@ from pathlib import Path
 
 from cnn.config import TrainConfig
 
+EXIT_CODES = {
+    0: "done",
+    2: "a bad setting or input: a one-line message, nothing trained, written or lost",
+    3: "training diverged (a NaN or Inf loss or gradient): the earlier checkpoints are kept",
+    130: "stopped by SIGINT (Ctrl-C) after saving the epoch in progress: run the command again to resume",
+    143: "stopped by SIGTERM after saving the epoch in progress: run the command again to resume",
+}
+
 DEFAULTS = TrainConfig()
 
 
@@ -50,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
     train.add_argument("--source-dir", default=None, help="folder with the four Fashion-MNIST IDX .gz files")
     train.add_argument("--overwrite", action="store_true", help="delete a different run found in --workdir")
+    parallel = train.add_argument_group("devices and processes (data parallel; see cnn.parallel)")
+    parallel.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local devices per process to split every batch over (default: all)",
+    )
+    parallel.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    parallel.add_argument("--num-processes", type=int, default=None, metavar="N")
+    parallel.add_argument("--process-id", type=int, default=None, metavar="I")
 
     bench = sub.add_parser("bench", help="training/evaluation throughput, optionally beside a peer command")
     bench.add_argument("--models", nargs="+", default=["seed_cnn"])
@@ -123,8 +142,14 @@ def _json_object(text: str) -> dict:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from cnn import parallel
+
+    # Before anything touches a device: join the process group, if any, then build the mesh.
+    parallel.initialize(parallel.distributed_settings(args.coordinator, args.num_processes, args.process_id))
+    import jax
+
     from cnn.data import load_fashion_mnist
-    from cnn.train import fit
+    from cnn.train import check_workdir, fit
 
     config = TrainConfig(
         model=args.model,
@@ -141,6 +166,11 @@ def _train(args: argparse.Namespace) -> None:
         monitor=args.monitor,
     )
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
+    mesh = parallel.data_mesh(args.devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    check_workdir(workdir, config, args.overwrite)  # before the data is loaded
+    if parallel.is_parallel(mesh):
+        print(f"Data parallel over {mesh.size} devices ({jax.process_count()} process(es)): {mesh.devices}")
     splits = load_fashion_mnist(
         data_dir=args.data_dir,
         source_dir=args.source_dir,
@@ -148,7 +178,7 @@ def _train(args: argparse.Namespace) -> None:
         split_seed=config.split_seed,
     )
     print(f"Data: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images")
-    fit(config, splits, workdir, overwrite=args.overwrite)
+    fit(config, splits, workdir, overwrite=args.overwrite, mesh=mesh)
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -231,14 +261,21 @@ def _viz(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command; a bad setting or input exits with status 2 and a one-line message, no traceback."""
+    """Runs the command and returns its exit status (see EXIT_CODES): a bad setting or input exits with
+    status 2 and a one-line message, no traceback."""
     from cnn.data import DataError
-    from cnn.train import WorkdirError
+    from cnn.train import Interrupted, TrainingDiverged, WorkdirError
 
     args = _parser().parse_args(argv)
     try:
         commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz, "sweep": _sweep}
         commands[args.command](args)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except (ValueError, RuntimeError, DataError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

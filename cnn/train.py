@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +24,9 @@ from tqdm import tqdm
 
 from cnn.checkpoints import Checkpoints
 from cnn.config import TrainConfig, config_differences, run_metadata, write_json
-from cnn.data import IMAGE_SHAPE, Split, Splits
+from cnn.data import IMAGE_SHAPE, NUM_CLASSES, Split, Splits
 from cnn.models import build_model
+from cnn.parallel import batch_sharding, check_batch_size, is_parallel, is_primary, replicate
 
 Batch = dict[str, jax.Array]
 
@@ -91,22 +95,31 @@ def _train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainS
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         return losses.mean(), (losses, logits, updates)
 
-    (_, (losses, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (losses, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    step = state.step
     state = state.apply_gradients(grads=grads)
     if has_batch_stats:
         state = state.replace(batch_stats=updates["batch_stats"])
     correct = (logits.argmax(-1) == batch["label"]).sum()
-    return state, {"loss": losses.sum(), "correct": correct, "count": jnp.float32(len(losses))}
+    return state, {
+        "loss": losses.sum(),
+        "correct": correct,
+        "count": jnp.float32(len(losses)),
+        # the guard against divergence: the first step (0-based, over the run) with a NaN/Inf loss or gradient
+        "first_nonfinite": jnp.where(finite, jnp.inf, step.astype(jnp.float32)),
+    }
 
 
 train_step = jax.jit(_train_step, donate_argnums=0)
 train_step.__doc__ = """One optimizer step on `batch` (jit-compiled, state donated).
 
-Returns the new state and the batch's summed loss, correct count and size, on the device. The dropout and
+Returns the new state and the batch's summed loss, correct count and size (and `first_nonfinite`: the step
+number if its loss or gradient is NaN or Inf, else inf), on the device. The dropout and
 augmentation randomness is `fold_in(rng, state.step)`, so a resumed run draws the same numbers."""
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "steps"))
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "steps", "sharding"))
 def train_steps(
     state: TrainState,
     images: jax.Array,
@@ -117,18 +130,21 @@ def train_steps(
     *,
     batch_size: int,
     steps: int,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """`steps` consecutive train steps as one compiled program (an unrolled `lax.scan`; compile time grows
     with `steps`), each batch gathered on the device from `order[start + i * batch_size:][:batch_size]`;
-    returns the state and the summed metrics."""
+    returns the state and the summed metrics. With `sharding` (see `cnn.parallel`), each batch is split over
+    the devices of a mesh."""
 
     def body(state, i):
-        return _train_step(state, _gather(images, labels, order, start + i * batch_size, batch_size), rng)
+        batch = _gather(images, labels, order, start + i * batch_size, batch_size, sharding)
+        return _train_step(state, batch, rng)
 
     # Unrolled: XLA:CPU runs a convolution inside a loop body about 15x slower than in straight-line code
     # (measured: 223 vs 3,540 images/s at batch 32); unrolled, the chunk beats one call per step.
     state, metrics = jax.lax.scan(body, state, jnp.arange(steps), unroll=True)
-    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+    return state, {k: m.min(0) if k == "first_nonfinite" else m.sum(0) for k, m in metrics.items()}
 
 
 @jax.jit
@@ -141,21 +157,49 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     return {"loss": (losses * mask).sum(), "correct": correct.sum(), "count": mask.sum()}
 
 
-def _gather(images: jax.Array, labels: jax.Array, order: jax.Array, start: jax.Array, size: int) -> Batch:
+def _gather(
+    images: jax.Array,
+    labels: jax.Array,
+    order: jax.Array,
+    start: jax.Array,
+    size: int,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Batch:
     idx = jax.lax.dynamic_slice_in_dim(order, start, size)
-    return {"image": images[idx], "label": labels[idx]}
+    batch = {"image": images[idx], "label": labels[idx]}
+    return batch if sharding is None else jax.lax.with_sharding_constraint(batch, sharding)
 
 
-take_batch = jax.jit(_gather, static_argnames="size")
+def accumulate(totals: dict[str, jax.Array] | None, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Running train metrics: sums, except the first non-finite step, which is a minimum."""
+    if totals is None:
+        return metrics
+    return {
+        k: jnp.minimum(v, metrics[k]) if k == "first_nonfinite" else v + metrics[k] for k, v in totals.items()
+    }
+
+
+take_batch = jax.jit(_gather, static_argnames=("size", "sharding"))
 take_batch.__doc__ = "The `size` examples at positions `order[start:start + size]`, gathered on the device."
 
 
-def device_data(split: Split) -> tuple[jax.Array, jax.Array]:
-    """The split's images and labels on the device, images as uint8 (a quarter of the float32 bytes)
-    when that is exact, as it is for pixels that came from uint8 files."""
+def compact_images(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """The split's images as uint8 (a quarter of the float32 bytes) when that is exact, as it is for pixels
+    that came from uint8 files, and its labels."""
+    if not np.isfinite(split.images).all():
+        return split.images, split.labels
     as_uint8 = np.rint(split.images * 255.0).astype(np.uint8)
     exact = np.array_equal(as_uint8.astype(np.float32) / 255.0, split.images)
-    return jax.device_put(as_uint8 if exact else split.images), jax.device_put(split.labels)
+    return (as_uint8 if exact else split.images), split.labels
+
+
+def device_data(split: Split, mesh: Any = None) -> tuple[jax.Array, jax.Array]:
+    """The split's images (uint8 where exact, see `compact_images`) and labels on the device, or replicated
+    on every device of `mesh` (see `cnn.parallel`)."""
+    images, labels = compact_images(split)
+    if is_parallel(mesh):
+        return replicate((images, labels), mesh)
+    return jax.device_put(images), jax.device_put(labels)
 
 
 def summarize(totals: dict[str, jax.Array]) -> dict[str, float]:
@@ -180,8 +224,70 @@ def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
         }
 
 
+class InputError(ValueError):
+    """Images or labels handed to `predict`/`evaluate` that the models cannot take (names the fix)."""
+
+
+def check_images(images: Any, what: str = "images") -> np.ndarray:
+    """`images` as an array of shape (N, 28, 28, 1), uint8 or float in [0, 1] without NaN; else InputError."""
+    if not isinstance(images, (np.ndarray, jax.Array)):
+        raise InputError(
+            f"{what}: expected a NumPy or JAX array of shape (N, 28, 28, 1), got {type(images).__name__}"
+        )
+    images = np.asarray(images)
+    want = f"(N, {', '.join(map(str, IMAGE_SHAPE))})"
+    if images.ndim != 4:
+        hint = "; add the channel axis with images[..., None]" if images.shape[-2:] == IMAGE_SHAPE[:2] else ""
+        raise InputError(f"{what}: expected 4 dimensions {want} (NHWC), got shape {images.shape}{hint}")
+    if images.shape[1:3] != IMAGE_SHAPE[:2]:
+        raise InputError(
+            f"{what}: expected {IMAGE_SHAPE[0]}×{IMAGE_SHAPE[1]} images {want}, got {images.shape}"
+        )
+    if images.shape[3] != IMAGE_SHAPE[2]:
+        raise InputError(
+            f"{what}: expected {IMAGE_SHAPE[2]} channel (grayscale) {want}, "
+            f"got {images.shape[3]} in {images.shape}"
+        )
+    if len(images) == 0:
+        raise InputError(f"{what}: no images (shape {images.shape})")
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.floating):
+        raise InputError(
+            f"{what}: expected uint8 pixels (0..255) or floats in [0, 1], got dtype {images.dtype}; "
+            "convert with images.astype(np.uint8) or images.astype(np.float32) / 255"
+        )
+    if np.isnan(images).any():
+        raise InputError(f"{what}: {int(np.isnan(images).sum())} NaN value(s); clean the input first")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        hint = " (they look like 0..255 pixels: divide by 255)" if high <= 255 and low >= 0 else ""
+        raise InputError(f"{what}: float values must lie in [0, 1], got [{low:g}, {high:g}]{hint}")
+    return images
+
+
+def check_labels(labels: Any, n: int, what: str = "labels") -> np.ndarray:
+    """`labels` as an integer array of shape (n,) with values in [0, 10); else InputError."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise InputError(f"{what}: expected shape ({n},), one label per image, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(
+            f"{what}: expected integer class numbers 0..{NUM_CLASSES - 1}, got dtype {labels.dtype}"
+        )
+    if n and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise InputError(
+            f"{what}: class numbers must lie in [0, {NUM_CLASSES}), "
+            f"got {int(labels.min())}..{int(labels.max())}"
+        )
+    return labels
+
+
 def evaluate(state: TrainState, split: Split, batch_size: int = 1000) -> dict[str, float]:
-    """Mean loss and accuracy of `state` on `split`; the last batch is padded and masked, never dropped."""
+    """Mean loss and accuracy of `state` on `split`; the last batch is padded and masked, never dropped.
+    Raises InputError for images or labels the model cannot take (see `check_images`, `check_labels`)."""
+    images = check_images(split.images, "split.images")
+    split = Split(images, check_labels(split.labels, len(images), "split.labels"))
     totals = None
     for batch in padded_batches(split.images, split.labels, batch_size):
         metrics = eval_step(state, batch)
@@ -195,7 +301,9 @@ def _probabilities(state: TrainState, images: jax.Array) -> jax.Array:
 
 
 def predict(state: TrainState, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities `(N, 10)` of `images` `(N, 28, 28, 1)` (float in [0, 1] or uint8)."""
+    """Class probabilities `(N, 10)` of `images` `(N, 28, 28, 1)` (float in [0, 1] or uint8); raises
+    InputError naming the problem for anything else (see `check_images`)."""
+    images = check_images(images)
     out = [
         np.asarray(_probabilities(state, b["image"]))[: int(b["mask"].sum())]
         for b in padded_batches(images, np.zeros(len(images), np.int32), batch_size)
@@ -256,19 +364,37 @@ class RunState:
         return cls(epoch=d["epoch"], history=d["history"], timing=d["timing"], stopping=stopping)
 
 
+def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = False) -> dict[str, Any] | None:
+    """The saved config.json of the run in `workdir` (None if there is none); raises WorkdirError when that
+    run's config differs from `config` and `overwrite` is not set. Reads only."""
+    config_file = Path(workdir) / "config.json"
+    if overwrite or not config_file.exists():
+        return None
+    try:
+        saved = json.loads(config_file.read_text())
+        differences = config_differences(saved["config"], config)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise WorkdirError(
+            f"workdir {workdir}: its config.json is unreadable ({e}); use another --workdir, or --overwrite"
+        ) from None
+    if differences:
+        raise WorkdirError(
+            f"workdir {workdir} holds a run with a different config ({'; '.join(differences)}). "
+            "Use another --workdir, or pass --overwrite to delete that run and start fresh."
+        )
+    return saved
+
+
 def prepare_workdir(workdir: Path, config: TrainConfig, overwrite: bool = False) -> None:
     """Creates `workdir`, or checks that the run already in it has the same config (before any work)."""
     config_file = workdir / "config.json"
+    if not is_primary():  # process 0 of a multi-process run checks and writes; the others only train
+        workdir.mkdir(parents=True, exist_ok=True)
+        return
+    saved = check_workdir(workdir, config, overwrite)
     if overwrite and workdir.exists():
         shutil.rmtree(workdir)
-    if config_file.exists():
-        saved = json.loads(config_file.read_text())
-        differences = config_differences(saved["config"], config)
-        if differences:
-            raise WorkdirError(
-                f"workdir {workdir} holds a run with a different config ({'; '.join(differences)}). "
-                "Use another --workdir, or pass --overwrite to delete that run and start fresh."
-            )
+    if saved is not None:
         # The metadata stays that of the run's start; only a resumable field (epochs) may change.
         write_json(config_file, {**saved, "config": config.to_dict()})
         return
@@ -282,11 +408,17 @@ def train_epoch(
     config: TrainConfig,
     epoch: int,
     keys: dict[str, jax.Array],
+    mesh: Any = None,
 ) -> tuple[TrainState, dict[str, float], dict[str, float]]:
-    """One pass over the training data in a fresh permutation; returns state, metrics and timing."""
+    """One pass over the training data in a fresh permutation; returns state, metrics and timing. With a
+    `mesh` (see `cnn.parallel`), every batch is split over its devices. Raises `TrainingDiverged` naming
+    the epoch and step if a loss or gradient was NaN or Inf."""
     images, labels = data
     n = len(labels)
     order = jax.random.permutation(jax.random.fold_in(keys["shuffle"], epoch), n)
+    sharding = None
+    if is_parallel(mesh):
+        order, sharding = replicate(order, mesh), batch_sharding(mesh)
     starts = range(0, n, config.batch_size)
     bar = tqdm(
         total=len(starts),
@@ -305,28 +437,55 @@ def train_epoch(
             t = time.perf_counter()
         if chunk > 1 and full_batches - i >= chunk:
             state, metrics = train_steps(
-                state, images, labels, order, i * bs, keys["dropout"], batch_size=bs, steps=chunk
+                state,
+                images,
+                labels,
+                order,
+                i * bs,
+                keys["dropout"],
+                batch_size=bs,
+                steps=chunk,
+                sharding=sharding,
             )
             i += chunk
         else:
-            batch = take_batch(images, labels, order, i * bs, min(bs, n - i * bs))
+            size = min(bs, n - i * bs)
+            batch = take_batch(
+                images, labels, order, i * bs, size, None if size % _devices(mesh) else sharding
+            )
             state, metrics = train_step(state, batch, keys["dropout"])
             i += 1
         if first:
             jax.block_until_ready(metrics)
             compile_seconds = time.perf_counter() - t
             tqdm.write(f"Compiled and ran the first call in {compile_seconds:.1f} s")
-        totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+        totals = accumulate(totals, metrics)
         if bar.disable is False and (i % 50 < max(chunk, 1) or i == len(starts)):
             seen = min(n, i * bs)
             bar.set_postfix(
                 loss=f"{summarize(totals)['loss']:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}"
             )
             bar.update(i - bar.n)
+    first_nonfinite = float(jax.device_get(totals.pop("first_nonfinite")))
     metrics = summarize(totals)
     seconds = time.perf_counter() - t0
     bar.close()
+    if np.isfinite(first_nonfinite):
+        step = int(first_nonfinite) - (epoch - 1) * len(starts) + 1
+        raise TrainingDiverged(
+            f"training diverged: a NaN or Inf loss or gradient at epoch {epoch}, step {step} of "
+            f"{len(starts)}. The checkpoints of the earlier epochs are kept and nothing of this epoch was "
+            "saved; lower --lr (or check the data) and train again in a new --workdir, or resume this one."
+        )
     return state, metrics, {"seconds": seconds, "compile_seconds": compile_seconds, "images": n}
+
+
+def _devices(mesh: Any) -> int:
+    return mesh.size if is_parallel(mesh) else 1
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN or Inf loss or gradient; the message names the epoch and step."""
 
 
 def run_keys(config: TrainConfig) -> dict[str, jax.Array]:
@@ -360,8 +519,7 @@ def restore_run(
         latest = checkpoints.latest_epoch()
         if latest is None:
             raise RunNotFoundError(f"workdir {workdir} has no checkpoint yet; {hint}")
-        _, _, meta = checkpoints.restore_variables(latest)
-        chosen = epoch or meta["stopping"]["best_epoch"]
+        chosen = epoch or checkpoints.restore_meta(latest)["stopping"]["best_epoch"]
         if chosen not in checkpoints.epochs():
             raise RunNotFoundError(f"epoch {chosen} is not saved in {workdir}; saved: {checkpoints.epochs()}")
         params, batch_stats, meta = checkpoints.restore_variables(chosen)
@@ -394,6 +552,7 @@ def fit(
     overwrite: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     init_state: TrainState | None = None,
+    mesh: Any = None,
 ) -> dict[str, Any]:
     """Trains `config.model` on `splits`, checkpointing in `workdir`; resumes a run already there.
 
@@ -405,39 +564,112 @@ def fit(
       on_epoch_end: called after each epoch (and its checkpoint) with the epoch and its metrics.
       init_state: start from this state (e.g. pretrained, with a freezing optimizer; see `cnn.transfer`)
         instead of a fresh one.
+      mesh: a `jax.sharding.Mesh` with a `data` axis (see `cnn.parallel.data_mesh`): batches split over its
+        devices, parameters replicated. None (or a one-device mesh): the plain one-device path.
     Returns:
       The results dictionary also written to `workdir/results.json` (metrics of the best epoch's weights).
+    Raises:
+      Interrupted: after SIGTERM or SIGINT, once the epoch in progress is finished and checkpointed.
+      TrainingDiverged: on a NaN or Inf loss or gradient (the earlier checkpoints are kept).
     """
     workdir = Path(workdir)
     train = training_split(config, splits)
+    check_batch_size(config.batch_size, mesh)
     prepare_workdir(workdir, config, overwrite)
 
     keys = run_keys(config)
     steps_per_epoch = -(-len(train) // config.batch_size)
     state = init_state if init_state is not None else initial_state(config, steps_per_epoch)
+    if is_parallel(mesh):
+        state, keys = replicate(state, mesh), replicate(keys, mesh)
     checkpoints = Checkpoints(workdir / "checkpoints")
-    run = RunState(stopping=EarlyStopping(config.patience))
     try:
-        if (latest := checkpoints.latest_epoch()) is not None:
-            state, meta = checkpoints.restore(latest, state)
-            run = RunState.from_dict(meta, config.patience)
-            print(
-                f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})"
+        state, run, checkpoints = _resume(checkpoints, state, config, workdir)
+        with _stop_on_signals() as stop:
+            state, run = _fit_epochs(
+                config, state, run, train, splits.val, keys, checkpoints, workdir, on_epoch_end, mesh, stop
             )
-        state, run = _fit_epochs(
-            config, state, run, train, splits.val, keys, checkpoints, workdir, on_epoch_end
-        )
         best_state, _ = checkpoints.restore(run.stopping.best_epoch, state)
     finally:
         checkpoints.close()
     return _finish(config, best_state, run, splits, workdir)
 
 
-def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_epoch_end):
-    data = device_data(train)
+class Interrupted(Exception):
+    """Training stopped on SIGTERM or SIGINT after saving the epoch in progress; `exit_code` is
+    128 + the signal number (143 for SIGTERM, 130 for SIGINT), as shells report a signal."""
+
+    def __init__(self, signum: int, epoch: int, workdir: Path):
+        self.signum, self.epoch, self.exit_code = signum, epoch, 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: stopped after epoch {epoch}, saved in {workdir}/checkpoints; "
+            "run the same command again to resume"
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turns the first SIGTERM or SIGINT into a request to stop at the end of the epoch in progress (a
+    second one stops at once, losing only that epoch). Only in the main thread (signals go there)."""
+    stop: dict[str, int | None] = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        if stop["signum"] is not None:  # the second signal: the default behaviour
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
+        stop["signum"] = signum
+        tqdm.write(f"{signal.Signals(signum).name}: finishing and saving this epoch, then stopping")
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _resume(
+    checkpoints: Checkpoints, state: TrainState, config: TrainConfig, workdir: Path
+) -> tuple[TrainState, RunState, Checkpoints]:
+    """The state and run of the latest checkpoint that restores, newest first. A damaged one (a truncated
+    file, a missing item) is moved to `workdir/damaged/` with a warning, never deleted; with none left the
+    run starts afresh. Unfinished temporary directories of an interrupted save are ignored by orbax."""
+    for epoch in sorted(checkpoints.epochs(), reverse=True):
+        try:
+            restored, meta = checkpoints.restore(epoch, state)
+            run = RunState.from_dict(meta, config.patience)
+        except Exception as error:  # orbax, tensorstore and json raise many kinds
+            aside = workdir / "damaged" / f"epoch-{epoch}-{int(time.time())}"
+            checkpoints.close()
+            aside.parent.mkdir(exist_ok=True)
+            shutil.move(str(checkpoints.directory / str(epoch)), aside)
+            checkpoints = Checkpoints(checkpoints.directory)
+            left = checkpoints.epochs()
+            print(
+                f"Warning: the checkpoint of epoch {epoch} in {workdir} is damaged "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
+                f"moved to {aside}. "
+                + (
+                    f"Falling back to epoch {max(left)}." if left else "No other checkpoint: starting afresh."
+                ),
+                flush=True,
+            )
+            continue
+        print(f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})")
+        return restored, run, checkpoints
+    return state, RunState(stopping=EarlyStopping(config.patience)), checkpoints
+
+
+def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_epoch_end, mesh, stop):
+    data = device_data(train, mesh)
     while run.epoch < config.epochs and not run.stopping.stopped:
         epoch = run.epoch + 1
-        state, metrics, timing = train_epoch(state, data, config, epoch, keys)
+        state, metrics, timing = train_epoch(state, data, config, epoch, keys, mesh)
         val_metrics = evaluate(state, val, config.eval_batch_size)
         metrics |= {"val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"]}
         score = monitored(metrics, config.monitor)
@@ -446,7 +678,8 @@ def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_e
         run.history.append({"epoch": epoch, **metrics})
         run.timing.append({"epoch": epoch, **timing})
         checkpoints.save(epoch, state, run.to_dict(), score)
-        write_json(workdir / "history.json", run.history)
+        if is_primary():
+            write_json(workdir / "history.json", run.history)
         print(_epoch_line(config, epoch, metrics, timing), flush=True)
         if run.stopping.stopped:
             print(
@@ -455,6 +688,8 @@ def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_e
             )
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
+        if stop["signum"] is not None and run.epoch < config.epochs and not run.stopping.stopped:
+            raise Interrupted(stop["signum"], epoch, workdir)
     return state, run
 
 
@@ -504,8 +739,9 @@ def _finish(
         results["group_images_per_second"] = sum(t["group_images"] for t in run.timing) / max(
             train_seconds, 1e-9
         )
-    write_json(workdir / "results.json", results)
-    plot_curves(run.history, workdir / "curves.png", best_epoch=run.stopping.best_epoch)
+    if is_primary():
+        write_json(workdir / "results.json", results)
+        plot_curves(run.history, workdir / "curves.png", best_epoch=run.stopping.best_epoch)
     print(
         f"Best epoch {results['best_epoch']}: "
         f"val_loss {val['loss']:.4f}, val_accuracy {val['accuracy']:.4f}; "
