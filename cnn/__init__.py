@@ -3,18 +3,30 @@
 from cnn.config import TrainConfig
 from cnn.data import CLASS_NAMES, Split, Splits, load_fashion_mnist
 from cnn.models import MODELS, build_model
+from cnn.parallel import data_mesh
 from cnn.plots import plot_architecture, plot_curves
 from cnn.summary import format_summary, layer_rows, model_summary
-from cnn.train import create_train_state, eval_step, evaluate, fit, train_step
+from cnn.train import (
+    InputError,
+    create_train_state,
+    eval_step,
+    evaluate,
+    fit,
+    predict,
+    restore_run,
+    train_step,
+)
 
 __all__ = [
     "CLASS_NAMES",
+    "InputError",
     "MODELS",
     "Split",
     "Splits",
     "TrainConfig",
     "build_model",
     "create_train_state",
+    "data_mesh",
     "eval_step",
     "evaluate",
     "fit",
@@ -24,5 +36,7 @@ __all__ = [
     "model_summary",
     "plot_architecture",
     "plot_curves",
+    "predict",
+    "restore_run",
     "train_step",
 ]

@@ -2,6 +2,7 @@
 
 python scripts/readme_tables.py results RUN_DIR...   # results of finished runs
 python scripts/readme_tables.py zoo                  # the model zoo: parameters, MACs, memory
+python scripts/readme_tables.py bench FILE [BLOCK]   # a benchmark report (block: bench or bench-gpu)
 """
 
 from __future__ import annotations
@@ -88,8 +89,13 @@ def bench_table(path: str) -> str:
 
     report = json.loads(Path(path).read_text())
     host, device = report["host"], report["device"]
+    machine = (
+        f"{host['cores']}-core {host['cpu']} (cpu)"
+        if device["platform"] == "cpu"
+        else f"{device['kind']} ({device['platform']}), {host['cores']}-core host"
+    )
     return (
-        format_table(report) + f"\n\nMachine: {host['cores']}-core {host['cpu']} ({device['platform']}), "
+        format_table(report) + f"\n\nMachine: {machine}, "
         f"jax {report['versions']['jax']}; command: `{report['command']}`; commit "
         f"`{(report['git_commit'] or 'unknown')[:8]}`."
     )
@@ -118,7 +124,7 @@ if __name__ == "__main__":
         for name in ("padding", "stride", "pooling", "mlp_vs_cnn", "shift_robustness", "transfer"):
             if (table := experiment_block(name)) is not None:
                 replace_block(name, table, EXPERIMENTS / "README.md")
-    elif command == "bench" and args:
-        replace_block("bench", bench_table(args[0]))
+    elif command == "bench" and args:  # bench FILE [BLOCK]
+        replace_block(args[1] if len(args) > 1 else "bench", bench_table(args[0]))
     else:
         raise SystemExit(__doc__)
