@@ -185,9 +185,10 @@ def convnet_shapes(
         for j in range(1, b.convs + 1):
             stride = b.pool if (b.downsample == "strided_conv" and j == b.convs) else b.stride
             if b.padding.lower() == "valid" and b.kernel > min(h, w):
+                layer = f"block{i}_conv{j}" if b.convs > 1 else f"block{i}_conv"
                 raise ArchitectureError(
-                    f"{where}, conv {j}: a {b.kernel}×{b.kernel} kernel with 'valid' padding does not fit "
-                    f"its {h}×{w}×{c} input"
+                    f"{where}, conv {j} (layer {layer}): a {b.kernel}×{b.kernel} kernel with 'valid' padding "
+                    f"does not fit its {h}×{w}×{c} input"
                 )
             h, w, c = (
                 output_size(h, b.kernel, stride, b.padding.lower()),
@@ -197,14 +198,15 @@ def convnet_shapes(
         if b.downsample in ("max", "avg"):
             if b.pool > min(h, w):
                 raise ArchitectureError(
-                    f"{where}: a {b.pool}×{b.pool} pool does not fit its {h}×{w}×{c} input"
+                    f"{where} (layer block{i}_pool): a {b.pool}×{b.pool} pool does not fit its "
+                    f"{h}×{w}×{c} input"
                 )
             h, w = h // b.pool, w // b.pool
         elif b.downsample == "depthwise_max":
             if c % b.pool:
                 raise ArchitectureError(
-                    f"{where}: depthwise max pool of {b.pool} needs channels divisible by it; "
-                    f"the input is {h}×{w}×{c}"
+                    f"{where} (layer block{i}_pool): depthwise max pool of {b.pool} needs channels "
+                    f"divisible by it; the input is {h}×{w}×{c}"
                 )
             c //= b.pool
         shapes.append((h, w, c))

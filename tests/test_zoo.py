@@ -209,12 +209,14 @@ def test_convnet_choices_build_train_and_follow_output_size(downsample, head):
     [
         (
             [ConvBlock(8, kernel=5, padding="valid")] * 3,
-            r"block 3, conv 1: a 5×5 kernel with 'valid' padding does not fit its 4×4×8 input",
+            r"block 3, conv 1 \(layer block3_conv\): a 5×5 kernel with 'valid' padding does not fit its "
+            r"4×4×8 input",
         ),
-        ([ConvBlock(8)] * 5, r"block 5: a 2×2 pool does not fit its 1×1×8 input"),
+        ([ConvBlock(8)] * 5, r"block 5 \(layer block5_pool\): a 2×2 pool does not fit its 1×1×8 input"),
         (
             [ConvBlock(6, downsample="depthwise_max", pool=4)],
-            r"block 1: depthwise max pool of 4 needs channels divisible by it; the input is 28×28×6",
+            r"block 1 \(layer block1_pool\): depthwise max pool of 4 needs channels divisible by it; "
+            r"the input is 28×28×6",
         ),
         ([ConvBlock(8, downsample="median")], r"block 1: downsample 'median'"),
         ([ConvBlock(8, padding="full")], r"block 1: padding 'full'"),
