@@ -137,14 +137,18 @@ def plot_feature_maps(
 
 
 def plot_history(history: list[dict[str, float]] | str | Path, path: str | Path | None = None) -> plt.Figure:
-    """Loss and accuracy curves from a history list, a `history.json` or a workdir, best epoch marked."""
+    """Loss and accuracy curves from a history list, a `history.json` or a workdir, best epoch marked (the
+    run's own, from its results.json, when there is one; else the lowest validation loss)."""
+    best = None
     if not isinstance(history, list):
         source = Path(history)
         source = source / "history.json" if source.is_dir() else source
         if not source.is_file():
             raise FileNotFoundError(f"history: {source} does not exist; it is written by python -m cnn train")
         history = json.loads(source.read_text())
-    best = min(history, key=lambda h: h["val_loss"])["epoch"]
+        if (results := source.parent / "results.json").is_file():
+            best = json.loads(results.read_text()).get("best_epoch")
+    best = best or min(history, key=lambda h: h["val_loss"])["epoch"]
     return plot_curves(history, path, best_epoch=best)
 
 
