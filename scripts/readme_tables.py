@@ -121,7 +121,15 @@ if __name__ == "__main__":
     elif command == "zoo":
         replace_block("zoo", zoo_table())
     elif command == "experiments":
-        for name in ("padding", "stride", "pooling", "mlp_vs_cnn", "shift_robustness", "transfer"):
+        for name in (
+            "padding",
+            "stride",
+            "pooling",
+            "mlp_vs_cnn",
+            "shift_robustness",
+            "transfer",
+            "transfer_vgg_bn",
+        ):
             if (table := experiment_block(name)) is not None:
                 replace_block(name, table, EXPERIMENTS / "README.md")
     elif command == "bench" and args:  # bench FILE [BLOCK]
