@@ -639,6 +639,8 @@ def _resume(
     """The state and run of the latest checkpoint that restores, newest first. A damaged one (a truncated
     file, a missing item) is moved to `workdir/damaged/` with a warning, never deleted; with none left the
     run starts afresh. Unfinished temporary directories of an interrupted save are ignored by orbax."""
+    for unfinished in sorted(checkpoints.directory.glob("*.orbax-checkpoint-tmp*")):
+        print(f"Warning: ignoring {unfinished}, an unfinished checkpoint save (the run was interrupted)")
     for epoch in sorted(checkpoints.epochs(), reverse=True):
         try:
             restored, meta = checkpoints.restore(epoch, state)
@@ -666,6 +668,8 @@ def _resume(
 
 
 def _fit_epochs(config, state, run, train, val, keys, checkpoints, workdir, on_epoch_end, mesh, stop):
+    if run.history and is_primary():  # a run killed between its checkpoint and its history file
+        write_json(workdir / "history.json", run.history)
     data = device_data(train, mesh)
     while run.epoch < config.epochs and not run.stopping.stopped:
         epoch = run.epoch + 1

@@ -50,7 +50,7 @@ def test_training_data_is_stored_as_uint8_only_when_exact(tiny_splits):
     assert kept.dtype == np.float32  # not representable in uint8: kept as it is
 
 
-def _plain_device_data(split):
+def _plain_device_data(split, mesh=None):
     return jax.device_put(split.images), jax.device_put(split.labels)
 
 
