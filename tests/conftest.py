@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import os
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# JAX's persistent compilation cache, shared by the test workers and the processes they start: many tests
+# train the same tiny programs, and a new TrainState (a new apply_fn) misses the in-memory jit cache. The
+# programs still compile once per run of the suite on a clean machine; results are unchanged.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "cnn-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from cnn import data
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from cnn import data  # noqa: E402
 
 TRAIN_SIZE, TEST_SIZE = 600, 200
 

@@ -1,0 +1,29 @@
+"""Running `python -m cnn train` in its own process on the tiny test data (for crash and multi-process
+tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FASHION_MNIST_DIR", "XLA_FLAGS")}
+    return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def train_command(idx_dir: Path, data_dir: Path, workdir: Path, *flags: str, prelude: str = "") -> list[str]:
+    """`python -m cnn train` on the tiny data; `prelude` is Python run first (a fault to inject)."""
+    args = ["train", "--source-dir", str(idx_dir), "--data-dir", str(data_dir), "--workdir", str(workdir)]
+    code = f"{prelude}\nimport sys\nfrom cnn.cli import main\nsys.exit(main({args + list(flags)!r}))"
+    return [sys.executable, "-c", code]
+
+
+def run_process(command: list[str], timeout: int = 240, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=subprocess_env(**env), cwd=ROOT
+    )
