@@ -9,10 +9,11 @@ from pathlib import Path
 
 from cnn.config import TrainConfig
 
-EXIT_CODES = {
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_CODES = {  # shown by `python -m cnn train --help`
     0: "done",
-    2: "a bad setting or input: a one-line message, nothing trained, written or lost",
-    3: "training diverged (a NaN or Inf loss or gradient): the earlier checkpoints are kept",
+    EXIT_BAD_INPUT: "a bad setting or input: a one-line message, nothing trained, written or lost",
+    EXIT_DIVERGED: "training diverged (a NaN or Inf loss or gradient): the earlier checkpoints are kept",
     130: "stopped by SIGINT (Ctrl-C) after saving the epoch in progress: run the command again to resume",
     143: "stopped by SIGTERM after saving the epoch in progress: run the command again to resume",
 }
@@ -24,7 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a model on Fashion-MNIST (resumes a run found in --workdir)")
+    train = sub.add_parser(
+        "train",
+        help="train a model on Fashion-MNIST (resumes a run found in --workdir)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
     train.add_argument("--model", default=DEFAULTS.model)
     train.add_argument(
         "--model-args",
@@ -275,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     except (ValueError, RuntimeError, DataError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return 0

@@ -475,7 +475,7 @@ def train_epoch(
         raise TrainingDiverged(
             f"training diverged: a NaN or Inf loss or gradient at epoch {epoch}, step {step} of "
             f"{len(starts)}. The checkpoints of the earlier epochs are kept and nothing of this epoch was "
-            "saved; lower --lr (or check the data) and train again in a new --workdir, or resume this one."
+            "saved; lower --lr (or check the data) and train again, in a new --workdir or with --overwrite."
         )
     return state, metrics, {"seconds": seconds, "compile_seconds": compile_seconds, "images": n}
 
