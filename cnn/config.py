@@ -80,13 +80,13 @@ def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
 
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Fields (other than the resumable ones) whose saved value differs from `config`, as 'field: a -> b'."""
-    current = config.to_dict()
+    current, saved = config.to_dict(), {**ADDED_FIELDS, **saved}
     # A learning-rate schedule spans `epochs`, so only a constant one lets a resumed run train longer.
     resumable = RESUMABLE_FIELDS - ({"epochs"} if config.schedule != "constant" else set())
     return [
-        f"{key}: {saved.get(key, ADDED_FIELDS.get(key))!r} -> {current[key]!r}"
+        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
         for key in current
-        if key not in resumable and saved.get(key, ADDED_FIELDS.get(key)) != current[key]
+        if key not in resumable and saved.get(key) != current[key]
     ]
 
 
