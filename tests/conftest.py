@@ -76,3 +76,12 @@ def idx_dir(tmp_path_factory) -> Path:
 def tiny_splits(idx_dir, tmp_path_factory) -> data.Splits:
     """The tiny dataset through the real builder: 480 train, 120 validation, 200 test."""
     return data.load_fashion_mnist(data_dir=tmp_path_factory.mktemp("tfds"), source_dir=idx_dir)
+
+
+@pytest.fixture(scope="session")
+def prepared(idx_dir, tmp_path_factory) -> Path:
+    """A tfds data dir with the tiny dataset already prepared, for the processes tests start (they only
+    read it)."""
+    data_dir = tmp_path_factory.mktemp("tfds-prepared")
+    data.load_fashion_mnist(data_dir=data_dir, source_dir=idx_dir)
+    return data_dir

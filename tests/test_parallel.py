@@ -13,18 +13,8 @@ import numpy as np
 import pytest
 
 from cnn.cli import main
-from cnn.data import load_fashion_mnist
 from cnn.parallel import ParallelError, distributed_settings
 from tests.processes import ROOT, run_process, subprocess_env, train_command
-
-
-@pytest.fixture(scope="module")
-def prepared(idx_dir, tmp_path_factory):
-    """A tfds data dir with the tiny dataset already prepared (subprocesses only read it)."""
-    data_dir = tmp_path_factory.mktemp("tfds")
-    load_fashion_mnist(data_dir=data_dir, source_dir=idx_dir)
-    return data_dir
-
 
 EIGHT_DEVICES = """
 import json, sys

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cnn import TrainConfig, fit
 from cnn.checkpoints import Checkpoints
 from cnn.cli import main
-from cnn.data import Split, Splits, load_fashion_mnist
+from cnn.data import Split, Splits
 from cnn.models import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
 from cnn.train import (
     InputError,
@@ -47,14 +47,6 @@ SMALL = [
     "--steps-per-call",
     "1",
 ]
-
-
-@pytest.fixture(scope="module")
-def prepared(idx_dir, tmp_path_factory) -> Path:
-    """A tfds data dir with the tiny dataset already prepared (subprocesses only read it)."""
-    data_dir = tmp_path_factory.mktemp("tfds")
-    load_fashion_mnist(data_dir=data_dir, source_dir=idx_dir)
-    return data_dir
 
 
 def _outcome(workdir: Path) -> tuple[list, dict]:
