@@ -1,21 +1,15 @@
-"""cnn: convolutional neural networks in JAX/Flax, measured on Fashion-MNIST."""
+"""cnn: convolutional neural networks in JAX/Flax, measured on Fashion-MNIST and any image data set."""
 
 from cnn.config import TrainConfig
 from cnn.data import CLASS_NAMES, Split, Splits, load_fashion_mnist
-from cnn.models import MODELS, build_model
+from cnn.datasets import dataset_config, load_dataset
+from cnn.models import MODELS, build_model, model_summary
 from cnn.parallel import data_mesh
 from cnn.plots import plot_architecture, plot_curves
-from cnn.summary import format_summary, layer_rows, model_summary
-from cnn.train import (
-    InputError,
-    create_train_state,
-    eval_step,
-    evaluate,
-    fit,
-    predict,
-    restore_run,
-    train_step,
-)
+from cnn.rundir import restore_run
+from cnn.steps import InputError, create_train_state, eval_step, evaluate, predict, train_step
+from cnn.summary import format_summary, layer_rows
+from cnn.train import fit, fit_seeds
 
 __all__ = [
     "CLASS_NAMES",
@@ -26,12 +20,15 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "create_train_state",
+    "dataset_config",
     "data_mesh",
     "eval_step",
     "evaluate",
     "fit",
+    "fit_seeds",
     "format_summary",
     "layer_rows",
+    "load_dataset",
     "load_fashion_mnist",
     "model_summary",
     "plot_architecture",

@@ -17,12 +17,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn.config import TrainConfig, run_metadata
+from cnn.config import TrainConfig
 from cnn.models import build_model
+from cnn.rundir import run_metadata
+from cnn.steps import (
+    create_train_state,
+    eval_step,
+    make_optimizer,
+    stack_trees,
+    stacked_train_steps,
+    take_batch,
+    train_step,
+    train_steps,
+)
 from cnn.summary import layer_rows, totals
-from cnn.train import create_train_state, eval_step, make_optimizer, take_batch, train_step, train_steps
 
 SCHEMA_VERSION = 1
+
+
+class PeerError(ValueError):
+    """The peer command failed or printed no JSON line with `images_per_second`."""
 
 
 @dataclass
@@ -131,14 +145,14 @@ def run_peer(command: str, batch_size: int, steps: int) -> dict[str, Any]:
     argv = shlex.split(command.format(batch_size=batch_size, steps=steps))
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"peer command {argv} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        raise PeerError(f"peer command {argv} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     for line in reversed(done.stdout.strip().splitlines()):
         if line.startswith("{"):
             result = json.loads(line)
             if "images_per_second" not in result:
-                raise RuntimeError(f"peer output has no images_per_second: {line}")
+                raise PeerError(f"peer output has no images_per_second: {line}")
             return result
-    raise RuntimeError(f"peer command {argv} printed no JSON line: {done.stdout[-500:]}")
+    raise PeerError(f"peer command {argv} printed no JSON line: {done.stdout[-500:]}")
 
 
 def benchmark(
@@ -229,15 +243,14 @@ def measure_seeds(
     windows: int = 3,
     data_size: int = 48_000,
 ) -> dict[str, Any]:
-    """Training images/s of `seeds` runs trained together (`cnn.sweep.multi_train_step`, vmapped) against
-    the same runs one after another (`train_step`), after compilation; medians of `windows` windows."""
-    from cnn.sweep import _stack, multi_train_step
-
+    """Training images/s of `seeds` runs trained together (`cnn.steps.stacked_train_steps`, vmapped)
+    against the same runs one after another (`train_step`), after compilation; medians of `windows`
+    windows."""
     config = TrainConfig(model=model, batch_size=batch_size)
     images, labels = _synthetic(data_size)
     tx, net = make_optimizer(config), build_model(model)
     states = [create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)]
-    stacked = _stack([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])
+    stacked = stack_trees([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])
     orders = jnp.stack([jax.random.permutation(jax.random.PRNGKey(100 + s), data_size) for s in range(seeds)])
     rngs = jnp.stack([jax.random.PRNGKey(200 + s) for s in range(seeds)])
     active = jnp.ones(seeds, bool)
@@ -256,7 +269,9 @@ def measure_seeds(
     def together(stacked, count, offset):
         for i in range(count):
             start = ((offset + i) % per_epoch) * batch_size
-            stacked, m = multi_train_step(stacked, images, labels, orders, start, batch_size, rngs, active)
+            stacked, m = stacked_train_steps(
+                stacked, images, labels, orders, start, rngs, active, batch_size=batch_size, steps=1
+            )
         jax.block_until_ready(m)
         return stacked
 

@@ -6,19 +6,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from cnn.config import TrainConfig
+from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, config_from_args, json_object
 
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_RUNTIME = 2, 3, 4
 EXIT_CODES = {  # shown by `python -m cnn train --help`
     0: "done",
     EXIT_BAD_INPUT: "a bad setting or input: a one-line message, nothing trained, written or lost",
     EXIT_DIVERGED: "training diverged (a NaN or Inf loss or gradient): the earlier checkpoints are kept",
+    EXIT_RUNTIME: "XLA failed while running (out of memory, a runtime error), the epoch named: "
+    "the earlier checkpoints are kept",
     130: "stopped by SIGINT (Ctrl-C) after saving the epoch in progress: run the command again to resume",
     143: "stopped by SIGTERM after saving the epoch in progress: run the command again to resume",
 }
-
-DEFAULTS = TrainConfig()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,43 +28,22 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train a model on Fashion-MNIST (resumes a run found in --workdir)",
+        help="train a model on a data set (resumes a run found in --workdir)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()),
     )
-    train.add_argument("--model", default=DEFAULTS.model)
-    train.add_argument(
-        "--model-args",
-        type=_json_object,
-        default={},
-        metavar="JSON",
-        help="the model's fields as JSON, e.g. '{\"hidden\": [512, 256]}' for mlp",
-    )
-    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    train.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    train.add_argument("--patience", type=int, default=DEFAULTS.patience)
-    train.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    train.add_argument("--schedule", default=DEFAULTS.schedule, help="learning rate: constant | cosine")
-    train.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW when > 0")
-    train.add_argument(
-        "--monitor",
-        default=DEFAULTS.monitor,
-        help="what early stopping and the best checkpoint follow: val_loss (lowest) | val_accuracy (highest)",
-    )
-    train.add_argument(
-        "--steps-per-call",
-        type=int,
-        default=DEFAULTS.steps_per_call,
-        help="train steps compiled into one call (lax.scan); 1 is fastest on the CPU",
-    )
-    train.add_argument(
-        "--limit-train", type=int, default=None, metavar="N", help="use only N training examples"
-    )
+    add_config_flags(train.add_argument_group("the run's config (every TrainConfig field)"))
     train.add_argument("--workdir", type=Path, default=None, help="default: runs/MODEL-seedSEED")
-    train.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
-    train.add_argument("--source-dir", default=None, help="folder with the four Fashion-MNIST IDX .gz files")
+    _data_location_flags(train)
     train.add_argument("--overwrite", action="store_true", help="delete a different run found in --workdir")
+    _parallel_flags(train)
+    _bench_parser(sub)
+    _sweep_parser(sub)
+    _viz_and_summary_parsers(sub)
+    return parser
+
+
+def _parallel_flags(train: argparse.ArgumentParser) -> None:
     parallel = train.add_argument_group("devices and processes (data parallel; see cnn.parallel)")
     parallel.add_argument(
         "--devices",
@@ -76,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     parallel.add_argument("--num-processes", type=int, default=None, metavar="N")
     parallel.add_argument("--process-id", type=int, default=None, metavar="I")
 
+
+def _bench_parser(sub: Any) -> None:
     bench = sub.add_parser("bench", help="training/evaluation throughput, optionally beside a peer command")
     bench.add_argument("--models", nargs="+", default=["seed_cnn"])
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
@@ -99,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", type=Path, default=None, metavar="FILE.json")
 
+
+def _sweep_parser(sub: Any) -> None:
     sweep = sub.add_parser("sweep", help="train a grid of configs, several seeds each")
     sweep.add_argument(
         "--grid",
@@ -111,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "--zip", action="store_true", help="pair the lists element-wise instead of every combination"
     )
     sweep.add_argument(
-        "--base", type=_json_object, default={}, metavar="JSON", help="fields shared by every run"
+        "--base", type=json_object, default={}, metavar="JSON", help="fields shared by every run"
     )
     sweep.add_argument("--seeds", type=int, default=3)
     sweep.add_argument(
@@ -121,30 +105,30 @@ def _parser() -> argparse.ArgumentParser:
         help="seeds in one vmapped program or one after another (auto: vmap except on the CPU)",
     )
     sweep.add_argument("--out", type=Path, required=True)
-    sweep.add_argument("--data-dir", default=None)
-    sweep.add_argument("--source-dir", default=None)
+    add_config_flags(sweep.add_argument_group("the data set of every run"), only=DATA_FIELDS)
+    _data_location_flags(sweep)
 
-    viz = sub.add_parser("viz", help="every picture of a trained run, from its best checkpoint")
+
+def _viz_and_summary_parsers(sub: Any) -> None:
+    viz = sub.add_parser(
+        "viz", help="every picture of a trained run (its own data set), from its best checkpoint"
+    )
     viz.add_argument("--workdir", type=Path, required=True)
     viz.add_argument("--out", type=Path, default=None, help="default: WORKDIR/viz")
-    viz.add_argument("--data-dir", default=None)
-    viz.add_argument("--source-dir", default=None)
+    _data_location_flags(viz)
 
     summary = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
-    summary.add_argument("--model", default=DEFAULTS.model)
-    summary.add_argument("--model-args", type=_json_object, default={}, metavar="JSON")
+    summary.add_argument("--model", default=TrainConfig.model)
+    summary.add_argument("--model-args", type=json_object, default={}, metavar="JSON")
+    summary.add_argument(
+        "--input-shape", type=int, nargs=3, default=(28, 28, 1), metavar=("H", "W", "C"), help="image shape"
+    )
     summary.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the diagram")
-    return parser
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"hidden\": [512]}'")
-    return value
+def _data_location_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
+    parser.add_argument("--source-dir", default=None, help="folder with the four Fashion-MNIST IDX .gz files")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -154,36 +138,28 @@ def _train(args: argparse.Namespace) -> None:
     parallel.initialize(parallel.distributed_settings(args.coordinator, args.num_processes, args.process_id))
     import jax
 
-    from cnn.data import load_fashion_mnist
+    from cnn.datasets import is_plain_fashion_mnist, load_dataset, with_data
     from cnn.train import check_workdir, fit
 
-    config = TrainConfig(
-        model=args.model,
-        model_args=args.model_args,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        seed=args.seed,
-        limit_train=args.limit_train,
-        schedule=args.schedule,
-        weight_decay=args.weight_decay,
-        steps_per_call=args.steps_per_call,
-        monitor=args.monitor,
-    )
+    config = config_from_args(args)
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
     mesh = parallel.data_mesh(args.devices)
     parallel.check_batch_size(config.batch_size, mesh)
-    check_workdir(workdir, config, args.overwrite)  # before the data is loaded
+    splits = None
+    if not is_plain_fashion_mnist(config):  # the model's input shape and classes come from the data
+        splits = load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
+        config = with_data(config, splits)
+    check_workdir(workdir, config, args.overwrite)  # before Fashion-MNIST is loaded
     if parallel.is_parallel(mesh):
         print(f"Data parallel over {mesh.size} devices ({jax.process_count()} process(es)): {mesh.devices}")
-    splits = load_fashion_mnist(
-        data_dir=args.data_dir,
-        source_dir=args.source_dir,
-        val_fraction=config.val_fraction,
-        split_seed=config.split_seed,
+    splits = splits or load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
+    used = min(len(splits.train), config.limit_train or len(splits.train))
+    print(
+        f"Data: {splits.info['name']} {'×'.join(map(str, splits.info['image_shape']))}, "
+        f"{len(splits.info['class_names'])} classes; {used} train"
+        + (f" (of {len(splits.train)})" if used < len(splits.train) else "")
+        + f", {len(splits.val)} validation, {len(splits.test)} test images"
     )
-    print(f"Data: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images")
     fit(config, splits, workdir, overwrite=args.overwrite, mesh=mesh)
 
 
@@ -192,7 +168,8 @@ def _summary(args: argparse.Namespace) -> None:
     from cnn.plots import plot_architecture
     from cnn.summary import format_summary, layer_rows
 
-    rows = layer_rows(build_model(args.model, **args.model_args))
+    shape = tuple(args.input_shape)
+    rows = layer_rows(build_model(args.model, input_shape=shape, **args.model_args), shape)
     print(format_summary(rows, title=args.model))
     if args.plot:
         plot_architecture(rows, args.plot, title=args.model)
@@ -201,8 +178,8 @@ def _summary(args: argparse.Namespace) -> None:
 
 def _bench(args: argparse.Namespace) -> None:
     from cnn.bench import benchmark, format_table
-    from cnn.config import write_json
     from cnn.models import check_model_name
+    from cnn.rundir import write_json
 
     for model in args.models:
         check_model_name(model)
@@ -224,8 +201,15 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from cnn.data import load_fashion_mnist
-    from cnn.sweep import SweepError, grid_variants, markdown_table, resolve, run_sweep
+    from cnn.sweep import (
+        SweepError,
+        data_fields,
+        grid_variants,
+        markdown_table,
+        resolve,
+        run_sweep,
+        sweep_data,
+    )
 
     grid = {}
     for item in args.grid:
@@ -241,36 +225,31 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.seeds < 1:
         raise SweepError(f"seeds: expected at least 1, got {args.seeds}")
     variants = grid_variants(grid, "zip" if args.zip else "product")
-    resolve(args.base, variants)  # every error before the data is loaded
-    splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir)
-    print(
-        markdown_table(
-            run_sweep(args.base, variants, list(range(args.seeds)), splits, args.out, together=args.together)
-        )
-    )
+    base = {**data_fields(args), **args.base}
+    resolve(base, variants)  # every error before the data is loaded
+    base, splits = sweep_data(base, args.data_dir, args.source_dir)
+    rows = run_sweep(base, variants, list(range(args.seeds)), splits, args.out, together=args.together)
+    print(markdown_table(rows))
 
 
 def _viz(args: argparse.Namespace) -> None:
-    from cnn.data import load_fashion_mnist
+    from cnn.datasets import load_dataset
     from cnn.train import restore_run
     from cnn.viz import write_all
 
     config, _, _ = restore_run(args.workdir)  # a missing run fails here, before the data is loaded
-    splits = load_fashion_mnist(
-        data_dir=args.data_dir,
-        source_dir=args.source_dir,
-        val_fraction=config.val_fraction,
-        split_seed=config.split_seed,
-    )
+    splits = load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
     for path in write_all(args.workdir, splits, args.out):
         print(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command and returns its exit status (see EXIT_CODES): a bad setting or input exits with
-    status 2 and a one-line message, no traceback."""
+    status 2 and a one-line message, no traceback; a failure while running with status 4."""
+    import jax
+
     from cnn.data import DataError
-    from cnn.train import Interrupted, TrainingDiverged, WorkdirError
+    from cnn.train import Interrupted, TrainingDiverged, TrainingFailed, WorkdirError
 
     args = _parser().parse_args(argv)
     try:
@@ -282,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (ValueError, RuntimeError, DataError, WorkdirError) as e:
+    except TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except jax.errors.JaxRuntimeError as e:
+        print(f"error: XLA runtime error: {str(e).strip().splitlines()[0][:300]}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except (ValueError, DataError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

@@ -1,76 +1,167 @@
-"""The typed training configuration and the run metadata written beside every result."""
+"""The typed training configuration: every field validated, with the help text the CLI shows."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import os
-import platform
-import subprocess
+import math
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from cnn.models import build_model
 
 
 class ConfigError(ValueError):
     """A configuration field holds a value outside what it allows."""
 
 
+def _field(default: Any, help: str, **metadata: Any) -> Any:
+    """A config field with its help text (shown by `python -m cnn train --help`)."""
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=dict, metadata={"help": help, **metadata})
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run; the defaults reproduce the sources' recipe for the seed CNN."""
+    """One training run; the defaults reproduce the sources' recipe for the seed CNN on Fashion-MNIST."""
 
-    model: str = "seed_cnn"
-    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 2
-    seed: int = 0
-    limit_train: int | None = None
-    val_fraction: float = 0.2
-    split_seed: int = 42
-    eval_batch_size: int = 1000
-    schedule: str = "constant"
-    weight_decay: float = 0.0
-    steps_per_call: int = 10
-    monitor: str = "val_loss"
+    model: str = _field("seed_cnn", "the network, a name of the model registry (python -m cnn summary)")
+    model_args: dict[str, Any] = _field({}, "the model's fields as JSON, e.g. '{\"hidden\": [512]}' for mlp")
+    epochs: int = _field(20, "most epochs (early stopping may end sooner)")
+    batch_size: int = _field(32, "training batch size (the global batch over all devices)")
+    lr: float = _field(1e-3, "learning rate (Adam, or AdamW with --weight-decay)")
+    patience: int = _field(2, "early stopping: epochs without a better --monitor before stopping")
+    seed: int = _field(0, "seed of initialisation, shuffling and dropout")
+    limit_train: int | None = _field(None, "use only the first N training examples", metavar="N")
+    val_fraction: float = _field(0.2, "fraction of the training set held out for validation")
+    split_seed: int = _field(42, "seed of the train/validation (and test) split")
+    eval_batch_size: int = _field(1000, "batch size of evaluation")
+    schedule: str = _field("constant", "learning rate schedule", choices=("constant", "cosine"))
+    weight_decay: float = _field(0.0, "AdamW's decoupled weight decay when > 0")
+    steps_per_call: int = _field(10, "train steps compiled into one call (unrolled; 10 is fastest measured)")
+    monitor: str = _field(
+        "val_loss",
+        "what early stopping and the best checkpoint follow: the lowest val_loss or highest val_accuracy",
+        choices=("val_loss", "val_accuracy"),
+    )
+    dataset: str = _field("fashion_mnist", "a data set name (fashion_mnist, lfw_faces) or an image folder")
+    image_size: tuple[int, int] | None = _field(None, "resize every image to H W (bilinear, antialiased)")
+    channels: int | None = _field(None, "1 (grayscale) or 3 (colour) channels after loading", choices=(1, 3))
+    test_fraction: float = _field(0.2, "an image folder without a test/ folder: fraction held out for test")
+    skip_bad_images: bool = _field(False, "an image folder: skip (and count) unreadable images, not fail")
+    data_placement: str = _field(
+        "auto",
+        "where the training images live: on the device, or on the host and streamed in batches (for sets "
+        "that do not fit); auto: the device when they fit in half its free memory",
+        choices=("auto", "device", "host"),
+    )
+    head: str = _field(
+        "softmax",
+        "the output: one unit per class (softmax) or, for two classes, one sigmoid unit",
+        choices=("softmax", "sigmoid"),
+    )
+    input_shape: tuple[int, int, int] | None = _field(
+        None, "the model's input H W C, set from the data set (28 28 1 when unset)", derived=True
+    )
+    num_classes: int | None = _field(
+        None, "classes of the data set, set from it (10 when unset)", derived=True
+    )
 
     def __post_init__(self):
-        from cnn.models import build_model  # the registry imports flax; keep config import light
-
+        for name in ("image_size", "input_shape"):  # JSON gives lists
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         _check(self, "model_args", isinstance(self.model_args, dict), "a dict of the model's fields")
+        _check_numbers(self)
         try:
-            build_model(self.model, **self.model_args)  # names, arguments and shapes, before any work
-        except ValueError as e:
+            build_model(self.model, input_shape=self.image_shape, **self.model_kwargs())
+        except ValueError as e:  # names, arguments and shapes, before any work
             raise ConfigError(str(e)) from None
-        _check(self, "epochs", self.epochs >= 1, "an integer >= 1")
-        _check(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
-        _check(self, "lr", self.lr > 0, "a number > 0")
-        _check(self, "patience", self.patience >= 0, "an integer >= 0")
-        _check(
-            self, "limit_train", self.limit_train is None or self.limit_train >= 1, "None or an integer >= 1"
-        )
-        _check(self, "val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)")
-        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
-        _check(self, "schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
-        _check(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
-        _check(self, "steps_per_call", self.steps_per_call >= 1, "an integer >= 1")
-        _check(self, "monitor", self.monitor in MONITORS, f"one of {MONITORS}")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The (H, W, C) of the images the model takes."""
+        return tuple(self.input_shape) if self.input_shape else (28, 28, 1)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """`model_args` plus the number of outputs the data set and head ask for."""
+        if self.head == "sigmoid":
+            return {**self.model_args, "num_classes": 1}
+        if self.num_classes is not None:
+            return {**self.model_args, "num_classes": self.num_classes}
+        return dict(self.model_args)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def _check_numbers(c: TrainConfig) -> None:
+    _check(c, "epochs", _is_int(c.epochs) and c.epochs >= 1, "an integer >= 1")
+    _check(c, "batch_size", _is_int(c.batch_size) and c.batch_size >= 1, "an integer >= 1")
+    _check(c, "lr", _is_number(c.lr) and 0 < c.lr < math.inf, "a finite number > 0")
+    _check(c, "patience", _is_int(c.patience) and c.patience >= 0, "an integer >= 0")
+    _check(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
+    limit_ok = c.limit_train is None or (_is_int(c.limit_train) and c.limit_train >= 1)
+    _check(c, "limit_train", limit_ok, "None or an integer >= 1")
+    _check(c, "val_fraction", _is_number(c.val_fraction) and 0 < c.val_fraction < 1, "a number in (0, 1)")
+    _check(c, "test_fraction", _is_number(c.test_fraction) and 0 < c.test_fraction < 1, "a number in (0, 1)")
+    _check(c, "eval_batch_size", _is_int(c.eval_batch_size) and c.eval_batch_size >= 1, "an integer >= 1")
+    _check(c, "schedule", c.schedule in SCHEDULES, f"one of {SCHEDULES}")
+    wd_ok = _is_number(c.weight_decay) and 0 <= c.weight_decay < math.inf
+    _check(c, "weight_decay", wd_ok, "a finite number >= 0")
+    _check(c, "steps_per_call", _is_int(c.steps_per_call) and c.steps_per_call >= 1, "an integer >= 1")
+    _check(c, "monitor", c.monitor in MONITORS, f"one of {MONITORS}")
+    _check(c, "dataset", isinstance(c.dataset, str) and bool(c.dataset), "a data set name or a folder")
+    size_ok = c.image_size is None or (
+        len(c.image_size) == 2 and all(_is_int(v) and v >= 1 for v in c.image_size)
+    )
+    _check(c, "image_size", size_ok, "None or two integers >= 1 (H W)")
+    _check(c, "channels", c.channels in (None, 1, 3), "None, 1 or 3")
+    _check(c, "head", c.head in HEADS, f"one of {HEADS}")
+    _check(c, "data_placement", c.data_placement in PLACEMENTS, f"one of {PLACEMENTS}")
+    shape_ok = c.input_shape is None or (
+        len(c.input_shape) == 3 and all(_is_int(v) and v >= 1 for v in c.input_shape)
+    )
+    _check(c, "input_shape", shape_ok, "None or three integers >= 1 (H W C)")
+    classes_ok = c.num_classes is None or (_is_int(c.num_classes) and c.num_classes >= 2)
+    _check(c, "num_classes", classes_ok, "None or an integer >= 2")
+    _check(c, "head", c.head == "softmax" or c.num_classes in (None, 2), "softmax for more than two classes")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
+
+
 SCHEDULES = ("constant", "cosine")
+HEADS = ("softmax", "sigmoid")
+PLACEMENTS = ("auto", "device", "host")
 # What early stopping and the best checkpoint follow: the lowest validation loss (Keras' default) or the
 # highest validation accuracy (better for a long cosine schedule, where the loss rises while accuracy climbs).
 MONITORS = ("val_loss", "val_accuracy")
 # Fields added after runs were saved, with the value those runs used: an older config.json still matches.
-ADDED_FIELDS = {"monitor": "val_loss"}
-# Fields that may change when a run resumes in the same workdir: training longer is still the same run, and
-# `steps_per_call` only changes how many steps one compiled call runs.
-RESUMABLE_FIELDS = frozenset({"epochs", "steps_per_call"})
+ADDED_FIELDS = {
+    "monitor": "val_loss",
+    "dataset": "fashion_mnist",
+    "image_size": None,
+    "channels": None,
+    "test_fraction": 0.2,
+    "skip_bad_images": False,
+    "head": "softmax",
+    "data_placement": "auto",
+    "input_shape": None,
+    "num_classes": None,
+}
+# Fields that may change when a run resumes in the same workdir: training longer is still the same run;
+# `steps_per_call` and `data_placement` only change how the same steps are run.
+RESUMABLE_FIELDS = frozenset({"epochs", "steps_per_call", "data_placement"})
 
 
 def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
@@ -80,7 +171,8 @@ def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
 
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Fields (other than the resumable ones) whose saved value differs from `config`, as 'field: a -> b'."""
-    current, saved = config.to_dict(), {**ADDED_FIELDS, **saved}
+    current = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, as saved
+    saved = {**ADDED_FIELDS, **saved}
     # A learning-rate schedule spans `epochs`, so only a constant one lets a resumed run train longer.
     resumable = RESUMABLE_FIELDS - ({"epochs"} if config.schedule != "constant" else set())
     return [
@@ -90,56 +182,63 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     ]
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, or None outside a git checkout."""
+DATA_FIELDS = (
+    "dataset",
+    "image_size",
+    "channels",
+    "val_fraction",
+    "test_fraction",
+    "split_seed",
+    "skip_bad_images",
+)
+
+
+def json_object(text: str) -> dict:
+    """An argparse type: a JSON object (`--model-args '{\"hidden\": [512]}'`)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"hidden\": [512]}'")
+    return value
 
 
-def run_metadata() -> dict[str, Any]:
-    """Library versions, commit and device, for `config.json`."""
-    import flax
-    import jax
-    import optax
-    import orbax.checkpoint
+def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """One flag per `TrainConfig` field (or per field of `only`), with its type, default, choices and help
+    taken from the field itself: nothing is typed twice."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("derived") or (only is not None and f.name not in only):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kwargs: dict[str, Any] = {"default": default, "help": f"{f.metadata['help']} (default: {default})"}
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind == dict[str, Any]:
+            kwargs.update(type=json_object, metavar="JSON")
+        elif args and typing.get_origin(args[0]) is tuple:
+            kwargs.update(
+                type=int,
+                nargs=len(typing.get_args(args[0])),
+                metavar=tuple("HWC"[: len(typing.get_args(args[0]))]),
+            )
+        else:
+            kwargs["type"] = args[0] if args else kind
+        if "choices" in f.metadata:  # validated by TrainConfig, whose message names the field
+            choices = ",".join(map(str, f.metadata["choices"]))
+            kwargs.update(help=f"{f.metadata['help']} (default: {default})", metavar=f"{{{choices}}}")
+        if "metavar" in f.metadata:
+            kwargs["metavar"] = f.metadata["metavar"]
+        parser.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
 
-    device = jax.devices()[0]
-    return {
-        "git_commit": git_commit(),
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
-            "orbax_checkpoint": orbax.checkpoint.__version__,
-        },
-        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
-        "host": {"cpu": _cpu_model(), "cores": os.cpu_count(), "system": platform.platform()},
-    }
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Writes JSON atomically (temporary file, then rename), so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of parsed flags (see `add_config_flags`)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
+    fields = {name: getattr(args, name) for name in names}
+    if fields.get("image_size") is not None:
+        fields["image_size"] = tuple(fields["image_size"])
+    return TrainConfig(**{**fields, **overrides})

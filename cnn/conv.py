@@ -29,7 +29,7 @@ PADDING_HELP = "'valid', 'same', an int, or ((top, bottom), (left, right))"
 
 
 # ---------------------------------------------------------------------------------------------- arguments
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def pair(value: int | Sequence[int], name: str = "value") -> tuple[int, int]:
     """`value` as (rows, columns), each an integer >= 1."""
     pair = (value, value) if isinstance(value, int | np.integer) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v >= 1 for v in pair):
@@ -143,7 +143,7 @@ def conv2d_reference(
         )
     w = _as_kernel(kernel, image.shape[2]).astype(np.float64)
     kh, kw, _, c_out = w.shape
-    (sh, sw), (dh, dw) = _pair(stride, "stride"), _pair(dilation, "dilation")
+    (sh, sw), (dh, dw) = pair(stride, "stride"), pair(dilation, "dilation")
     (top, bottom), (left, right) = resolve_padding(padding, image.shape[:2], (kh, kw), (sh, sw), (dh, dw))
     out_h = output_size(image.shape[0], kh, sh, ((top, bottom), (0, 0)), dh)
     out_w = output_size(image.shape[1], kw, sw, ((left, right), (0, 0)), dw)
@@ -205,7 +205,7 @@ def conv2d(
             f"kernel: expected (kh, kw, {x.shape[3]}, C_out) for input {x.shape}, got {kernel.shape}"
         )
     kh, kw = kernel.shape[:2]
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     pads = resolve_padding(padding, x.shape[1:3], (kh, kw), stride, dilation)
     out_hw = tuple(
         output_size(n, k, s, (p, (0, 0)), d)
@@ -241,8 +241,8 @@ def pool2d_reference(
     """
     _check_mode(mode)
     image = _as_hwc(x).astype(np.float64)
-    (ph, pw) = _pair(size, "size")
-    (sh, sw) = _pair(stride if stride is not None else size, "stride")
+    (ph, pw) = pair(size, "size")
+    (sh, sw) = pair(stride if stride is not None else size, "stride")
     (top, bottom), (left, right) = resolve_padding(padding, image.shape[:2], (ph, pw), (sh, sw))
     out_h = output_size(image.shape[0], ph, sh, ((top, bottom), (0, 0)))
     out_w = output_size(image.shape[1], pw, sw, ((left, right), (0, 0)))
@@ -266,8 +266,8 @@ def pool2d(
     _check_mode(mode)
     if x.ndim != 4:
         raise ValueError(f"x: expected a batch (N, H, W, C), got shape {x.shape}")
-    window = _pair(size, "size")
-    strides = _pair(stride if stride is not None else size, "stride")
+    window = pair(size, "size")
+    strides = pair(stride if stride is not None else size, "stride")
     pads = resolve_padding(padding, x.shape[1:3], window, strides)
     out_hw = tuple(
         output_size(n, k, s, (p, (0, 0)))
@@ -353,8 +353,6 @@ def spatial_layers(model: Any, input_shape: tuple[int, int, int] = (28, 28, 1)) 
     """The conv and pooling layers of a Flax model, in call order, up to its first non-spatial layer."""
     import flax.linen as nn
 
-    from cnn.layers import AvgPool, MaxPool
-
     found: list[SpatialLayer] = []
     ended = []
 
@@ -366,13 +364,13 @@ def spatial_layers(model: Any, input_shape: tuple[int, int, int] = (28, 28, 1)) 
                 found.append(
                     SpatialLayer(
                         module.name,
-                        _pair(module.kernel_size, "kernel")[0],
-                        _pair(module.strides or 1, "stride")[0],
+                        pair(module.kernel_size, "kernel")[0],
+                        pair(module.strides or 1, "stride")[0],
                         _flax_padding(module.padding),
-                        _pair(module.kernel_dilation or 1, "dilation")[0],
+                        pair(module.kernel_dilation or 1, "dilation")[0],
                     )
                 )
-            elif isinstance(module, MaxPool | AvgPool):
+            elif callable(getattr(module, "window", None)):  # cnn.layers' spatial pooling
                 window, strides = module.window()
                 found.append(
                     SpatialLayer(module.name, window[0], strides[0], module.padding.lower(), pool=True)
@@ -439,13 +437,13 @@ def _axis_padding(padding: Padding) -> Padding:
 # ------------------------------------------------------------------------------------------------ filters
 def box(n: int = 3) -> np.ndarray:
     """Mean filter: every weight 1/n², so it averages its n×n neighbourhood (blur)."""
-    _pair(n, "n")
+    pair(n, "n")
     return np.full((n, n), 1.0 / (n * n))
 
 
 def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
     """Weights of a 2-D normal centred on the middle pixel, normalised to sum to 1 (a smoother blur)."""
-    _pair(size, "size")
+    pair(size, "size")
     if sigma <= 0:
         raise ValueError(f"sigma: must be > 0, got {sigma}")
     r = np.arange(size) - (size - 1) / 2
@@ -480,7 +478,7 @@ def sharpen() -> np.ndarray:
 
 def random_filter(size: int = 3, key: jax.Array | int = 0) -> np.ndarray:
     """A filter of standard-normal weights, like a convolution layer before training."""
-    _pair(size, "size")
+    pair(size, "size")
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
     return np.asarray(jax.random.normal(key, (size, size)), np.float64)
 

@@ -1,4 +1,5 @@
-"""Fashion-MNIST through tensorflow-datasets: IDX files in, NHWC arrays and fixed splits out."""
+"""Fashion-MNIST through tensorflow-datasets (IDX files in, NHWC arrays and fixed splits out), and the
+split types every data set returns (see `cnn.datasets` for the others)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -68,11 +70,17 @@ class Split:
 
 @dataclass(frozen=True)
 class Splits:
-    """Train / validation / test splits of one dataset."""
+    """Train / validation / test splits of one data set, and what it is (`info`: name, source, image shape,
+    class names; None means Fashion-MNIST as `load_fashion_mnist` gives it)."""
 
     train: Split
     val: Split
     test: Split
+    info: dict[str, Any] | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.info["class_names"]) if self.info else CLASS_NAMES
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -229,7 +237,8 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": images[i], "label": int(labels[i]), "index": i}
 
 
-def _read_prepared(builder: FashionMnistIdx, split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_prepared(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A prepared tfds split's `image` and `label` arrays, in the original order (the `index` feature)."""
     source = builder.as_data_source(split=split)
     records = source.__getitems__(list(range(len(source))))
     order = np.argsort([r["index"] for r in records])
@@ -269,9 +278,10 @@ def shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels to float32 in [0, 1]."""
-    return images.astype(np.float32) / 255.0
+def to_float(images: Any) -> Any:
+    """uint8 pixels (NumPy or JAX) to float32 in [0, 1]; float images pass through unchanged. Inside a
+    compiled step this keeps the data compact on the device until the last moment."""
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
 
 
 def load_fashion_mnist(
@@ -293,9 +303,9 @@ def load_fashion_mnist(
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     builder = prepare(data_dir, source_dir)
-    images, labels = _read_prepared(builder, "train")
+    images, labels = read_prepared(builder, "train")
     train_idx, val_idx = split_indices(len(labels), val_fraction, split_seed)
-    test_images, test_labels = _read_prepared(builder, "test")
+    test_images, test_labels = read_prepared(builder, "test")
     return Splits(
         train=Split(to_float(images[train_idx]), labels[train_idx]),
         val=Split(to_float(images[val_idx]), labels[val_idx]),

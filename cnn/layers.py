@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn.conv import pair
+
 ACTIVATIONS: dict[str | None, Callable[[jax.Array], jax.Array] | None] = {
     None: None,
     "linear": None,
@@ -48,10 +50,6 @@ class Dense(nn.Dense):
         return activation(self.activation)(super().__call__(inputs))
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
 class _Pool(nn.Module):
     """Spatial pooling with Keras defaults: stride = pool size, 'VALID' padding."""
 
@@ -60,8 +58,8 @@ class _Pool(nn.Module):
     padding: str = "VALID"
 
     def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        size = _pair(self.pool_size)
-        return size, _pair(self.strides) if self.strides is not None else size
+        size = pair(self.pool_size)
+        return size, pair(self.strides) if self.strides is not None else size
 
 
 class MaxPool(_Pool):

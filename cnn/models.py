@@ -1,9 +1,11 @@
-"""The networks, built by name through one registry; every model maps `(N, 28, 28, 1)` images to logits."""
+"""The networks, built by name through one registry (every model maps NHWC images to logits), and the
+surgery that cuts a network at a named layer for transfer learning (`Cut`, `TransferNet`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,7 @@ from cnn.layers import (
     RandomShiftFlip,
     activation,
 )
+from cnn.summary import format_summary, layer_rows
 
 
 class SeedCNN(nn.Module):
@@ -283,17 +286,21 @@ def validate_convnet(model: ConvNet, input_shape: tuple[int, int, int] = (28, 28
 def convnet(
     blocks: Sequence[ConvBlock | Mapping[str, Any]] | None = None,
     dense: Sequence[int] = (100,),
+    input_shape: tuple[int, int, int] = (28, 28, 1),
     **kwargs: Any,
 ) -> ConvNet:
-    """The configurable network (validated); its defaults are the seed CNN's layers. `blocks` may be dicts."""
+    """The configurable network, validated for `input_shape` images; its defaults are the seed CNN's
+    layers. `blocks` may be dicts."""
     model = ConvNet(
         blocks=as_blocks(blocks) if blocks is not None else ConvNet.blocks, dense=tuple(dense), **kwargs
     )
-    validate_convnet(model)
+    validate_convnet(model, tuple(input_shape))
     return model
 
 
-def vgg_bn(widths: Sequence[int] = (32, 64, 128), **kwargs: Any) -> ConvNet:
+def vgg_bn(
+    widths: Sequence[int] = (32, 64, 128), input_shape: tuple[int, int, int] = (28, 28, 1), **kwargs: Any
+) -> ConvNet:
     """The strong model: three VGG blocks of two 3×3 convolutions with batch norm (32, 64, 128 filters),
     max pooling, a global-average head with dense 128, dropout 0.3, and random shift/flip augmentation.
     `widths` sets the filters of each block (e.g. `[64, 128, 256]` for the wide variant)."""
@@ -301,7 +308,86 @@ def vgg_bn(widths: Sequence[int] = (32, 64, 128), **kwargs: Any) -> ConvNet:
         raise ValueError("model_args: vgg_bn takes `widths`, not `blocks` (use the convnet model for blocks)")
     blocks = [ConvBlock(int(f), batch_norm=True, convs=2) for f in widths]
     defaults = dict(blocks=blocks, head="global_avg", dense=(128,), dropout_rate=0.3, augment=True)
-    return convnet(**{**defaults, **kwargs})
+    return convnet(input_shape=input_shape, **{**defaults, **kwargs})
+
+
+# ------------------------------------------------------------------------------- cutting a network
+class _Reached(Exception):
+    """Raised inside the backbone once the cut layer has run: the layers after it are never built."""
+
+
+class Cut(nn.Module):
+    """A model run up to (and including) its top-level layer `cut`, always in evaluation mode."""
+
+    base: nn.Module
+    cut: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        found: dict[str, jax.Array] = {}
+        depth = [0]  # Conv2D calls nn.Conv.__call__ inside its own: keep the outermost (activated) output
+
+        def stop_after_cut(next_fun, args, kwargs, context):
+            module = context.module
+            is_cut = (
+                context.method_name == "__call__"
+                and module.name == self.cut
+                and module.parent is not None
+                and module.parent.name == "base"
+            )
+            depth[0] += is_cut
+            out = next_fun(*args, **kwargs)
+            depth[0] -= is_cut
+            if is_cut and depth[0] == 0:
+                found["out"] = out
+                raise _Reached
+            return out
+
+        try:
+            with nn.intercept_methods(stop_after_cut):
+                self.base(x, train=False)
+        except _Reached:
+            pass
+        if "out" not in found:
+            raise ValueError(f"cut: the model has no layer {self.cut!r}")
+        return found["out"]
+
+
+class TransferNet(nn.Module):
+    """`base` cut at `cut` (the backbone, run in evaluation mode so its batch statistics never change),
+    then flatten and a new head: dense layers of `head` units with ReLU and `outputs` logits. The backbone's
+    variables live under `base`, the head's under `head1`, ..., `head_logits`."""
+
+    base: nn.Module
+    cut: str
+    head: tuple[int, ...] = (64,)
+    outputs: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Cut(self.base, self.cut, name="backbone")(x)
+        x = Flatten(name="flatten")(x)
+        for i, units in enumerate(self.head, start=1):
+            x = Dense(units, activation="relu", name=f"head{i}")(x)
+        return Dense(self.outputs, name="head_logits")(x)
+
+
+def transfer_model(
+    base: str = "seed_cnn",
+    cut: str = "pool2",
+    head: Sequence[int] = (64,),
+    outputs: int = 10,
+    base_args: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] = (28, 28, 1),
+    num_classes: int | None = None,
+) -> TransferNet:
+    """A zoo model cut at `cut` with a new head of `outputs` logits (`num_classes`, when given, wins: it is
+    what a data set asks for); the error for an unknown cut lists the model's layers."""
+    model = build_model(base, input_shape=input_shape, **(base_args or {}))
+    names = [row.name for row in layer_rows(model, tuple(input_shape))]
+    if cut not in names:
+        raise ValueError(f"cut: {base} has no layer {cut!r}; its layers are {names}")
+    return TransferNet(model, cut, tuple(head), outputs if num_classes is None else num_classes)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -312,18 +398,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "convnet": convnet,
     "vgg_bn": vgg_bn,
+    "transfer": transfer_model,
 }
-
-
-def transfer(**kwargs: Any) -> nn.Module:
-    """A zoo model (`base`) cut at a named layer (`cut`) with a new dense head (`head`, `outputs`): the
-    network of transfer learning (see `cnn.transfer`)."""
-    from cnn.transfer import transfer_model
-
-    return transfer_model(**kwargs)
-
-
-MODELS["transfer"] = transfer
 
 
 def check_model_name(name: str) -> None:
@@ -334,13 +410,25 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"model: unknown model {name!r}; choose one of {sorted(MODELS)}.{hint}")
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """The model registered as `name`, `kwargs` overriding its fields (e.g. `hidden=(512,)` for `mlp`)."""
+def build_model(name: str, input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
+    """The model registered as `name`, `kwargs` overriding its fields (e.g. `hidden=(512,)` for `mlp`).
+    With `input_shape` (H, W, C), a network whose layers depend on it is checked against it."""
     check_model_name(name)
     factory = MODELS[name]
+    kwargs = {k: tuple(v) if isinstance(v, list) and k != "blocks" else v for k, v in kwargs.items()}
+    if input_shape is not None and "input_shape" in inspect.signature(factory).parameters:
+        kwargs["input_shape"] = tuple(input_shape)
     try:
-        return factory(
-            **{k: tuple(v) if isinstance(v, list) and k != "blocks" else v for k, v in kwargs.items()}
-        )
+        return factory(**kwargs)
     except TypeError as e:
         raise ValueError(f"model_args: {name} does not take these arguments ({e})") from None
+
+
+def model_summary(
+    model_or_name: nn.Module | str, input_shape: tuple[int, ...] = (28, 28, 1), **model_args
+) -> str:
+    """The summary table of a model or of a zoo model by name: `print(model_summary("lenet5"))`."""
+    if isinstance(model_or_name, str):
+        model = build_model(model_or_name, input_shape=input_shape, **model_args)
+        return format_summary(layer_rows(model, input_shape), model_or_name)
+    return format_summary(layer_rows(model_or_name, input_shape), type(model_or_name).__name__)

@@ -1,8 +1,10 @@
-"""Training curves: loss and accuracy per epoch, train vs validation, best epoch marked."""
+"""Plots of runs: training curves (best epoch marked), the architecture diagram, a sweep's accuracy
+against size and cost, and its validation curves."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 
@@ -58,3 +60,34 @@ def plot_architecture(rows, path: str | Path | None = None, title: str = "") -> 
 
 def _shape(shape) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def plot_sweep(rows: list[dict[str, Any]], out: Path) -> None:
+    """accuracy_vs_params.png, accuracy_vs_macs.png and val_curves.png in `out`."""
+    done = [r for r in rows if r["seeds_finished"]]
+    for key, label, filename in (
+        ("params", "parameters", "accuracy_vs_params.png"),
+        ("macs", "multiply-accumulates per image", "accuracy_vs_macs.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        for r in done:
+            ax.errorbar(r[key], r["test_accuracy_mean"], yerr=r["test_accuracy_std"], fmt="o", capsize=3)
+            ax.annotate(
+                r["variant"],
+                (r[key], r["test_accuracy_mean"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        ax.set(xscale="log", xlabel=label, ylabel="test accuracy (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        fig.savefig(out / filename, dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for r in done:
+        ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], "o-", label=r["variant"])
+    ax.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", title="Validation curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(out / "val_curves.png", dpi=100)
+    plt.close(fig)

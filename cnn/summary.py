@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn.data import IMAGE_SHAPE
-
 
 @dataclass(frozen=True)
 class LayerRow:
@@ -25,8 +23,9 @@ class LayerRow:
     macs: int
 
 
-def _count(tree) -> int:
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+def count_params(tree) -> int:
+    """The number of scalars in a tree of arrays (0 for None or an empty tree)."""
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree)))
 
 
 def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
@@ -38,7 +37,7 @@ def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...
     return 0
 
 
-def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> list[LayerRow]:
+def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (28, 28, 1)) -> list[LayerRow]:
     """The model's top-level layers in call order, from shapes alone (`jax.eval_shape`, no computation)."""
     calls: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = {}
 
@@ -65,8 +64,8 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> 
             type(module).__name__,
             (None, *x_shape[1:]),
             (None, *out_shape[1:]),
-            _count(params.get(owner(name, module), {})),
-            _count(stats.get(owner(name, module), {})),
+            count_params(params.get(owner(name, module), {})),
+            count_params(stats.get(owner(name, module), {})),
             _macs(module, x_shape, out_shape),
         )
         for name, (module, x_shape, out_shape) in calls.items()
@@ -138,12 +137,3 @@ def format_summary(rows: list[LayerRow], title: str = "") -> str:
         "-" * width,
     ]
     return "\n".join(out)
-
-
-def model_summary(model_or_name: nn.Module | str, **model_args) -> str:
-    """The summary table of a model or of a zoo model by name: `print(model_summary("lenet5"))`."""
-    from cnn.models import build_model
-
-    if isinstance(model_or_name, str):
-        return format_summary(layer_rows(build_model(model_or_name, **model_args)), model_or_name)
-    return format_summary(layer_rows(model_or_name), type(model_or_name).__name__)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
 import itertools
 import json
 import math
-import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,32 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from cnn.checkpoints import Checkpoints
-from cnn.config import ConfigError, TrainConfig, write_json
-from cnn.data import Split, Splits
-from cnn.models import build_model
+from cnn.config import DATA_FIELDS, ConfigError, TrainConfig, add_config_flags
+from cnn.data import Splits
+from cnn.datasets import load_dataset, with_data
+from cnn.plots import plot_sweep
+from cnn.rundir import write_json
+from cnn.steps import config_model
 from cnn.summary import layer_rows, totals
-from cnn.train import (
-    EarlyStopping,
-    RunState,
-    _finish,
-    _gather,
-    _train_step,
-    create_train_state,
-    device_data,
-    eval_step,
-    fit,
-    make_optimizer,
-    monitored,
-    padded_batches,
-    prepare_workdir,
-    run_keys,
-    training_split,
-)
+from cnn.train import Interrupted, fit, fit_seeds
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -148,155 +130,6 @@ def resolve(base: dict[str, Any], variants: Sequence[Variant]) -> list[TrainConf
     return configs
 
 
-# ------------------------------------------------------------------------------------- multi-seed training
-def _stack(trees: Sequence[Any]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _unstack(tree: Any, i: int) -> Any:
-    return jax.tree.map(lambda x: x[i], tree)
-
-
-def _select(mask: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree.map(lambda n, o: jnp.where(mask.reshape(-1, *[1] * (n.ndim - 1)), n, o), new, old)
-
-
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="size")
-def multi_train_step(states, images, labels, orders, start, size: int, rngs, active):
-    """One train step of every seed (vmapped); seeds whose `active` is False keep their state."""
-    batches = jax.vmap(_gather, in_axes=(None, None, 0, None, None))(images, labels, orders, start, size)
-    new, metrics = jax.vmap(_train_step)(states, batches, rngs)
-    return _select(active, new, states), metrics
-
-
-_multi_eval_step = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
-
-
-def _multi_evaluate(states, split: Split, batch_size: int) -> list[dict[str, float]]:
-    totals_ = None
-    for batch in padded_batches(split.images, split.labels, batch_size):
-        m = _multi_eval_step(states, batch)
-        totals_ = m if totals_ is None else jax.tree.map(jnp.add, totals_, m)
-    t = jax.device_get(totals_)
-    return [
-        {"loss": float(t["loss"][i] / t["count"][i]), "accuracy": float(t["correct"][i] / t["count"][i])}
-        for i in range(len(t["count"]))
-    ]
-
-
-def fit_seeds(config: TrainConfig, seeds: Sequence[int], splits: Splits, workdir: str | Path) -> list[dict]:
-    """Trains `config` once per seed, all seeds in one vmapped program; the same results as `fit` per seed.
-
-    Runs land in `workdir/seed{S}`; the group's latest state is checkpointed in `workdir/group` each epoch,
-    so an interrupted group resumes where it stopped.
-    """
-    workdir, seeds = Path(workdir), list(seeds)
-    train = training_split(config, splits)
-    configs = [dataclasses.replace(config, seed=s) for s in seeds]
-    for c in configs:
-        prepare_workdir(workdir / f"seed{c.seed}", c)
-    steps_per_epoch = -(-len(train) // config.batch_size)
-    # One model and one optimizer for every seed: they are static parts of the state, shared by the vmap.
-    model, tx = build_model(config.model, **config.model_args), make_optimizer(config, steps_per_epoch)
-    state = _stack([create_train_state(model, tx, run_keys(c)["init"]) for c in configs])
-    keys = _stack([run_keys(c) for c in configs])
-    runs = [RunState(stopping=EarlyStopping(config.patience)) for _ in seeds]
-    best = jax.tree.map(jnp.copy, state)  # its own buffers: the train step donates the state's
-    manager = ocp.CheckpointManager(
-        (workdir / "group").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
-        item_names=("state", "best", "meta"),
-    )
-    try:
-        if (latest := manager.latest_step()) is not None:
-            restored = manager.restore(
-                latest,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(state),
-                    best=ocp.args.StandardRestore(best),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
-            state, best = restored["state"], restored["best"]
-            runs = [RunState.from_dict(m, config.patience) for m in restored["meta"]["runs"]]
-            print(f"Resuming {workdir} after epoch {runs[0].epoch}")
-        state, best, runs = _train_group(config, state, best, runs, keys, train, splits.val, manager)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-    results = []
-    for i, c in enumerate(configs):
-        seed_state, run_dir = _unstack(best, i), workdir / f"seed{c.seed}"
-        checkpoints = Checkpoints(run_dir / "checkpoints")
-        if runs[i].stopping.best_epoch not in checkpoints.epochs():
-            checkpoints.save(
-                runs[i].stopping.best_epoch, seed_state, runs[i].to_dict(), runs[i].stopping.best
-            )
-        checkpoints.close()
-        write_json(run_dir / "history.json", runs[i].history)
-        results.append(_finish(c, seed_state, runs[i], splits, run_dir, extra={"trained_with_seeds": seeds}))
-    return results
-
-
-def _train_group(config, state, best, runs, keys, train, val, manager):
-    images, labels = device_data(train)
-    n, bs = len(train), config.batch_size
-    while True:
-        active = np.array([r.epoch < config.epochs and not r.stopping.stopped for r in runs])
-        if not active.any():
-            return state, best, runs
-        epoch = max(r.epoch for r in runs if not r.stopping.stopped) + 1
-        orders = jax.vmap(lambda k, e=epoch: jax.random.permutation(jax.random.fold_in(k, e), n))(
-            keys["shuffle"]
-        )
-        t0, sums = time.perf_counter(), None
-        for start in range(0, n, bs):
-            state, m = multi_train_step(
-                state, images, labels, orders, start, min(bs, n - start), keys["dropout"], jnp.asarray(active)
-            )
-            sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-        sums = jax.device_get(sums)
-        seconds = time.perf_counter() - t0
-        val_metrics = _multi_evaluate(state, val, config.eval_batch_size)
-        improved = np.zeros(len(runs), bool)
-        for i, run in enumerate(runs):
-            if not active[i]:
-                continue
-            metrics = {
-                "loss": float(sums["loss"][i] / sums["count"][i]),
-                "accuracy": float(sums["correct"][i] / sums["count"][i]),
-                "val_loss": val_metrics[i]["loss"],
-                "val_accuracy": val_metrics[i]["accuracy"],
-            }
-            improved[i] = run.stopping.update(epoch, monitored(metrics, config.monitor))
-            run.epoch = epoch
-            run.history.append({"epoch": epoch, **metrics})
-            run.timing.append(
-                {
-                    "epoch": epoch,
-                    "seconds": seconds,
-                    "compile_seconds": 0.0,
-                    "images": n,
-                    "group_images": n * int(active.sum()),
-                }
-            )
-        best = _select(jnp.asarray(improved), state, best)
-        shown = ", ".join(f"{r.history[-1]['val_accuracy']:.4f}" for r in runs if r.history)
-        print(
-            f"Epoch {epoch}/{config.epochs} - {int(active.sum())} seeds - {seconds:.1f}s "
-            f"({n * int(active.sum()) / seconds:.0f} img/s) - val_accuracy {shown}",
-            flush=True,
-        )
-        manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                best=ocp.args.StandardSave(best),
-                meta=ocp.args.JsonSave({"runs": [r.to_dict() for r in runs]}),
-            ),
-        )
-
-
 # ------------------------------------------------------------------------------------------ the sweep
 TOGETHER = ("auto", "vmap", "sequential")
 
@@ -347,6 +180,8 @@ def run_sweep(
                 fit_seeds(config, seeds, splits, vdir)
             else:
                 _fit_sequentially(config, seeds, splits, vdir)
+        except Interrupted:
+            raise  # a signal stops the whole sweep, its epoch saved; rerunning resumes it
         except Exception as e:  # one failed variant must not end the sweep
             vdir.mkdir(parents=True, exist_ok=True)
             write_json(
@@ -379,7 +214,7 @@ def _train_seconds(results: list[dict[str, Any]]) -> float:
 
 def final_feature_map(config: TrainConfig) -> str:
     """The last spatial output of the network, e.g. '7×7×64' ('none' for a network without one)."""
-    rows = layer_rows(build_model(config.model, **config.model_args))
+    rows = layer_rows(config_model(config), config.image_shape)
     spatial = [r.output_shape[1:] for r in rows if len(r.output_shape) == 4]
     return "×".join(map(str, spatial[-1])) if spatial else "none"
 
@@ -400,7 +235,7 @@ def collect(
             for s in seeds
             if (p := out / variant.name / f"seed{s}" / "history.json").is_file()
         ]
-        model_totals = totals(layer_rows(build_model(config.model, **config.model_args)))
+        model_totals = totals(layer_rows(config_model(config), config.image_shape))
         test, val = (_mean_std([r[k] for r in results]) for k in ("test_accuracy", "val_accuracy"))
         error = out / variant.name / "error.json"
         rows.append(
@@ -475,47 +310,19 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _null_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     """results.csv, results.json and results.md in `out`."""
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    write_json(out / "results.json", rows)
+    # JSON has no NaN: a variant without finished seeds gets null there (the CSV and Markdown say nan)
+    write_json(out / "results.json", [{k: _null_nan(v) for k, v in r.items()} for r in rows])
     (out / "results.md").write_text(markdown_table(rows) + "\n")
-
-
-def plot_sweep(rows: list[dict[str, Any]], out: Path) -> None:
-    """accuracy_vs_params.png, accuracy_vs_macs.png and val_curves.png in `out`."""
-    import matplotlib.pyplot as plt
-
-    done = [r for r in rows if r["seeds_finished"]]
-    for key, label, filename in (
-        ("params", "parameters", "accuracy_vs_params.png"),
-        ("macs", "multiply-accumulates per image", "accuracy_vs_macs.png"),
-    ):
-        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-        for r in done:
-            ax.errorbar(r[key], r["test_accuracy_mean"], yerr=r["test_accuracy_std"], fmt="o", capsize=3)
-            ax.annotate(
-                r["variant"],
-                (r[key], r["test_accuracy_mean"]),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-        ax.set(xscale="log", xlabel=label, ylabel="test accuracy (mean ± std over seeds)")
-        ax.grid(alpha=0.3)
-        fig.savefig(out / filename, dpi=100)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for r in done:
-        ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], "o-", label=r["variant"])
-    ax.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", title="Validation curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.savefig(out / "val_curves.png", dpi=100)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------ experiments
@@ -536,6 +343,7 @@ def experiment_parser(
         help="use only N training images (default: all 48,000)",
     )
     parser.add_argument("--out", type=Path, default=None, help="default: experiments/results/NAME")
+    add_config_flags(parser.add_argument_group("the data set"), only=DATA_FIELDS)
     parser.add_argument("--data-dir", default=None, help="tfds data dir")
     parser.add_argument("--source-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument(
@@ -547,18 +355,35 @@ def experiment_parser(
     return parser
 
 
+def data_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The data-set fields of parsed flags (see `cnn.config.DATA_FIELDS`), as JSON-able config fields."""
+    fields = {name: getattr(args, name) for name in DATA_FIELDS}
+    fields["image_size"] = fields["image_size"] and list(fields["image_size"])
+    return fields
+
+
+def sweep_data(
+    base: dict[str, Any], data_dir: Any = None, source_dir: Any = None
+) -> tuple[dict[str, Any], Splits]:
+    """The data set of a sweep's `base` fields, loaded once, and `base` with its image shape and classes
+    (so every run builds its model for that data)."""
+    splits = load_dataset(TrainConfig(**base), data_dir=data_dir, source_dir=source_dir)
+    config = with_data(TrainConfig(**base), splits)
+    if config.input_shape is not None:
+        base = {**base, "input_shape": list(config.input_shape), "num_classes": config.num_classes}
+    return base, splits
+
+
 def run_experiment(
     name: str, variants: Sequence[Variant], args: argparse.Namespace, base: dict[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], Splits, Path]:
     """Runs an experiment's variants with its flags; returns the table rows, the data and the output dir."""
-    from cnn.data import load_fashion_mnist
-
     if args.seeds < 1:
         raise SweepError(f"seeds: expected at least 1, got {args.seeds}")
-    base = {"epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
+    base = {**data_fields(args), "epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
     resolve(base, variants)  # fail on a bad definition before loading any data
     out = args.out or Path(__file__).resolve().parent.parent / "experiments" / "results" / name
-    splits = load_fashion_mnist(data_dir=args.data_dir, source_dir=args.source_dir)
+    base, splits = sweep_data(base, args.data_dir, args.source_dir)
     rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
     print(markdown_table(rows))
     return rows, splits, out

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,88 +24,11 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from cnn.config import TrainConfig
 from cnn.data import Split, Splits
-from cnn.layers import Dense, Flatten
+from cnn.models import Cut, TransferNet, transfer_model  # noqa: F401  (the surgery, re-exported)
 from cnn.summary import layer_rows
-from cnn.train import TrainState, create_train_state, fit, make_optimizer, restore_run
+from cnn.train import TrainState, config_model, create_train_state, fit, make_optimizer, restore_run
 
 FREEZE = ("none", "backbone", "backbone_except_top")
-
-
-class _Reached(Exception):
-    """Raised inside the backbone once the cut layer has run: the layers after it are never built."""
-
-
-class Cut(nn.Module):
-    """A model run up to (and including) its top-level layer `cut`, always in evaluation mode."""
-
-    base: nn.Module
-    cut: str
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        found: dict[str, jax.Array] = {}
-        depth = [0]  # Conv2D calls nn.Conv.__call__ inside its own: keep the outermost (activated) output
-
-        def stop_after_cut(next_fun, args, kwargs, context):
-            module = context.module
-            is_cut = (
-                context.method_name == "__call__"
-                and module.name == self.cut
-                and module.parent is not None
-                and module.parent.name == "base"
-            )
-            depth[0] += is_cut
-            out = next_fun(*args, **kwargs)
-            depth[0] -= is_cut
-            if is_cut and depth[0] == 0:
-                found["out"] = out
-                raise _Reached
-            return out
-
-        try:
-            with nn.intercept_methods(stop_after_cut):
-                self.base(x, train=False)
-        except _Reached:
-            pass
-        if "out" not in found:
-            raise ValueError(f"cut: the model has no layer {self.cut!r}")
-        return found["out"]
-
-
-class TransferNet(nn.Module):
-    """`base` cut at `cut` (the backbone, run in evaluation mode so its batch statistics never change),
-    then flatten and a new head: dense layers of `head` units with ReLU and `outputs` logits. The backbone's
-    variables live under `base`, the head's under `head1`, ..., `head_logits`."""
-
-    base: nn.Module
-    cut: str
-    head: tuple[int, ...] = (64,)
-    outputs: int = 10
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = Cut(self.base, self.cut, name="backbone")(x)
-        x = Flatten(name="flatten")(x)
-        for i, units in enumerate(self.head, start=1):
-            x = Dense(units, activation="relu", name=f"head{i}")(x)
-        return Dense(self.outputs, name="head_logits")(x)
-
-
-def transfer_model(
-    base: str = "seed_cnn",
-    cut: str = "pool2",
-    head: Sequence[int] = (64,),
-    outputs: int = 10,
-    base_args: dict[str, Any] | None = None,
-) -> TransferNet:
-    """A zoo model cut at `cut` with a new head; the error for an unknown cut lists the model's layers."""
-    from cnn.models import build_model
-
-    model = build_model(base, **(base_args or {}))
-    names = [row.name for row in layer_rows(model)]
-    if cut not in names:
-        raise ValueError(f"cut: {base} has no layer {cut!r}; its layers are {names}")
-    return TransferNet(model, cut, tuple(head), outputs)
 
 
 def transfer_config(
@@ -179,10 +101,10 @@ def parameter_labels(params: Any, freeze: str, top: set[str] | None = None) -> A
     return unflatten_dict({path: label(path) for path in flatten_dict(params)})
 
 
-def top_block(model: TransferNet, params: Any) -> set[str]:
+def top_block(model: TransferNet, params: Any, input_shape: tuple[int, ...] = (28, 28, 1)) -> set[str]:
     """The backbone's last layer with parameters before the cut, in call order, with the rest of its block
     (`blockN_*` layers of a ConvNet): what fine-tuning unfreezes."""
-    names = [row.name for row in layer_rows(model.base)]
+    names = [row.name for row in layer_rows(model.base, input_shape)]
     before_cut = [n for n in names[: names.index(model.cut) + 1] if n in params["base"]]
     if not before_cut:
         raise ValueError(f"freeze: the backbone up to {model.cut!r} has no parameters to fine-tune")
@@ -201,10 +123,8 @@ def transfer_state(
     i.e. training from scratch), and an optimizer that leaves frozen parameters untouched
     (`optax.set_to_zero`) and trains the top backbone layer at `finetune_lr_scale` × lr when asked.
     Returns the state and the label ('trainable', 'finetune' or 'frozen') of every parameter."""
-    from cnn.models import build_model
-
-    model = build_model(config.model, **config.model_args)
-    fresh = create_train_state(model, optax.identity(), jax.random.PRNGKey(config.seed))
+    model = config_model(config)
+    fresh = create_train_state(model, optax.identity(), jax.random.PRNGKey(config.seed), config.image_shape)
     params, batch_stats = fresh.params, fresh.batch_stats
     if backbone is not None:
         params = {**params, "base": _graft(params["base"], backbone["params"], "parameters")}
@@ -212,7 +132,9 @@ def transfer_state(
             grafted = _graft(batch_stats["base"], backbone.get("batch_stats", {}), "batch statistics")
             batch_stats = {**batch_stats, "base": grafted}
     labels = parameter_labels(
-        params, freeze, top_block(model, params) if freeze == "backbone_except_top" else None
+        params,
+        freeze,
+        top_block(model, params, config.image_shape) if freeze == "backbone_except_top" else None,
     )
     base_tx = make_optimizer(config)
     finetune = make_optimizer(TrainConfig(**{**config.to_dict(), "lr": config.lr * finetune_lr_scale}))

@@ -16,9 +16,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn import conv
-from cnn.data import CLASS_NAMES, IMAGE_SHAPE
+from cnn.data import CLASS_NAMES, to_float
 from cnn.plots import plot_curves
-from cnn.train import TrainState, as_float_images, model_variables
+from cnn.rundir import read_config, restore_run
+from cnn.steps import TrainState, model_variables, predict
 
 
 def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -72,24 +73,33 @@ def plot_filters(
     return _finish(fig, path)
 
 
-def _as_batch(image: np.ndarray) -> jax.Array:
+def _as_batch(image: np.ndarray, shape: tuple[int, ...] = (28, 28, 1)) -> jax.Array:
     image = np.asarray(image)
-    if image.shape == IMAGE_SHAPE[:2]:
+    if image.shape == shape[:2] and shape[2] == 1:
         image = image[..., None]
-    if image.shape == IMAGE_SHAPE:
+    if image.shape == shape:
         image = image[None]
-    if image.shape != (1, *IMAGE_SHAPE):
-        raise ValueError(
-            f"image: expected one image of shape (28, 28), (28, 28, 1) or (1, 28, 28, 1), got {image.shape}"
-        )
-    return as_float_images(jnp.asarray(image))
+    if image.shape != (1, *shape):
+        h, w, c = shape
+        accepted = ([f"({h}, {w})"] if c == 1 else []) + [f"({h}, {w}, {c})", f"(1, {h}, {w}, {c})"]
+        raise ValueError(f"image: expected one image of shape {' or '.join(accepted)}, got {image.shape}")
+    return to_float(jnp.asarray(image))
+
+
+def show_image(ax: plt.Axes, image: np.ndarray) -> None:
+    """One image on `ax`: colour as it is, grayscale dark on light (as the sources draw Fashion-MNIST)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        ax.imshow(image if image.dtype == np.uint8 else np.clip(image, 0, 1))
+    else:
+        ax.imshow(image.squeeze(), cmap="gray_r")
 
 
 def layer_outputs(state: TrainState, image: np.ndarray) -> dict[str, np.ndarray]:
     """Every top-level layer's output for one image (captured while the model runs, no second model)."""
     _, captured = state.apply_fn(
         model_variables(state),
-        _as_batch(image),
+        _as_batch(image, tuple(state.input_shape)),
         train=False,
         capture_intermediates=True,
         mutable=["intermediates"],
@@ -158,9 +168,10 @@ def plot_predictions(
     probabilities: np.ndarray | None = None,
     n: int = 25,
     path: str | Path | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> plt.Figure:
-    """A grid of images titled with their class names; with `probabilities`, the predicted name and its
-    confidence, wrong predictions in red."""
+    """A grid of images (colour ones in colour) titled with their class names; with `probabilities`, the
+    predicted name and its confidence, wrong predictions in red."""
     n = min(n, len(images))
     if n == 0:
         fig, ax = plt.subplots(figsize=(4, 1))
@@ -173,13 +184,13 @@ def plot_predictions(
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(np.asarray(images[i]).squeeze(), cmap="gray_r")
+        show_image(ax, images[i])
         if probabilities is None:
-            ax.set_title(CLASS_NAMES[labels[i]], fontsize=9)
+            ax.set_title(class_names[labels[i]], fontsize=9)
         else:
             guess = int(np.argmax(probabilities[i]))
             ax.set_title(
-                f"{CLASS_NAMES[guess]} {probabilities[i][guess]:.0%}\n(true: {CLASS_NAMES[labels[i]]})",
+                f"{class_names[guess]} {probabilities[i][guess]:.0%}\n(true: {class_names[labels[i]]})",
                 fontsize=8,
                 color="black" if guess == labels[i] else "red",
             )
@@ -196,9 +207,14 @@ def confusion_matrix(
     )
 
 
-def plot_confusion(labels: np.ndarray, predictions: np.ndarray, path: str | Path | None = None) -> plt.Figure:
+def plot_confusion(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    path: str | Path | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+) -> plt.Figure:
     """The confusion matrix twice: counts, and normalised by the true class (each row sums to 1)."""
-    counts = confusion_matrix(labels, predictions)
+    counts = confusion_matrix(labels, predictions, len(class_names))
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, axes = plt.subplots(1, 2, figsize=(17, 7.5), constrained_layout=True)
     for ax, matrix, title, fmt in (
@@ -216,8 +232,8 @@ def plot_confusion(labels: np.ndarray, predictions: np.ndarray, path: str | Path
                 fontsize=7,
                 color="white" if matrix[i, j] > matrix.max() / 2 else "black",
             )
-        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
-        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(len(class_names)), class_names)
         ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({title})")
     return _finish(fig, path)
 
@@ -235,10 +251,11 @@ def plot_mistakes(
     probabilities: np.ndarray,
     k: int = 16,
     path: str | Path | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> plt.Figure:
     """The most confident mistakes, titled with the predicted and the true class."""
     idx = most_confident_mistakes(labels, probabilities, k)
-    return plot_predictions(images[idx], labels[idx], probabilities[idx], n=len(idx), path=path)
+    return plot_predictions(images[idx], labels[idx], probabilities[idx], len(idx), path, class_names)
 
 
 def plot_learned_vs_classic(
@@ -277,33 +294,53 @@ def first_conv(params: Any) -> str:
 
 
 def write_all(workdir: str | Path, splits, out: str | Path | None = None) -> list[Path]:
-    """Every picture of a run, from its best checkpoint, into `out` (default `workdir/viz`)."""
-    from cnn.train import predict, restore_run
-
+    """Every picture of a run, from its best checkpoint, into `out` (default `workdir/viz`), with the data
+    set's own class names and colours. A model without convolutions gets every picture but the filters
+    and feature maps."""
     _, state, _ = restore_run(workdir)
+    names = tuple(
+        getattr(splits, "class_names", None)
+        or read_config(workdir)[1].get("data", {}).get("class_names")
+        or CLASS_NAMES
+    )
     out = Path(out or Path(workdir) / "viz")
     out.mkdir(parents=True, exist_ok=True)
     test = splits.test
     probabilities = predict(state, test.images)
-    conv_name = first_conv(state.params)
-    spatial = [name for name, o in layer_outputs(state, test.images[0]).items() if o.ndim == 3]
     written = {
-        "filters.png": lambda p: plot_filters(state.params, conv_name, path=p),
         "curves.png": lambda p: plot_history(workdir, path=p),
-        "samples.png": lambda p: plot_predictions(test.images, test.labels, path=p),
-        "predictions.png": lambda p: plot_predictions(test.images, test.labels, probabilities, path=p),
-        "confusion.png": lambda p: plot_confusion(test.labels, probabilities.argmax(1), path=p),
-        "mistakes.png": lambda p: plot_mistakes(test.images, test.labels, probabilities, path=p),
-        "learned_vs_classic.png": lambda p: plot_learned_vs_classic(state.params, layer=conv_name, path=p),
-        **{
-            f"feature_maps_{name}.png": (
-                lambda p, name=name: plot_feature_maps(state, test.images[0], name, path=p)
-            )
-            for name in spatial
-        },
+        "samples.png": lambda p: plot_predictions(test.images, test.labels, path=p, class_names=names),
+        "predictions.png": lambda p: plot_predictions(
+            test.images, test.labels, probabilities, path=p, class_names=names
+        ),
+        "confusion.png": lambda p: plot_confusion(
+            test.labels, probabilities.argmax(1), path=p, class_names=names
+        ),
+        "mistakes.png": lambda p: plot_mistakes(
+            test.images, test.labels, probabilities, path=p, class_names=names
+        ),
+        **_convolution_pictures(state, test.images[0]),
     }
     paths = []
     for filename, draw in written.items():
         draw(out / filename)
         paths.append(out / filename)
     return paths
+
+
+def _convolution_pictures(state: TrainState, image: np.ndarray) -> dict[str, Any]:
+    """The filter and feature-map pictures of a model with convolutions (none without)."""
+    try:
+        conv_name = first_conv(state.params)
+    except ValueError:
+        return {}
+    spatial = [name for name, o in layer_outputs(state, image).items() if o.ndim == 3]
+    pictures = {
+        "filters.png": lambda p: plot_filters(state.params, conv_name, path=p),
+        "learned_vs_classic.png": lambda p: plot_learned_vs_classic(state.params, layer=conv_name, path=p),
+    }
+    for name in spatial:
+        pictures[f"feature_maps_{name}.png"] = lambda p, name=name: plot_feature_maps(
+            state, image, name, path=p
+        )
+    return pictures

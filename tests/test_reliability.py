@@ -21,16 +21,8 @@ from cnn.checkpoints import Checkpoints
 from cnn.cli import main
 from cnn.data import Split, Splits
 from cnn.models import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
-from cnn.train import (
-    InputError,
-    TrainingDiverged,
-    check_images,
-    check_labels,
-    evaluate,
-    initial_state,
-    predict,
-    run_keys,
-)
+from cnn.steps import InputError, check_images, check_labels, evaluate, initial_state, predict, run_keys
+from cnn.train import TrainingDiverged
 from tests.processes import ROOT, run_process, subprocess_env, train_command
 
 # Timing fields differ between any two runs; every other number of results.json must be identical.

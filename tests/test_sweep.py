@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cnn import TrainConfig, fit
-from cnn import sweep as sweep_module
+from cnn import sweep as sweep_module  # noqa: F401
+from cnn import train as train_module
 from cnn.data import Split, Splits
 from cnn.sweep import SweepError, Variant, fit_seeds, grid_variants, resolve, run_sweep
 from cnn.train import restore_run
@@ -73,19 +74,19 @@ def test_sweep_tables_plots_and_run_directories(tiny_splits, tmp_path, together)
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_splits, tmp_path, monkeypatch, capsys):
-    original, calls = sweep_module.multi_train_step, {"n": 0}
+    original, calls = train_module.stacked_train_steps, {"n": 0}
 
-    def dies_in_the_second_variant(states, images, labels, orders, start, size, rngs, active):
-        calls["n"] += size == 32
+    def dies_in_the_second_variant(states, *args, batch_size, steps, sharding=None):
+        calls["n"] += batch_size == 32
         if calls["n"] > 4 + 2:  # the second variant (batch 32: 4 steps an epoch) dies 2 steps into epoch 2
             raise KeyboardInterrupt
-        return original(states, images, labels, orders, start, size, rngs, active)
+        return original(states, *args, batch_size=batch_size, steps=steps, sharding=sharding)
 
-    monkeypatch.setattr(sweep_module, "multi_train_step", dies_in_the_second_variant)
+    monkeypatch.setattr(train_module, "stacked_train_steps", dies_in_the_second_variant)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together="vmap")
     finished = (tmp_path / "bs16" / "seed0" / "results.json").stat().st_mtime_ns
-    monkeypatch.setattr(sweep_module, "multi_train_step", original)
+    monkeypatch.setattr(train_module, "stacked_train_steps", original)
     capsys.readouterr()
     rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together="vmap")
     out = capsys.readouterr().out

@@ -1,0 +1,214 @@
+"""An image folder as a data set: `PATH/CLASS/*.png|jpg|jpeg|bmp|gif` (the layout of Keras'
+`image_dataset_from_directory` and tfds' ImageFolder), optionally under `train/`, `val/`, `test/`. Every
+file is decoded and checked with Pillow before tfds writes anything, then prepared once per (folder
+contents, size, channels) and reused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from cnn.data import DataError, read_prepared
+from cnn.datasets.transforms import resize, to_channels
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+SPLITS = ("train", "val", "test")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def layout(root: Path) -> dict[str, Path]:
+    """The split folders of `root`: `train/` (with `val/`, `test/` where present), else `root` as the one
+    folder of class sub-folders (split later by fractions)."""
+    if not root.is_dir():
+        raise DataError(f"dataset: {root} is not a folder")
+    if (root / "train").is_dir():
+        return {s: root / s for s in SPLITS if (root / s).is_dir()}
+    return {"train": root}
+
+
+def class_names(folder: Path) -> tuple[str, ...]:
+    """The class sub-folders of `folder`, sorted; DataError for fewer than two."""
+    names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not names:
+        raise DataError(
+            f"dataset: {folder} holds no class folders; put each class's images in {folder}/CLASS/"
+        )
+    if len(names) < 2:
+        raise DataError(
+            f"dataset: {folder} holds a single class ({names[0]}); a classifier needs two or more"
+        )
+    return names
+
+
+def image_files(folder: Path, names: tuple[str, ...]) -> list[tuple[Path, int]]:
+    """(file, class index) of every image under `folder/CLASS/`; DataError for a class without images."""
+    files = []
+    for label, name in enumerate(names):
+        found = sorted(
+            p for p in (folder / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS
+        )
+        if not found:
+            raise DataError(
+                f"dataset: class folder {folder / name} holds no images ({', '.join(EXTENSIONS)})"
+            )
+        files += [(p, label) for p in found]
+    return files
+
+
+def decode(path: Path) -> np.ndarray:
+    """One image file as uint8 HWC (1 channel for grayscale modes, 3 for colour; alpha dropped);
+    DataError naming the file when it cannot be read in full."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            gray = image.mode in GRAY_MODES
+            array = np.asarray(image.convert("L" if gray else "RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"dataset: {path} is not a readable image ({e}); fix or delete it, or pass --skip-bad-images"
+        ) from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def read_split(
+    folder: Path, names: tuple[str, ...], size: tuple[int, int] | None, channels: int | None, skip_bad: bool
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decoded, checked, resized images of one split folder with labels, and the number of skipped files."""
+    images, labels, skipped, first = [], [], 0, {}
+    for path, label in image_files(folder, names):
+        try:
+            image = decode(path)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped += 1
+            print(f"Skipping {path}: {str(e).split('(', 1)[-1].split(')')[0]}")
+            continue
+        first.setdefault(image.shape[-1], path)
+        first.setdefault(image.shape[:2], path)
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise DataError(f"dataset: no readable image in {folder}")
+    if channels is None and 1 in first and 3 in first:
+        raise DataError(
+            f"dataset: {folder} mixes grayscale ({first[1]}) and colour ({first[3]}) images; "
+            "pass --channels 1 or --channels 3 to convert them all"
+        )
+    sizes = [k for k in first if isinstance(k, tuple)]
+    if size is None and len(sizes) > 1:
+        raise DataError(
+            f"dataset: images of different sizes ({first[sizes[0]]} is {sizes[0][0]}×{sizes[0][1]}, "
+            f"{first[sizes[1]]} is {sizes[1][0]}×{sizes[1][1]}); pass --image-size H W to resize them all"
+        )
+    want = channels or images[0].shape[-1]
+    out = np.stack([to_channels(resize(im[None], size), want)[0] for im in images])
+    return out, np.array(labels, np.int64), skipped
+
+
+def fingerprint(root: Path, size: Any, channels: Any, skip_bad: bool) -> str:
+    """A short hash of every file's path, size and modification time and of the transforms: any change
+    prepares the data set anew instead of reusing a stale one."""
+    digest = hashlib.sha256(f"{root.resolve()}|{size}|{channels}|{skip_bad}".encode())
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            digest.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+class ImageFolderSet(tfds.core.GeneratorBasedBuilder):
+    """tfds builder over an image folder (Tensor features, array_record, no TensorFlow); one config per
+    folder contents and transforms (see `fingerprint`)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Images decoded with Pillow, resized to a common size."}
+
+    def __init__(
+        self,
+        *,
+        arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        shape=None,
+        names=(),
+        **kwargs,
+    ):
+        self._arrays, self._shape, self._names = arrays, shape, tuple(names)
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="An image folder: " + ", ".join(self._names),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=tuple(self._shape or (1, 1, 1)), dtype=np.uint8),
+                    "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            metadata=tfds.core.MetadataDict(
+                class_names=list(self._names), shape=list(self._shape or (1, 1, 1))
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(*arrays) for split, arrays in self._arrays.items()}
+
+    def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
+        for i in range(len(labels)):
+            yield i, {"image": images[i], "label": int(labels[i]), "index": i}
+
+
+def load(
+    root: Path,
+    size: tuple[int, int] | None,
+    channels: int | None,
+    skip_bad: bool = False,
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+    """The folder's splits as uint8 NHWC arrays with labels, and its class names (folder names, sorted).
+    Prepared with tfds on first use: every file is read and checked first, so bad input fails before
+    anything is written, and tfds writes to a temporary folder that it renames only when complete."""
+    root = Path(root).expanduser()
+    folders = layout(root)
+    names = class_names(folders["train"])
+    for folder in folders.values():
+        if class_names(folder) != names:
+            raise DataError(
+                f"dataset: {folder} has classes {class_names(folder)}, but {folders['train']} has {names}"
+            )
+    config = tfds.core.BuilderConfig(name=fingerprint(root, size, channels, skip_bad))
+    builder = ImageFolderSet(config=config, data_dir=data_dir)
+    if builder.is_prepared():  # the shape and names the features need, from the prepared set's metadata
+        meta = json.loads((Path(builder.data_dir) / "metadata.json").read_text())
+        builder = ImageFolderSet(config=config, data_dir=data_dir, shape=tuple(meta["shape"]), names=names)
+    else:
+        arrays, skipped = {}, 0
+        for split, folder in folders.items():
+            images, labels, bad = read_split(folder, names, size, channels, skip_bad)
+            arrays[split], skipped = (images, labels), skipped + bad
+        shapes = {a[0].shape[1:] for a in arrays.values()}
+        if len(shapes) > 1:
+            raise DataError(
+                f"dataset: the split folders of {root} hold images of shapes {sorted(shapes)}; "
+                "pass --image-size H W"
+            )
+        if skipped:
+            print(f"Skipped {skipped} unreadable image(s) (--skip-bad-images)")
+        builder = ImageFolderSet(
+            config=config, data_dir=data_dir, arrays=arrays, shape=shapes.pop(), names=names
+        )
+        print(f"Preparing {root} into {builder.data_dir} (once; later runs reuse it)", flush=True)
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+        return {s: (x, y.astype(np.int32)) for s, (x, y) in arrays.items()}, names
+    return {s: read_prepared(builder, s) for s in folders}, names

@@ -1,0 +1,275 @@
+"""Data sets beyond Fashion-MNIST: image folders written by the tests, the real LFW photos, transforms,
+any input shape and number of classes, the one-sigmoid binary head."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from cnn import TrainConfig, dataset_config, fit, load_dataset, restore_run
+from cnn.data import DataError, Split, Splits
+from cnn.datasets import image_folder, stratified_split
+from cnn.datasets.transforms import resize, to_channels
+from cnn.steps import losses_and_correct, predict
+
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "emu": (40, 40, 200)}
+
+
+def _write_folder(
+    root: Path, per_class: int = 10, classes=COLOURS, size=(20, 24), mode="RGB", fmt="png"
+) -> Path:
+    """Class folders of small images: each class a colour plus noise (learnable), mixed PNG/JPEG/BMP/GIF."""
+    rng = np.random.default_rng(0)
+    formats = [fmt] if fmt else ["png", "jpg", "bmp", "gif"]
+    for name, colour in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (*size, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels).convert(mode)
+            image.save(root / name / f"{i:03d}.{formats[i % len(formats)]}")
+    return root
+
+
+def _config(root: Path, **fields) -> TrainConfig:
+    return TrainConfig(dataset=str(root), **fields)
+
+
+def test_folder_classes_counts_splits_shapes(tmp_path):
+    root = _write_folder(tmp_path / "photos", fmt=None)
+    config = _config(root, image_size=(16, 16), val_fraction=0.2, test_fraction=0.2)
+    splits = load_dataset(config, data_dir=tmp_path / "tfds")
+    assert splits.class_names == ("cat", "dog", "emu")
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (18, 6, 6)
+    for part in (splits.train, splits.val, splits.test):
+        assert part.images.dtype == np.uint8 and part.images.shape[1:] == (16, 16, 3)
+        assert sorted(np.bincount(part.labels)) == [np.bincount(part.labels)[0]] * 3  # stratified
+    again = load_dataset(config, data_dir=tmp_path / "tfds")  # reused, same split
+    np.testing.assert_array_equal(again.test.images, splits.test.images)
+    other_seed = load_dataset(_config(root, image_size=(16, 16), split_seed=1), data_dir=tmp_path / "tfds")
+    assert not np.array_equal(other_seed.test.images, splits.test.images)
+    assert splits.info["image_shape"] == [16, 16, 3] and splits.info["source"] == str(root.resolve())
+    # the colour of a class survives decoding and resizing (a class is its colour)
+    cat = splits.train.images[splits.train.labels == 0].reshape(-1, 3).mean(0)
+    assert cat[0] > 150 > 80 > cat[1]
+
+
+def test_split_folders_are_used_as_given(tmp_path):
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        _write_folder(tmp_path / "set" / split, per_class=n, size=(8, 8))
+    splits = load_dataset(_config(tmp_path / "set", channels=1), data_dir=tmp_path / "tfds")
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (18, 6, 9)
+    assert splits.train.images.shape[1:] == (8, 8, 1)
+
+
+def test_grayscale_to_colour_and_back():
+    gray = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1)
+    colour = to_channels(gray, 3)
+    assert colour.shape == (2, 4, 4, 3) and (colour == gray).all()
+    np.testing.assert_array_equal(to_channels(colour, 1), gray)  # equal R, G, B: luma is the value
+    rgb = np.array([[[[255, 0, 0]]]], np.uint8)
+    assert to_channels(rgb, 1)[0, 0, 0, 0] == np.asarray(Image.fromarray(rgb[0]).convert("L"))[0, 0]
+    assert resize(np.full((1, 28, 28, 1), 7, np.uint8), (75, 75)).shape == (1, 75, 75, 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda r: r.mkdir(), "holds no class folders"),
+        (lambda r: _write_folder(r, classes={"cat": COLOURS["cat"]}), "single class"),
+        (lambda r: (_write_folder(r), (r / "zebra").mkdir()), "zebra holds no images"),
+        (
+            lambda r: (_write_folder(r), (r / "dog" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")),
+            "dog/005.png is not a readable image",
+        ),
+        (
+            lambda r: (_write_folder(r), _truncate(r / "cat" / "001.png")),
+            "cat/001.png is not a readable image",
+        ),
+        (
+            lambda r: (_write_folder(r), _write_folder(r, classes={"emu": COLOURS["emu"]}, mode="L")),
+            "mixes grayscale",
+        ),
+        (
+            lambda r: (_write_folder(r), _write_folder(r, classes={"emu": COLOURS["emu"]}, size=(9, 9))),
+            "--image-size",
+        ),
+    ],
+    ids=[
+        "empty",
+        "one-class",
+        "class-without-images",
+        "not-an-image",
+        "truncated",
+        "mixed-modes",
+        "mixed-sizes",
+    ],
+)
+def test_bad_folders_fail_naming_the_problem_before_writing(tmp_path, make, message):
+    root = tmp_path / "photos"
+    make(root)
+    with pytest.raises(DataError, match=message):
+        load_dataset(_config(root), data_dir=tmp_path / "tfds")
+    assert not any((tmp_path / "tfds").rglob("*.array_record*"))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_skip_bad_images_skips_and_counts(tmp_path, capsys):
+    root = _write_folder(tmp_path / "photos")
+    _truncate(root / "cat" / "001.png")
+    splits = load_dataset(_config(root, skip_bad_images=True), data_dir=tmp_path / "tfds")
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 29
+    assert "Skipped 1 unreadable image(s)" in capsys.readouterr().out
+
+
+def test_a_killed_preparation_is_not_taken_for_a_data_set(tmp_path, monkeypatch):
+    root = _write_folder(tmp_path / "photos")
+    original = image_folder.ImageFolderSet._generate_examples
+
+    def dies_midway(self, images, labels):
+        yield from list(original(self, images, labels))[:5]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_folder.ImageFolderSet, "_generate_examples", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset(_config(root), data_dir=tmp_path / "tfds")
+    monkeypatch.setattr(image_folder.ImageFolderSet, "_generate_examples", original)
+    splits = load_dataset(_config(root), data_dir=tmp_path / "tfds")
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 30
+
+
+def test_changed_files_prepare_anew(tmp_path):
+    root = _write_folder(tmp_path / "photos")
+    first = load_dataset(_config(root), data_dir=tmp_path / "tfds")
+    _write_folder(root, per_class=12)
+    second = load_dataset(_config(root), data_dir=tmp_path / "tfds")
+    assert len(second.train) + len(second.val) + len(second.test) == 36 > len(first.train)
+
+
+def test_lfw_faces_are_the_real_200_photos(tmp_path):
+    pytest.importorskip("skimage")
+    splits = load_dataset(TrainConfig(dataset="lfw_faces"), data_dir=tmp_path / "tfds")
+    assert splits.class_names == ("face", "not_face")
+    labels = np.concatenate([splits.train.labels, splits.val.labels, splits.test.labels])
+    assert np.bincount(labels).tolist() == [100, 100] and splits.train.images.shape[1:] == (25, 25, 1)
+    assert (len(splits.val), len(splits.test)) == (32, 40)
+    config = dataset_config(
+        TrainConfig(dataset="lfw_faces", image_size=(32, 32), channels=3), data_dir=tmp_path / "tfds"
+    )
+    assert config.input_shape == (32, 32, 3) and config.num_classes == 2
+
+
+def test_unknown_data_set_names_the_choices():
+    with pytest.raises(DataError, match="unknown data set 'cifar10'.*fashion_mnist"):
+        load_dataset(TrainConfig(dataset="cifar10"))
+
+
+def test_stratified_split_keeps_every_class():
+    labels = np.repeat([0, 1, 2], [10, 4, 2])
+    kept, held = stratified_split(labels, 0.25, seed=0)
+    assert np.bincount(labels[held]).tolist() == [2, 1, 1] and len(kept) + len(held) == 16
+    assert not set(kept) & set(held)
+
+
+def _synthetic(shape, classes, n=64, seed=0) -> Splits:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    images = rng.integers(0, 60, (n, *shape)).astype(np.uint8)
+    for i, label in enumerate(labels):  # a bright band whose row encodes the class
+        row = int(label) * shape[0] // classes
+        images[i, row : row + max(1, shape[0] // classes)] = 250
+    part = Split(images, labels)
+    info = {
+        "name": "synthetic",
+        "source": "test",
+        "image_shape": list(shape),
+        "class_names": [f"c{i}" for i in range(classes)],
+    }
+    return Splits(part, part, part, info=info)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "classes"),
+    [
+        ("seed_cnn", (32, 32, 3), 2),
+        ("convnet", (75, 75, 3), 7),
+        ("vgg_bn", (32, 32, 3), 7),
+        ("seed_cnn", (75, 75, 3), 7),
+    ],
+)
+def test_models_train_on_any_shape_and_class_count(tmp_path, model, shape, classes):
+    splits = _synthetic(shape, classes)
+    config = TrainConfig(
+        model=model, epochs=1, batch_size=32, steps_per_call=2, input_shape=shape, num_classes=classes
+    )
+    results = fit(config, splits, tmp_path / "run")
+    assert np.isfinite(results["test_loss"])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (
+        saved["data"]["image_shape"] == list(shape) and saved["data"]["class_names"][-1] == f"c{classes - 1}"
+    )
+    restored_config, state, _ = restore_run(tmp_path / "run")  # no flags: config.json alone
+    assert restored_config.input_shape == shape and state.input_shape == shape
+    assert predict(state, splits.test.images[:3]).shape == (3, classes)
+
+
+def test_sigmoid_head_loss_accuracy_and_probabilities(tmp_path):
+    logits, labels = jnp.array([[2.0], [-1.0], [0.5]]), jnp.array([1, 1, 0])
+    losses, correct = losses_and_correct(logits, labels)
+    by_hand = [np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0)), np.log1p(np.exp(0.5))]
+    np.testing.assert_allclose(losses, by_hand, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses, optax.sigmoid_binary_cross_entropy(logits[:, 0], labels.astype(float)), rtol=1e-6
+    )
+    assert correct.tolist() == [True, False, False]  # 0.5 threshold: logit > 0
+    splits = _synthetic((16, 16, 1), 2)
+    config = TrainConfig(epochs=2, batch_size=16, head="sigmoid", input_shape=(16, 16, 1), num_classes=2)
+    results = fit(config, splits, tmp_path / "run")
+    _, state, _ = restore_run(tmp_path / "run")
+    assert state.params["logits"]["kernel"].shape[-1] == 1  # one sigmoid unit
+    p = predict(state, splits.test.images)
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-6)
+    assert results["test_accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == splits.test.labels)))
+
+
+def test_sigmoid_head_needs_two_classes():
+    with pytest.raises(ValueError, match="head"):
+        TrainConfig(head="sigmoid", num_classes=3)
+
+
+# Recorded with the code before data sets were generalised (commit 662f4aa), on the tiny data of conftest:
+# (loss, accuracy, val_loss, val_accuracy) per epoch. The default path must still give these numbers.
+RECORDED = {
+    "seed_cnn": [
+        [1.359829664, 0.691666667, 0.075729065, 1.0],
+        [0.049663257, 0.991666667, 0.00010105, 1.0],
+        [0.007778993, 0.997916667, 2.9111e-05, 1.0],
+    ],
+    "vgg_bn": [
+        [2.088469267, 0.291666667, 2.390907288, 0.091666669],
+        [1.638846993, 0.466666667, 2.662878513, 0.091666669],
+    ],
+}
+RECORDED_CONFIGS = {
+    "seed_cnn": dict(epochs=3, patience=5),
+    "vgg_bn": dict(model="vgg_bn", epochs=2, patience=5, batch_size=64, schedule="cosine", weight_decay=1e-4),
+}
+
+
+@pytest.mark.parametrize("model", sorted(RECORDED))
+def test_fashion_mnist_default_path_gives_the_recorded_history(idx_dir, tmp_path, model):
+    config = TrainConfig(**RECORDED_CONFIGS[model])
+    splits = load_dataset(config, data_dir=tmp_path / "tfds", source_dir=idx_dir)  # uint8, as the CLI loads
+    assert splits.train.images.dtype == np.uint8 and dataset_config(config) == config
+    fit(config, splits, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    got = [[e[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")] for e in history]
+    np.testing.assert_allclose(got, RECORDED[model], rtol=1e-5, atol=1e-7)
