@@ -17,6 +17,7 @@ ACTIVATIONS: dict[str | None, Callable[[jax.Array], jax.Array] | None] = {
     "tanh": jnp.tanh,
     "sigmoid": nn.sigmoid,
     "gelu": nn.gelu,
+    "softmax": nn.softmax,
 }
 
 
@@ -149,3 +150,80 @@ class RandomShiftFlip(nn.Module):
         if self.flip:
             x = jnp.where(jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1)), x[:, :, ::-1, :], x)
         return x
+
+
+# --------------------------------------------------------------------- the layers of Keras' applications
+class BatchNormalization(nn.BatchNorm):
+    """Batch norm with Keras' defaults: momentum 0.99, epsilon 1e-3; running statistics in evaluation."""
+
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return super().__call__(x, use_running_average=not train)
+
+
+class DepthwiseConv2D(nn.Module):
+    """One `kernel_size` filter per input channel (`depth_multiplier` 1), as Keras' DepthwiseConv2D; its
+    kernel is stored as Flax's grouped convolution, `(kh, kw, 1, C)`."""
+
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: str = "VALID"
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        return nn.Conv(
+            c,
+            pair(self.kernel_size),
+            strides=pair(self.strides),
+            padding=self.padding.upper(),
+            feature_group_count=c,
+            use_bias=self.use_bias,
+            kernel_init=nn.initializers.glorot_uniform(),
+            name="depthwise",
+        )(x)
+
+
+class ZeroPadding2D(nn.Module):
+    """Zeros around the map: `((top, bottom), (left, right))` rows and columns."""
+
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.pad(x, ((0, 0), tuple(self.padding[0]), tuple(self.padding[1]), (0, 0)))
+
+
+class Activation(nn.Module):
+    """An activation as a layer of its own (Keras' `Activation`, or `ReLU(max_value)` with `max_value`)."""
+
+    activation: str | None = "relu"
+    max_value: float | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = activation(self.activation)(x)
+        return x if self.max_value is None else jnp.minimum(x, self.max_value)
+
+
+class Add(nn.Module):
+    """The sum of its inputs (a residual connection)."""
+
+    @nn.compact
+    def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Concatenate(nn.Module):
+    """Its inputs joined along the channel axis (an Inception module's branches)."""
+
+    @nn.compact
+    def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
+        return jnp.concatenate(list(xs), axis=-1)

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from cnn.applications import application
 from cnn.conv import output_size
 from cnn.data import NUM_CLASSES
 from cnn.layers import (
@@ -27,6 +28,7 @@ from cnn.layers import (
     activation,
 )
 from cnn.summary import format_summary, layer_rows
+from cnn.surgery import Cut, TransferNet  # noqa: F401  (re-exported: the surgery, with the registry)
 
 
 class SeedCNN(nn.Module):
@@ -311,67 +313,6 @@ def vgg_bn(
     return convnet(input_shape=input_shape, **{**defaults, **kwargs})
 
 
-# ------------------------------------------------------------------------------- cutting a network
-class _Reached(Exception):
-    """Raised inside the backbone once the cut layer has run: the layers after it are never built."""
-
-
-class Cut(nn.Module):
-    """A model run up to (and including) its top-level layer `cut`, always in evaluation mode."""
-
-    base: nn.Module
-    cut: str
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        found: dict[str, jax.Array] = {}
-        depth = [0]  # Conv2D calls nn.Conv.__call__ inside its own: keep the outermost (activated) output
-
-        def stop_after_cut(next_fun, args, kwargs, context):
-            module = context.module
-            is_cut = (
-                context.method_name == "__call__"
-                and module.name == self.cut
-                and module.parent is not None
-                and module.parent.name == "base"
-            )
-            depth[0] += is_cut
-            out = next_fun(*args, **kwargs)
-            depth[0] -= is_cut
-            if is_cut and depth[0] == 0:
-                found["out"] = out
-                raise _Reached
-            return out
-
-        try:
-            with nn.intercept_methods(stop_after_cut):
-                self.base(x, train=False)
-        except _Reached:
-            pass
-        if "out" not in found:
-            raise ValueError(f"cut: the model has no layer {self.cut!r}")
-        return found["out"]
-
-
-class TransferNet(nn.Module):
-    """`base` cut at `cut` (the backbone, run in evaluation mode so its batch statistics never change),
-    then flatten and a new head: dense layers of `head` units with ReLU and `outputs` logits. The backbone's
-    variables live under `base`, the head's under `head1`, ..., `head_logits`."""
-
-    base: nn.Module
-    cut: str
-    head: tuple[int, ...] = (64,)
-    outputs: int = 10
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = Cut(self.base, self.cut, name="backbone")(x)
-        x = Flatten(name="flatten")(x)
-        for i, units in enumerate(self.head, start=1):
-            x = Dense(units, activation="relu", name=f"head{i}")(x)
-        return Dense(self.outputs, name="head_logits")(x)
-
-
 def transfer_model(
     base: str = "seed_cnn",
     cut: str = "pool2",
@@ -390,6 +331,27 @@ def transfer_model(
     return TransferNet(model, cut, tuple(head), outputs if num_classes is None else num_classes)
 
 
+def _famous(name: str, default_shape: tuple[int, int, int], what: str) -> Callable[..., nn.Module]:
+    def factory(
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = default_shape,
+        include_top: bool = True,
+        pooling: str | None = None,
+        classifier_activation: str | None = None,
+    ) -> nn.Module:
+        return application(
+            name, input_shape=input_shape, include_top=include_top, classes=num_classes,
+            pooling=pooling, classifier_activation=classifier_activation,
+        )  # fmt: skip
+
+    factory.__doc__ = (
+        f"{what} (`cnn.applications`, Keras' layers and names), trained from scratch here: "
+        f"`num_classes` logits; needs at least {default_shape[0]}×{default_shape[1]} inputs."
+    )
+    factory.default_input_shape = default_shape  # type: ignore[attr-defined]
+    return factory
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": SeedCNN,
     "homl_cnn": HomlCNN,
@@ -399,7 +361,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": convnet,
     "vgg_bn": vgg_bn,
     "transfer": transfer_model,
+    "inception_v3": _famous("inception_v3", (75, 75, 3), "InceptionV3 (Szegedy et al. 2015)"),
+    "vgg16": _famous("vgg16", (32, 32, 3), "VGG16 (Simonyan & Zisserman 2014)"),
+    "resnet50": _famous("resnet50", (32, 32, 3), "ResNet50 (He et al. 2015)"),
+    "mobilenet_v2": _famous("mobilenet_v2", (32, 32, 3), "MobileNetV2 (Sandler et al. 2018)"),
 }
+
+
+def default_input_shape(name: str) -> tuple[int, int, int]:
+    """The input shape a zoo model is shown at when none is given: 28×28×1, or a famous network's minimum."""
+    return getattr(MODELS[name], "default_input_shape", (28, 28, 1))
 
 
 def check_model_name(name: str) -> None:

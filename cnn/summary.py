@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn.conv import pair
+from cnn.layers import DepthwiseConv2D
+
 
 @dataclass(frozen=True)
 class LayerRow:
@@ -32,6 +35,8 @@ def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...
     if isinstance(module, nn.Conv):
         kernel = np.prod(module.kernel_size) * x_shape[-1] // module.feature_group_count
         return int(np.prod(out_shape[1:]) * kernel)
+    if isinstance(module, DepthwiseConv2D):
+        return int(np.prod(out_shape[1:]) * np.prod(pair(module.kernel_size)))
     if isinstance(module, nn.Dense):
         return int(x_shape[-1] * np.prod(out_shape[1:]))
     return 0
@@ -45,7 +50,8 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (28, 28, 1)) -> 
         out = next_fun(*args, **kwargs)
         module = context.module
         if len(module.scope.path) == 1 and context.method_name == "__call__" and module.name not in calls:
-            calls[module.name] = (module, args[0].shape, out.shape)
+            first = args[0] if hasattr(args[0], "shape") else args[0][0]  # Add, Concatenate take a list
+            calls[module.name] = (module, first.shape, out.shape)
         return out
 
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)

@@ -12,7 +12,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnn"
 # Lower layers first; a module may import only from layers strictly below its own.
 LAYERS = [
     {"conv", "data", "parallel", "checkpoints", "plots"},
-    {"layers", "summary", "datasets.transforms"},
+    {"layers", "datasets.transforms", "applications.names"},
+    {"applications.weights"},
+    {"summary", "surgery", "applications.common"},
+    {"applications.inception_v3", "applications.vgg16", "applications.resnet50", "applications.mobilenet_v2"},
+    {"applications"},
     {"models"},
     {"config"},
     {"datasets.lfw_faces", "datasets.image_folder"},
