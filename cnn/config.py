@@ -33,7 +33,13 @@ class TrainConfig:
     model_args: dict[str, Any] = _field({}, "the model's fields as JSON, e.g. '{\"hidden\": [512]}' for mlp")
     epochs: int = _field(20, "most epochs (early stopping may end sooner)")
     batch_size: int = _field(32, "training batch size (the global batch over all devices)")
-    lr: float = _field(1e-3, "learning rate (Adam, or AdamW with --weight-decay)")
+    lr: float = _field(1e-3, "learning rate")
+    optimizer: str = _field(
+        "adam",
+        "Adam (AdamW with --weight-decay) or RMSprop, both with Keras' defaults (the sources' transfer "
+        "learning uses rmsprop at 5e-4)",
+        choices=("adam", "rmsprop"),
+    )
     patience: int = _field(2, "early stopping: epochs without a better --monitor before stopping")
     seed: int = _field(0, "seed of initialisation, shuffling and dropout")
     limit_train: int | None = _field(None, "use only the first N training examples", metavar="N")
@@ -111,6 +117,7 @@ def _check_numbers(c: TrainConfig) -> None:
     _check(c, "test_fraction", _is_number(c.test_fraction) and 0 < c.test_fraction < 1, "a number in (0, 1)")
     _check(c, "eval_batch_size", _is_int(c.eval_batch_size) and c.eval_batch_size >= 1, "an integer >= 1")
     _check(c, "schedule", c.schedule in SCHEDULES, f"one of {SCHEDULES}")
+    _check(c, "optimizer", c.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
     wd_ok = _is_number(c.weight_decay) and 0 <= c.weight_decay < math.inf
     _check(c, "weight_decay", wd_ok, "a finite number >= 0")
     _check(c, "steps_per_call", _is_int(c.steps_per_call) and c.steps_per_call >= 1, "an integer >= 1")
@@ -141,6 +148,7 @@ def _is_number(v: Any) -> bool:
 
 
 SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "rmsprop")
 HEADS = ("softmax", "sigmoid")
 PLACEMENTS = ("auto", "device", "host")
 # What early stopping and the best checkpoint follow: the lowest validation loss (Keras' default) or the
@@ -149,6 +157,7 @@ MONITORS = ("val_loss", "val_accuracy")
 # Fields added after runs were saved, with the value those runs used: an older config.json still matches.
 ADDED_FIELDS = {
     "monitor": "val_loss",
+    "optimizer": "adam",
     "dataset": "fashion_mnist",
     "image_size": None,
     "channels": None,

@@ -40,11 +40,17 @@ def steps_per_epoch(examples: int, batch_size: int) -> int:
 
 
 def make_optimizer(config: TrainConfig, steps: int = 1) -> optax.GradientTransformation:
-    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8); AdamW when `weight_decay` > 0; the
-    learning rate constant or cosine-decayed to zero over `epochs` of `steps` steps."""
+    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8), AdamW when `weight_decay` > 0, or
+    RMSprop as Keras has it (rho 0.9, eps 1e-7 added outside the square root, decoupled weight decay when
+    asked); the learning rate constant or cosine-decayed to zero over `epochs` of `steps` steps."""
     lr: float | optax.Schedule = config.lr
     if config.schedule == "cosine":
         lr = optax.cosine_decay_schedule(config.lr, config.epochs * steps)
+    if config.optimizer == "rmsprop":
+        rmsprop = optax.rmsprop(lr, decay=0.9, eps=1e-7, eps_in_sqrt=False)
+        if config.weight_decay:
+            return optax.chain(optax.add_decayed_weights(config.weight_decay), rmsprop)
+        return rmsprop
     if config.weight_decay:
         return optax.adamw(lr, eps=1e-7, weight_decay=config.weight_decay)
     return optax.adam(lr, eps=1e-7)
@@ -75,7 +81,7 @@ def run_keys(config: TrainConfig) -> dict[str, jax.Array]:
 
 def config_model(config: TrainConfig) -> nn.Module:
     """The network `config` trains, for its input shape and number of classes."""
-    return build_model(config.model, **config.model_kwargs())
+    return build_model(config.model, input_shape=config.image_shape, **config.model_kwargs())
 
 
 def initial_state(config: TrainConfig, steps: int = 1) -> TrainState:

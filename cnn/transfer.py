@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from cnn import applications
 from cnn.config import TrainConfig
 from cnn.data import Split, Splits
 from cnn.models import Cut, TransferNet, transfer_model  # noqa: F401  (the surgery, re-exported)
@@ -46,10 +47,19 @@ def transfer_config(
     return TrainConfig(model="transfer", model_args=model_args, **fields)
 
 
-def load_backbone(source: str | Path) -> dict[str, Any]:
-    """The variables (`params`, and `batch_stats` if any) of a trained run's best checkpoint, or of a plain
+def load_backbone(
+    source: str | Path, application: str | None = None, input_shape: tuple[int, ...] | None = None
+) -> dict[str, Any]:
+    """The variables (`params`, and `batch_stats` if any) of a trained run's best checkpoint, of a plain
     orbax checkpoint of a Flax variables tree (`{"params": ..., "batch_stats": ...}` or the params alone),
-    as `orbax.checkpoint.StandardCheckpointer().save(path, variables)` writes it."""
+    as `orbax.checkpoint.StandardCheckpointer().save(path, variables)` writes it, or, with `application`
+    (a `cnn.applications` name) and `input_shape`, of a Keras weight file of that network ('imagenet': the
+    one Keras publishes)."""
+    if application is not None:
+        _, variables = applications.build(
+            application, input_shape=input_shape or (224, 224, 3), include_top=False, weights=source
+        )
+        return variables
     source = Path(source)
     if not (source / "config.json").is_file() and (source / "_CHECKPOINT_METADATA").is_file():
         import orbax.checkpoint as ocp
