@@ -84,7 +84,7 @@ class TrainConfig:
         _check(self, "model_args", isinstance(self.model_args, dict), "a dict of the model's fields")
         _check_numbers(self)
         try:
-            build_model(self.model, input_shape=self.image_shape, **self.model_kwargs())
+            build_model(self.model, input_shape=_expected_shape(self), **self.model_kwargs())
         except ValueError as e:  # names, arguments and shapes, before any work
             raise ConfigError(str(e)) from None
 
@@ -103,6 +103,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The shapes of the named data sets as they come, so a model is checked against its input before any data
+# is loaded; an image folder without --image-size is checked once loaded (`cnn.datasets.dataset_config`).
+NATIVE_SHAPES = {"fashion_mnist": (28, 28, 1), "lfw_faces": (25, 25, 1)}
+
+
+def _expected_shape(c: TrainConfig) -> tuple[int, int, int] | None:
+    if c.input_shape:
+        return tuple(c.input_shape)
+    native = NATIVE_SHAPES.get(c.dataset)
+    size = c.image_size or (native[:2] if native else None)
+    if size is None:
+        return None
+    return (*size, c.channels or (native[2] if native else 3))
 
 
 def _check_numbers(c: TrainConfig) -> None:

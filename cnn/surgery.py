@@ -59,10 +59,13 @@ class TransferNet(nn.Module):
     cut: str
     head: tuple[int, ...] = (64,)
     outputs: int = 10
+    frozen: bool = False  # no gradient flows into the backbone: its backward pass is never computed
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = Cut(self.base, self.cut, name="backbone")(x)
+        if self.frozen:
+            x = jax.lax.stop_gradient(x)
         x = Flatten(name="flatten")(x)
         for i, units in enumerate(self.head, start=1):
             x = Dense(units, activation="relu", name=f"head{i}")(x)

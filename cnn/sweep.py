@@ -58,6 +58,10 @@ def _set(fields: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return {**fields, path: value}
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _check_value(path: str, value: Any) -> None:
     name = path.split(".", 1)[0]
     if name not in FIELDS:
@@ -72,7 +76,8 @@ def _check_value(path: str, value: Any) -> None:
     if expected and (
         not isinstance(value, expected) or (isinstance(value, bool) and type(default) is not bool)
     ):
-        raise SweepError(f"{path}: {value!r} is a {type(value).__name__}, expected {type(default).__name__}")
+        got, expected = type(value).__name__, type(default).__name__
+        raise SweepError(f"{path}: {value!r} is {_article(got)} {got}, expected {expected}")
 
 
 def grid_variants(grid: dict[str, Sequence[Any]], mode: str = "product") -> list[Variant]:
@@ -199,6 +204,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def markdown_mean_std(rows: dict[str, list[float]], metric: str) -> str:
+    """A Markdown table of `metric` as mean ± std over seeds, one row per name."""
+    lines = [f"| | {metric}: mean ± std | seeds |", "|---|---|---|"]
+    for name, values in rows.items():
+        mean, std = _mean_std(values)
+        lines.append(f"| {name} | {mean:.3f} ± {std:.3f} | {len(values)} |")
+    return "\n".join(lines)
 
 
 def _train_seconds(results: list[dict[str, Any]]) -> float:

@@ -134,6 +134,8 @@ def transfer_state(
     (`optax.set_to_zero`) and trains the top backbone layer at `finetune_lr_scale` × lr when asked.
     Returns the state and the label ('trainable', 'finetune' or 'frozen') of every parameter."""
     model = config_model(config)
+    if freeze == "backbone":
+        model = model.clone(frozen=True)
     fresh = create_train_state(model, optax.identity(), jax.random.PRNGKey(config.seed), config.image_shape)
     params, batch_stats = fresh.params, fresh.batch_stats
     if backbone is not None:
@@ -209,26 +211,74 @@ def train_few_shot(
     epochs: int = 50,
     seed: int = 0,
     lr: float = 1e-3,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Learns a task from the few `train` examples with `method` ('frozen', 'finetune' or 'scratch').
 
     No labelled data beyond those examples is used: they also serve as the validation set, every epoch
     runs (no early stopping), and the weights kept are those with the lowest loss on them (usually the
-    last epoch's). Returns `fit`'s results with the trainable and non-trainable parameter counts."""
+    last epoch's). `fields` go to the config (`head`, `optimizer`, `base_args`, `head_units`, the input
+    shape). Returns `fit`'s results with the trainable and non-trainable parameter counts."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
     outputs = int(train.labels.max()) + 1
+    head_units, base_args = fields.pop("head_units", (64,)), fields.pop("base_args", None)
+    if "input_shape" in fields:
+        fields.setdefault("num_classes", max(outputs, 2))
     config = transfer_config(
         base,
         cut,
         outputs,
+        head=head_units,
+        base_args=base_args,
         epochs=epochs,
         batch_size=min(10, len(train)),
         lr=lr,
         patience=epochs,
         seed=seed,
         steps_per_call=1,  # a few steps per epoch: one compiled step is all it needs
+        **fields,
     )
     state, labels = transfer_state(config, None if method == "scratch" else backbone, METHODS[method])
     results = fit(config, Splits(train=train, val=train, test=test), workdir, init_state=state)
     return {**results, **parameter_counts(state.params, labels, state.batch_stats)}
+
+
+# ------------------------------------------------------------------- the sources' ImageNet workflow
+SOURCES_NETWORK = {"base": "inception_v3", "cut": "mixed7", "base_args": {"include_top": False}}
+
+
+def sources_config(**fields: Any) -> TrainConfig:
+    """The sources' transfer model: InceptionV3 at 75×75×3 cut at `mixed7`, Flatten → Dense 64 ReLU →
+    Dense 10, RMSprop at 5e-4, on Fashion-MNIST resized to colour (`fields` override any of it)."""
+    defaults = {
+        "dataset": "fashion_mnist",
+        "image_size": (75, 75),
+        "channels": 3,
+        "input_shape": (75, 75, 3),
+        "num_classes": 10,
+        "optimizer": "rmsprop",
+        "lr": 5e-4,
+    }
+    model_args = {**SOURCES_NETWORK, "head": [64], "outputs": 10}
+    return TrainConfig(model="transfer", model_args=model_args, **{**defaults, **fields})
+
+
+def imagenet_backbone(
+    name: str, input_shape: tuple[int, int, int], weights: str | Path | None = "imagenet"
+) -> dict[str, Any] | None:
+    """The network's ImageNet variables (or those of the Keras weight file `weights`), or None, said loudly,
+    when the file is not there: the backbone then keeps its random initialisation."""
+    if weights is None:
+        print(f"Backbone {name}: randomly initialised (no weights asked for)")
+        return None
+    try:
+        return load_backbone(weights, application=name, input_shape=input_shape)
+    except applications.WeightsError as e:
+        banner = "!" * 100
+        print(
+            f"{banner}\nNO IMAGENET WEIGHTS: the {name} backbone is RANDOMLY INITIALISED, so the results "
+            f"below are not the sources' transfer learning.\n{e}\n{banner}",
+            flush=True,
+        )
+        return None

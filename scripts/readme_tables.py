@@ -1,7 +1,7 @@
 """Regenerates the README's tables (never typed by hand).
 
 python scripts/readme_tables.py results RUN_DIR...   # results of finished runs
-python scripts/readme_tables.py zoo                  # the model zoo: parameters, MACs, memory
+python scripts/readme_tables.py zoo                  # the model zoo and the famous networks: parameters, MACs
 python scripts/readme_tables.py bench FILE [BLOCK]   # a benchmark report (block: bench or bench-gpu)
 """
 
@@ -43,20 +43,42 @@ def results_table(workdirs: list[str]) -> str:
 
 
 def zoo_table() -> str:
-    from cnn.models import MODELS, build_model
+    from cnn.models import MODELS, build_model, default_input_shape
     from cnn.summary import layer_rows, totals
 
     lines = [
-        "| model | what | trainable params | non-trainable | MACs / image | activations / image |",
-        "|---|---|---|---|---|---|",
+        "| model | what | input | trainable params | non-trainable | MACs / image | activations / image |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
-        model = build_model(name)
-        t = totals(layer_rows(model))
+        shape = default_input_shape(name)
+        model = build_model(name, input_shape=shape)
+        t = totals(layer_rows(model, shape))
         what = " ".join((MODELS[name].__doc__ or "").strip().split("\n\n")[0].split())
         lines.append(
-            f"| `{name}` | {what} | {t.trainable:,} | {t.non_trainable:,} | {t.macs / 1e6:.2f} M | "
-            f"{t.activation_bytes / 1024:,.0f} KiB |"
+            f"| `{name}` | {what} | {'×'.join(map(str, shape))} | {t.trainable:,} | {t.non_trainable:,} | "
+            f"{t.macs / 1e6:.2f} M | {t.activation_bytes / 1024:,.0f} KiB |"
+        )
+    return "\n".join(lines)
+
+
+def famous_table() -> str:
+    """The famous networks as Keras builds them without their top, and their published weight files."""
+    from cnn.applications import APPLICATIONS, application, imagenet_file
+    from cnn.summary import layer_rows, totals
+
+    lines = [
+        "| network | layers (Keras') | trainable | non-trainable | MACs at 224×224 | min input "
+        "| Keras' weight file (no top) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, spec in APPLICATIONS.items():
+        shape = (224, 224, 3)
+        rows = layer_rows(application(name, input_shape=shape, include_top=False), shape)
+        t = totals(rows)
+        lines.append(
+            f"| `{name}` | {len(rows)} | {t.trainable:,} | {t.non_trainable:,} | {t.macs / 1e9:.2f} G | "
+            f"{spec.min_size}×{spec.min_size} | `{imagenet_file(name)[0]}` |"
         )
     return "\n".join(lines)
 
@@ -120,6 +142,7 @@ if __name__ == "__main__":
         replace_block("results", results_table(args))
     elif command == "zoo":
         replace_block("zoo", zoo_table())
+        replace_block("famous", famous_table())
     elif command == "experiments":
         for name in (
             "padding",

@@ -68,9 +68,9 @@ def test_outputs_equal_keras_from_the_published_layout_and_keras_3s(name, oracle
         "HOME", str(tmp_path)
     )  # the orbax cache of converted weights lands in this test's home
     o = oracle(name)
+    names = INTERMEDIATE[name]
     for layout in ("keras2", "keras3"):
         model, variables = build(name, input_shape=o["shape"], weights=o[layout])
-        names = INTERMEDIATE[name]
         out, captured = model.apply(
             variables, o["x"], capture_intermediates=lambda m, _: m.name in names, mutable=["intermediates"]
         )
@@ -171,7 +171,8 @@ def test_mismatched_files_name_the_layer_and_both_shapes(oracle, tmp_path):
     path = write_keras2_h5(top, tmp_path / "vgg16_top5.h5")
     with pytest.raises(
         WeightsError,
-        match=r"layer predictions .*: the file has shape \((4096, )?5,?\), the network needs \((4096, )?7,?\)",
+        match=r"layer predictions .*: the file has shape \((4096, )?5,?\), "
+        r"the network needs \((4096, )?7,?\)",
     ):
         build("vgg16", input_shape=(32, 32, 3), include_top=True, classes=7, weights=path)
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")

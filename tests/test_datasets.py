@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cnn import TrainConfig, dataset_config, fit, load_dataset, restore_run
+from cnn.config import ConfigError
 from cnn.data import DataError, Split, Splits
 from cnn.datasets import image_folder, stratified_split
 from cnn.datasets.transforms import resize, to_channels
@@ -273,3 +274,13 @@ def test_fashion_mnist_default_path_gives_the_recorded_history(idx_dir, tmp_path
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     got = [[e[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")] for e in history]
     np.testing.assert_allclose(got, RECORDED[model], rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_is_checked_against_the_data_sets_shape_before_any_data_is_loaded(tmp_path):
+    with pytest.raises(ConfigError, match="at least 32×32, got 25×25"):
+        TrainConfig(model="mobilenet_v2", dataset="lfw_faces")
+    with pytest.raises(ConfigError, match="at least 75×75, got 64×64"):
+        TrainConfig(model="inception_v3", image_size=(64, 64), channels=3)
+    assert TrainConfig(model="mobilenet_v2", image_size=(32, 32), channels=3).input_shape is None
+    # an image folder at its own size is checked once loaded, when its shape is known
+    assert TrainConfig(model="mobilenet_v2", dataset=str(tmp_path)).dataset == str(tmp_path)

@@ -117,7 +117,8 @@ def test_sweep_command_on_a_user_grid(idx_dir, tmp_path, capsys):
     [
         (["--grid", "lr"], "expected FIELD=JSON_LIST"),
         (["--grid", "lr=[0.1,"], "is not a JSON list"),
-        (["--grid", "optimizer=[1]"], "optimizer: unknown field"),
+        (["--grid", "optimiser=[1]"], "optimiser: unknown field"),
+        (["--grid", "optimizer=[1]"], "optimizer: 1 is an int, expected str"),
         (["--grid", "lr=[]"], "lr: expected a non-empty list"),
         (["--grid", "batch_size=[32.5]"], "batch_size: 32.5 is a float, expected int"),
         ([], "give at least one"),

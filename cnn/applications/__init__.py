@@ -123,10 +123,9 @@ KERAS_CLASSES = {  # the Keras class of each weighted layer type (Keras 3 files 
 }
 
 
-def keras_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, str]]:
-    """The network's layers, with their Keras class, in the order of Keras' `model.layers` for the same
-    graph: by depth from the input, ties in the order a depth-first walk back from the output meets them
-    (how `keras.Functional` sorts its operations)."""
+def layer_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The network as a graph, from shapes alone: each layer's parent layers (those whose outputs it takes;
+    none for the first) in call order, and each layer's type."""
     calls: dict[str, tuple[list[int], int, str]] = {}
     keep = []  # the traced arrays stay alive, so their ids stay unique
 
@@ -144,7 +143,15 @@ def keras_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str,
         jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
     producer = {out: name for name, (_, out, _) in calls.items()}
     parents = {name: [producer[i] for i in ins if i in producer] for name, (ins, _, _) in calls.items()}
-    return [(name, KERAS_CLASSES.get(calls[name][2], "")) for name in _keras_sort(parents, list(calls)[-1])]
+    return parents, {name: kind for name, (_, _, kind) in calls.items()}
+
+
+def keras_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, str]]:
+    """The network's layers, with their Keras class, in the order of Keras' `model.layers` for the same
+    graph: by depth from the input, ties in the order a depth-first walk back from the output meets them
+    (how `keras.Functional` sorts its operations)."""
+    parents, kinds = layer_graph(model, input_shape)
+    return [(name, KERAS_CLASSES.get(kinds[name], "")) for name in _keras_sort(parents, list(parents)[-1])]
 
 
 def _keras_sort(parents: dict[str, list[str]], output: str) -> list[str]:
