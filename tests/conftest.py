@@ -9,10 +9,13 @@ from pathlib import Path
 
 # JAX's persistent compilation cache, shared by the test workers and the processes they start: many tests
 # train the same tiny programs, and a new TrainState (a new apply_fn) misses the in-memory jit cache. The
-# programs still compile once per run of the suite on a clean machine; results are unchanged.
+# programs still compile once per run of the suite on a clean machine; results are unchanged. A size limit
+# turns on JAX's file lock around every read and write of the cache: without it one worker can read an
+# entry another is still writing, and deserialising the half-written executable crashes the worker.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "cnn-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
