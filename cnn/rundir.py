@@ -3,12 +3,16 @@ the fall-back past a damaged checkpoint), the results, `restore_run`, and atomic
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,19 @@ class WorkdirError(ValueError):
 
 class RunNotFoundError(ValueError):
     """A workdir without the files of a trained run."""
+
+
+class WorkdirBusy(WorkdirError):
+    """Another process is running in the workdir."""
+
+
+# What a run writes in its folder: `--overwrite` deletes these and nothing else.
+LOCK_FILE = ".cnn-run.lock"
+RUN_ENTRIES = {
+    "config.json", "history.json", "results.json", "curves.png", "checkpoints", "damaged",
+    LOCK_FILE, f"{LOCK_FILE}.pid",
+}  # fmt: skip
+RUN_SUFFIXES = (".json.tmp",)
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -95,7 +112,12 @@ def run_metadata() -> dict[str, Any]:
 def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = False) -> dict[str, Any] | None:
     """The saved config.json of the run in `workdir` (None if there is none); raises WorkdirError when that
     run's config differs from `config` and `overwrite` is not set. Reads only."""
-    config_file = Path(workdir) / "config.json"
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"workdir {workdir} is a file, not a folder; use another --workdir")
+    if overwrite and workdir.is_dir():
+        check_overwrite(workdir)
+    config_file = workdir / "config.json"
     if overwrite or not config_file.exists():
         return None
     try:
@@ -113,23 +135,150 @@ def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = Fa
     return saved
 
 
+def make_workdir(workdir: Path) -> None:
+    """Creates `workdir` (and its parents), or says in one line why it cannot."""
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"workdir {workdir} is a file, not a folder; use another --workdir")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise WorkdirError(f"workdir {workdir}: a parent of it is a file; use another --workdir") from None
+    except PermissionError:
+        raise WorkdirError(f"workdir {workdir}: no permission to create it; use another --workdir") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise WorkdirError(f"workdir {workdir} is not writable (read-only?); use another --workdir")
+
+
+def foreign_entries(workdir: Path) -> list[str]:
+    """What `workdir` holds that a run did not write (sorted names)."""
+    return sorted(
+        p.name for p in workdir.iterdir() if p.name not in RUN_ENTRIES and not p.name.endswith(RUN_SUFFIXES)
+    )
+
+
+def check_overwrite(workdir: Path) -> None:
+    """Refuses `--overwrite` of a folder holding anything a run did not write, naming it."""
+    foreign = foreign_entries(workdir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise WorkdirError(
+            f"--overwrite: {workdir} is not only a cnn run: it also holds {shown}; nothing was deleted. "
+            "Use another --workdir, or move those out first."
+        )
+
+
+def clear_run(workdir: Path) -> None:
+    """Deletes what a run wrote in `workdir` (`--overwrite`), refusing, with nothing deleted, when the
+    folder holds anything else (a thesis, a checkout): only files `cnn` recognises as its own go."""
+    check_overwrite(workdir)
+    for p in workdir.iterdir():
+        if p.name.startswith(LOCK_FILE):  # held by this process
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path) -> Iterator[None]:
+    """Holds an exclusive lock on `workdir` (an fcntl lock on `.cnn-run.lock`, which records the holder's
+    host, PID and start time) while a run writes there. A second process gets `WorkdirBusy` naming the
+    holder; a lock left by a killed process is released by the operating system and taken over."""
+    workdir = Path(workdir)
+    make_workdir(workdir)
+    if not is_primary():
+        yield
+        return
+    path = workdir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fallback = None
+    try:
+        fallback = _lock(fd, path, workdir)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(_me()).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+        if fallback is not None:
+            fallback.unlink(missing_ok=True)
+
+
+def _me() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _lock(fd: int, path: Path, workdir: Path) -> Path | None:
+    """Locks `fd`; returns the fall-back lock file where fcntl locks are not supported (else None)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        raise WorkdirBusy(
+            f"workdir {workdir} is in use by another run ({_holder(path)}); wait for it to finish, or use "
+            "another --workdir"
+        ) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        fallback = Path(f"{path}.pid")
+        exclusive_file_lock(fallback, workdir)
+        return fallback
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"PID {h['pid']} on {h['host']}, since {h['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def exclusive_file_lock(path: Path, workdir: Path) -> None:
+    """Where the file system has no fcntl locks: a lock file created atomically; one whose process (on
+    this host) is gone is stale and taken over, saying so."""
+    holder = _me()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        old = json.loads(path.read_text() or "{}")
+        if old.get("host") != holder["host"] or _alive(int(old.get("pid", 0))):
+            raise WorkdirBusy(
+                f"workdir {workdir} is in use by another run (PID {old.get('pid')} on {old.get('host')}, "
+                f"since {old.get('started')}; if that run is gone, delete {path})"
+            ) from None
+        print(f"Taking over the stale lock of PID {old.get('pid')} (no longer running): {path}")
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, json.dumps(holder).encode())
+    os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
 def prepare_workdir(
     workdir: Path, config: TrainConfig, overwrite: bool = False, data: dict[str, Any] | None = None
 ) -> None:
     """Creates `workdir`, or checks that the run already in it has the same config (before any work).
-    `data` (the data set's name, source, shape and classes) is recorded in config.json."""
+    `data` (the data set's name, source, shape and classes) is recorded in config.json. With `overwrite`,
+    what an earlier run wrote there is deleted (and only that; see `clear_run`)."""
     config_file = workdir / "config.json"
+    make_workdir(workdir)
     if not is_primary():  # process 0 of a multi-process run checks and writes; the others only train
-        workdir.mkdir(parents=True, exist_ok=True)
         return
     saved = check_workdir(workdir, config, overwrite)
-    if overwrite and workdir.exists():
-        shutil.rmtree(workdir)
+    if overwrite:
+        clear_run(workdir)
     if saved is not None:
         # The metadata stays that of the run's start; only a resumable field (epochs) may change.
         write_json(config_file, {**saved, "config": config.to_dict()})
         return
-    workdir.mkdir(parents=True, exist_ok=True)
     write_json(
         config_file, {"config": config.to_dict(), **({"data": data} if data else {}), **run_metadata()}
     )

@@ -31,6 +31,7 @@ from cnn.rundir import (  # noqa: F401  (re-exported)
     EarlyStopping,
     RunNotFoundError,
     RunState,
+    WorkdirBusy,
     WorkdirError,
     check_workdir,
     finish_run,
@@ -38,6 +39,7 @@ from cnn.rundir import (  # noqa: F401  (re-exported)
     prepare_workdir,
     restore_run,
     resume,
+    workdir_lock,
     write_json,
 )
 from cnn.steps import (  # noqa: F401  (re-exported)
@@ -150,22 +152,22 @@ def fit(
     workdir = Path(workdir)
     train = training_split(config, splits)
     check_batch_size(config.batch_size, mesh)
-    prepare_workdir(workdir, config, overwrite, data=getattr(splits, "info", None))
-    keys = run_keys(config)
-    state = (
-        init_state
-        if init_state is not None
-        else initial_state(config, steps_per_epoch(len(train), config.batch_size))
-    )
-    if is_parallel(mesh):
-        state, keys = replicate(state, mesh), replicate(keys, mesh)
-    state, member = _open(config, workdir, state)
-    try:
-        state = _train_members(state, [member], train, splits.val, keys, mesh, on_epoch_end, stacked=False)
-        best, _ = member.checkpoints.restore(member.run.stopping.best_epoch, state)
-    finally:
-        member.checkpoints.close()
-    return finish_run(config, best, member.run, splits, workdir)
+    with workdir_lock(workdir):  # one run per workdir; a second process is refused, writing nothing
+        prepare_workdir(workdir, config, overwrite, data=getattr(splits, "info", None))
+        keys = run_keys(config)
+        fresh = init_state is None
+        state = initial_state(config, steps_per_epoch(len(train), config.batch_size)) if fresh else init_state
+        if is_parallel(mesh):
+            state, keys = replicate(state, mesh), replicate(keys, mesh)
+        state, member = _open(config, workdir, state)
+        try:
+            state = _train_members(
+                state, [member], train, splits.val, keys, mesh, on_epoch_end, stacked=False
+            )
+            best, _ = member.checkpoints.restore(member.run.stopping.best_epoch, state)
+        finally:
+            member.checkpoints.close()
+        return finish_run(config, best, member.run, splits, workdir)
 
 
 def fit_seeds(
@@ -179,8 +181,16 @@ def fit_seeds(
     train = training_split(config, splits)
     check_batch_size(config.batch_size, mesh)
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
-    for c in configs:
-        prepare_workdir(workdir / f"seed{c.seed}", c, data=getattr(splits, "info", None))
+    with contextlib.ExitStack() as locks:
+        for c in configs:
+            locks.enter_context(workdir_lock(workdir / f"seed{c.seed}"))
+            prepare_workdir(workdir / f"seed{c.seed}", c, data=getattr(splits, "info", None))
+        return _fit_stacked(configs, seeds, train, splits, workdir, mesh)
+
+
+def _fit_stacked(configs, seeds, train, splits, workdir, mesh) -> list[dict[str, Any]]:
+    """The seeds of `fit_seeds` trained together, their folders already locked and prepared."""
+    config = configs[0]
     # One model and one optimizer for every seed: static parts of the state, shared by the vmap.
     model = config_model(config)
     tx = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))

@@ -36,12 +36,13 @@ def transfer_config(
     base: str,
     cut: str,
     outputs: int,
-    head: Sequence[int] = (64,),
+    head_units: Sequence[int] = (64,),
     base_args: dict[str, Any] | None = None,
     **fields: Any,
 ) -> TrainConfig:
-    """The TrainConfig of a transfer model (model 'transfer'), other fields as given."""
-    model_args = {"base": base, "cut": cut, "head": list(head), "outputs": outputs}
+    """The TrainConfig of a transfer model (model 'transfer'): the dense layers `head_units` before the
+    `outputs` units on the backbone cut at `cut`; other fields as given (`head` is softmax or sigmoid)."""
+    model_args = {"base": base, "cut": cut, "head": list(head_units), "outputs": outputs}
     if base_args:
         model_args["base_args"] = base_args
     return TrainConfig(model="transfer", model_args=model_args, **fields)
@@ -229,7 +230,7 @@ def train_few_shot(
         base,
         cut,
         outputs,
-        head=head_units,
+        head_units=head_units,
         base_args=base_args,
         epochs=epochs,
         batch_size=min(10, len(train)),

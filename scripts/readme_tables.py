@@ -1,6 +1,7 @@
 """Regenerates the README's tables (never typed by hand).
 
 python scripts/readme_tables.py results RUN_DIR...   # results of finished runs
+python scripts/readme_tables.py results --append RUN_DIR...   # rows added below the table's rows
 python scripts/readme_tables.py zoo                  # the model zoo and the famous networks: parameters, MACs
 python scripts/readme_tables.py bench FILE [BLOCK]   # a benchmark report (block: bench or bench-gpu)
 """
@@ -27,6 +28,10 @@ def results_row(workdir: Path) -> str:
         machine = f"{device['kind']} ({device['platform']}), jax {meta['versions']['jax']}"
     args = config.get("model_args") or {}
     model = f"`{config['model']}`" + (f" `{json.dumps(args, separators=(',', ':'))}`" if args else "")
+    data = config.get("dataset", "fashion_mnist")
+    if data != "fashion_mnist" or config.get("image_size") or config.get("channels") not in (None, 1):
+        shape = "×".join(map(str, config.get("input_shape") or ()))
+        model += f" on `{Path(data).name if '/' in data else data}`" + (f" {shape}" if shape else "")
     return (
         f"| {model} | {results['test_accuracy']:.4f} | {results['val_accuracy']:.4f} | "
         f"{results['best_epoch']} / {results['epochs_run']} | {results['train_seconds']:.0f} s | "
@@ -34,12 +39,21 @@ def results_row(workdir: Path) -> str:
     )
 
 
-def results_table(workdirs: list[str]) -> str:
+def results_table(workdirs: list[str], append: bool = False) -> str:
     header = (
         "| model | test accuracy | val accuracy | best epoch / epochs run | train time | train images/s "
         "| machine | commit |\n|---|---|---|---|---|---|---|---|"
     )
+    if append:  # the rows already in the README stay (their run folders may be gone)
+        header = block_text("results")
     return "\n".join([header, *(results_row(Path(w)) for w in workdirs)])
+
+
+def block_text(block: str, readme: Path = README) -> str:
+    """What the README holds between a block's markers."""
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    text = readme.read_text()
+    return text[text.index(start) + len(start) : text.index(end)].strip()
 
 
 def zoo_table() -> str:
@@ -139,7 +153,8 @@ def replace_block(block: str, table: str, readme: Path = README) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:] or ["help"]
     if command == "results" and args:
-        replace_block("results", results_table(args))
+        append = args[0] == "--append"
+        replace_block("results", results_table(args[append:], append))
     elif command == "zoo":
         replace_block("zoo", zoo_table())
         replace_block("famous", famous_table())
@@ -152,6 +167,8 @@ if __name__ == "__main__":
             "shift_robustness",
             "transfer",
             "transfer_vgg_bn",
+            "face_finder",
+            "inception_fashion",
         ):
             if (table := experiment_block(name)) is not None:
                 replace_block(name, table, EXPERIMENTS / "README.md")

@@ -116,7 +116,7 @@ def test_parameter_counts_equal_keras(name, include_top):
 
 def test_the_sources_inception_v3_transfer_model_counts():
     config = transfer_config(
-        "inception_v3", "mixed7", 10, head=[64], base_args={"include_top": False},
+        "inception_v3", "mixed7", 10, head_units=[64], base_args={"include_top": False},
         input_shape=(75, 75, 3), num_classes=10, optimizer="rmsprop", lr=5e-4,
     )  # fmt: skip
     state, labels = transfer_state(config, None, freeze="backbone")

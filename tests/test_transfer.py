@@ -67,7 +67,7 @@ def test_fine_tuning_trains_the_top_block_only(pretrained, tiny_splits, tmp_path
 
 
 def test_parameter_counts_for_a_known_cut():
-    config = transfer_config("seed_cnn", "pool2", 2, head=(64,))
+    config = transfer_config("seed_cnn", "pool2", 2, head_units=(64,))
     state, labels = transfer_state(config, None, freeze="backbone")
     backbone = (3 * 3 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64)
     head = (7 * 7 * 64 * 64 + 64) + (64 * 2 + 2)

@@ -1,0 +1,145 @@
+"""Misuse, as a careful user would try it: --overwrite never deletes what a run did not write, one run per
+workdir (a lock, taken over after SIGKILL), and bad inputs refused in one line with nothing saved changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnn.cli import main
+from cnn.rundir import LOCK_FILE, WorkdirBusy, WorkdirError, exclusive_file_lock, clear_run, workdir_lock
+from tests.processes import ROOT, subprocess_env
+
+TINY = ["--epochs", "1", "--limit-train", "64", "--batch-size", "32"]
+
+
+def train(idx_dir: Path, tmp_path: Path, workdir: Path, *flags: str) -> int:
+    args = ["train", "--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds"), *TINY, *flags]
+    return main([*args, "--workdir", str(workdir)])
+
+
+def tree_hash(folder: Path) -> str:
+    """Every file's path and bytes under `folder`: equal hashes mean nothing was changed."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE):
+        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(idx_dir, tmp_path, capsys):
+    thesis = tmp_path / "mythesis"
+    (thesis / "figs").mkdir(parents=True)
+    (thesis / "chapter1.tex").write_text("precious")
+    before = tree_hash(thesis)
+    assert train(idx_dir, tmp_path, thesis, "--overwrite") == 2
+    err = one_line_error(capsys)
+    assert "chapter1.tex, figs" in err and "nothing was deleted" in err
+    assert tree_hash(thesis) == before and (thesis / "chapter1.tex").read_text() == "precious"
+
+
+def test_overwrite_deletes_exactly_what_a_run_wrote(idx_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(idx_dir, tmp_path, run) == 0
+    assert train(idx_dir, tmp_path, run, "--lr", "0.01") == 2  # a different config is refused ...
+    assert "--overwrite" in one_line_error(capsys)
+    assert train(idx_dir, tmp_path, run, "--lr", "0.01", "--overwrite") == 0  # ... or replaced
+    assert json.loads((run / "config.json").read_text())["config"]["lr"] == 0.01
+    (run / "notes.txt").write_text("mine")
+    assert train(idx_dir, tmp_path, run, "--overwrite") == 2
+    assert "notes.txt" in one_line_error(capsys) and (run / "results.json").is_file()
+
+
+def test_clear_run_keeps_the_folder_and_removes_only_run_files(tmp_path):
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    for name in ("config.json", "history.json", "results.json", "curves.png", "results.json.tmp"):
+        (tmp_path / name).write_text("{}")
+    clear_run(tmp_path)
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_workdir_that_is_a_file_is_one_line(idx_dir, tmp_path, capsys, overwrite):
+    (tmp_path / "afile").write_text("data")
+    assert train(idx_dir, tmp_path, tmp_path / "afile", *overwrite) == 2
+    assert "is a file, not a folder" in one_line_error(capsys)
+    assert train(idx_dir, tmp_path, tmp_path / "afile" / "run", *overwrite) == 2
+    assert "a parent of it is a file" in one_line_error(capsys)
+    assert (tmp_path / "afile").read_text() == "data"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_workdir_is_one_line(idx_dir, tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert train(idx_dir, tmp_path, folder / "run") == 2
+        assert "no permission" in one_line_error(capsys)
+    finally:
+        folder.chmod(0o755)
+
+
+def hold_lock(workdir: Path) -> subprocess.Popen:
+    """Another process holding `workdir`'s run lock (as a run in progress does)."""
+    code = (
+        "import sys, time\nfrom cnn.rundir import workdir_lock\n"
+        f"with workdir_lock({str(workdir)!r}):\n    print('locked', flush=True)\n    time.sleep(120)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=subprocess_env(), cwd=ROOT
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_process_on_a_workdir_is_refused_and_writes_nothing(idx_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        before = tree_hash(run)
+        assert train(idx_dir, tmp_path, run) == 2
+        err = one_line_error(capsys)
+        assert "in use by another run" in err and f"PID {holder.pid}" in err
+        assert tree_hash(run) == before and not (run / "config.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the killed holder's lock went with it: the next run takes the folder over
+    assert train(idx_dir, tmp_path, run) == 0 and (run / "results.json").is_file()
+
+
+def test_the_lock_is_released_after_a_run_and_nested_use_is_refused(tmp_path):
+    with workdir_lock(tmp_path / "w"):
+        holder = json.loads((tmp_path / "w" / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+    with workdir_lock(tmp_path / "w"):  # released: taken again
+        pass
+
+
+def test_the_fallback_lock_file_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, capsys):
+    lock = tmp_path / f"{LOCK_FILE}.pid"
+    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "started": "now"}))
+    with pytest.raises(WorkdirBusy, match=f"PID {os.getpid()}.*delete"):
+        exclusive_file_lock(lock, tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "started": "then"}))
+    exclusive_file_lock(lock, tmp_path)
+    assert "stale lock" in capsys.readouterr().out
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_workdir_errors_are_value_errors_for_the_cli(tmp_path):
+    assert issubclass(WorkdirBusy, WorkdirError) and issubclass(WorkdirError, ValueError)
