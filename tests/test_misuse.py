@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cnn.cli import main
-from cnn.rundir import LOCK_FILE, WorkdirBusy, WorkdirError, exclusive_file_lock, clear_run, workdir_lock
+from cnn.rundir import LOCK_FILE, WorkdirBusy, WorkdirError, clear_run, exclusive_file_lock, workdir_lock
 from tests.processes import ROOT, subprocess_env
 
 TINY = ["--epochs", "1", "--limit-train", "64", "--batch-size", "32"]
