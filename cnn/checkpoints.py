@@ -10,7 +10,11 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from cnn.disk import DiskFull, check_room, out_of_space
+
 TIE_BREAK = 1e-12  # far below the gap between two distinct float32 scores
+HEADROOM = 1.25  # the bytes of a checkpoint's arrays, times this: room for orbax's index and metadata
+KEPT = "run the same command again to resume; the earlier checkpoints are kept"
 
 
 def _score(metrics: dict[str, float]) -> float:
@@ -47,9 +51,16 @@ class Checkpoints:
     def save(self, epoch: int, state: Any, meta: dict[str, Any], score: float) -> None:
         """Saves `state` and JSON `meta` as `epoch`, ranked by `score` (lower is better)."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        needed = int(HEADROOM * sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))) + 2**16
+        check_room(self.directory.parent, needed, "the checkpoint", KEPT)
         # Ties (common for accuracy) go to the earlier epoch, as in early stopping: without this, orbax
         # could keep a later epoch of the same score and delete the one early stopping calls the best.
-        self.manager.save(epoch, args=args, metrics={"score": float(score) + epoch * TIE_BREAK})
+        try:
+            self.manager.save(epoch, args=args, metrics={"score": float(score) + epoch * TIE_BREAK})
+        except (OSError, ValueError, RuntimeError) as e:
+            if out_of_space(e):
+                raise DiskFull(f"no space to save the checkpoint in {self.directory}: {KEPT}") from None
+            raise
 
     def restore(self, epoch: int, template: Any) -> tuple[Any, dict[str, Any]]:
         """The state (shaped like `template`) and metadata saved as `epoch`."""

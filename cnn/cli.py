@@ -10,20 +10,31 @@ from typing import Any
 
 from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, config_from_args, json_object
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_RUNTIME = 2, 3, 4
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_RUNTIME, EXIT_NO_SPACE = 2, 3, 4, 5
 EXIT_CODES = {  # shown by `python -m cnn train --help`
     0: "done",
     EXIT_BAD_INPUT: "a bad setting or input: a one-line message, nothing trained, written or lost",
     EXIT_DIVERGED: "training diverged (a NaN or Inf loss or gradient): the earlier checkpoints are kept",
     EXIT_RUNTIME: "XLA failed while running (out of memory, a runtime error), the epoch named: "
     "the earlier checkpoints are kept",
+    EXIT_NO_SPACE: "no space left (a full disk, a quota or a file-size limit), the path named: the earlier "
+    "checkpoints and files are kept; free space and run the command again to resume",
     130: "stopped by SIGINT (Ctrl-C) after saving the epoch in progress: run the command again to resume",
     143: "stopped by SIGTERM after saving the epoch in progress: run the command again to resume",
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, its errors one line (`error: ...`, exit 2) like every other refusal of `cnn`."""
+
+    def error(self, message: str):
+        self.exit(
+            EXIT_BAD_INPUT, f"error: {self.prog.removeprefix('python -m cnn ')}: {message} (see --help)\n"
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cnn", description=__doc__)
+    parser = OneLineParser(prog="python -m cnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
@@ -249,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from cnn.data import DataError
+    from cnn.disk import DiskFull, out_of_space
     from cnn.train import Interrupted, TrainingDiverged, TrainingFailed, WorkdirError
 
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a one-line usage error (2), already printed
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     try:
         commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz, "sweep": _sweep}
         commands[args.command](args)
@@ -270,4 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except DiskFull as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return EXIT_NO_SPACE
+    except OSError as e:
+        if not out_of_space(e):
+            raise
+        print(f"error: no space left writing {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        return EXIT_NO_SPACE
     return 0

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cnn.disk import DiskFull, out_of_space
+
 CLASS_NAMES = (
     "T-shirt/top",
     "Trouser",
@@ -257,8 +259,24 @@ def prepare(
         builder.read_sources()
         print(f"Preparing Fashion-MNIST into {builder.data_dir} (once; later runs reuse it)", flush=True)
         tfds.disable_progress_bar()
-        builder.download_and_prepare()
+        download_and_prepare(builder)
     return builder
+
+
+def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
+    """tfds' preparation, with a full disk (or a quota, or a file-size limit) reported in one line and the
+    half-written temporary folder removed: nothing half-prepared is left to be taken for good."""
+    try:
+        builder.download_and_prepare()
+    except (OSError, RuntimeError, ValueError) as e:
+        if not out_of_space(e):
+            raise
+        for partial in Path(builder.data_dir).parent.glob("incomplete.*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise DiskFull(
+            f"no space to prepare the data set {builder.name} in {Path(builder.data_dir).parent} ({e}): free "
+            "some space, or give another --data-dir, and run again"
+        ) from None
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -390,9 +390,41 @@ def build_model(name: str, input_shape: tuple[int, ...] | None = None, **kwargs:
     if input_shape is not None and "input_shape" in inspect.signature(factory).parameters:
         kwargs["input_shape"] = tuple(input_shape)
     try:
-        return factory(**kwargs)
+        model = factory(**kwargs)
     except TypeError as e:
         raise ValueError(f"model_args: {name} does not take these arguments ({e})") from None
+    check_fields(name, model)
+    return model
+
+
+def check_fields(name: str, model: nn.Module) -> None:
+    """Refuses, naming the field, a model whose fields do not have their defaults' kinds: a rate outside
+    [0, 1), a number that is not finite, a count or a layer width below 1, a flag that is not a bool."""
+    for f in dataclasses.fields(model):
+        default, value = f.default, getattr(model, f.name)
+        problem = _field_problem(f.name, default, value)
+        if problem:
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ValueError(f"model_args: {name}'s {f.name} must be {problem}, got {shown!r}")
+
+
+def _field_problem(field: str, default: Any, value: Any) -> str | None:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if field.endswith("rate"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+        return None if ok else "a number in [0, 1)"
+    if is_int(default):
+        return None if is_int(value) and value >= 1 else "an integer >= 1"
+    if isinstance(default, tuple) and default and all(is_int(v) for v in default):
+        ok = isinstance(value, tuple) and all(is_int(v) and v >= 1 for v in value)
+        return None if ok else "a list of integers >= 1"
+    if isinstance(default, str):
+        return None if isinstance(value, str) or value is None else "a string"
+    return None
 
 
 def model_summary(

@@ -154,7 +154,14 @@ def transfer_state(
     tx = optax.multi_transform(
         {"trainable": base_tx, "finetune": finetune, "frozen": optax.set_to_zero()}, labels
     )
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats), labels
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        batch_stats=batch_stats,
+        input_shape=tuple(config.image_shape),
+    )
+    return state, labels
 
 
 def parameter_counts(params: Any, labels: Any, batch_stats: Any = None) -> dict[str, int]:

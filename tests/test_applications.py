@@ -226,6 +226,7 @@ def test_zoo_registry_summary_and_a_backbone_from_a_keras_file(oracle):
         num_classes=3,
     )
     state, _ = transfer_state(config, backbone, freeze="backbone")
+    assert state.input_shape == (32, 32, 3)  # what evaluate and predict check images against
     kernel = state.params["base"]["conv1_conv"]["kernel"]
     np.testing.assert_allclose(kernel, o["model"].get_layer("conv1_conv").kernel.numpy(), rtol=1e-6)
     assert Path(o["keras2"]).is_file()

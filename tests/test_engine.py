@@ -172,8 +172,7 @@ def test_an_xla_failure_mid_run_is_reported_with_its_epoch_and_its_own_exit_code
 
 
 def test_train_help_lists_every_config_field(capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
+    assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
     import dataclasses
 

@@ -11,6 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "cnn"
 # Lower layers first; a module may import only from layers strictly below its own.
 LAYERS = [
+    {"disk"},
     {"conv", "data", "parallel", "checkpoints", "plots"},
     {"layers", "datasets.transforms", "applications.names"},
     {"applications.weights"},

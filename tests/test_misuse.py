@@ -143,3 +143,96 @@ def test_the_fallback_lock_file_refuses_a_live_holder_and_takes_over_a_dead_one(
 
 def test_workdir_errors_are_value_errors_for_the_cli(tmp_path):
     assert issubclass(WorkdirBusy, WorkdirError) and issubclass(WorkdirError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model-args", '{"dropout_rate": 2.0}'], "dropout_rate must be a number in [0, 1), got 2.0"),
+        (["--model-args", '{"dropout_rate": "x"}'], "dropout_rate must be a number in [0, 1), got 'x'"),
+        (["--model", "mlp", "--model-args", '{"hidden": [0]}'], "hidden must be a list of integers >= 1"),
+        (["--model-args", '{"dropout": 0.1}'], "does not take these arguments"),
+        (["--model-args", "{dropout_rate: 0.1"], "--model-args: not valid JSON"),
+        (["--epochs", "x"], "train: argument --epochs: invalid int value"),
+        (["--lr", "inf"], "expected a finite number > 0"),
+        (["--lr", "nan"], "expected a finite number > 0"),
+        (["--epochs", "0"], "epochs: got 0, expected an integer >= 1"),
+        (["--batch-size", "-3"], "batch_size: got -3, expected an integer >= 1"),
+        (["--model", "seed_cn"], "Did you mean seed_cnn"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(idx_dir, tmp_path, capsys, flags, message):
+    run = tmp_path / "run"
+    assert train(idx_dir, tmp_path, run, *flags) == 2
+    assert message in one_line_error(capsys)
+    assert not run.exists()
+
+
+def test_summary_refuses_bad_model_args_in_one_line(capsys):
+    assert main(["summary", "--model", "mlp", "--model-args", '{"hidden": [0]}']) == 2
+    assert "hidden must be a list of integers >= 1, got [0]" in one_line_error(capsys)
+
+
+def test_a_full_disk_at_a_later_checkpoint_keeps_the_earlier_one_and_resumes(
+    idx_dir, tmp_path, capsys, monkeypatch
+):
+    import shutil as real_shutil
+
+    from cnn import checkpoints, disk
+
+    run, calls = tmp_path / "run", []
+    usage = real_shutil.disk_usage
+
+    def filling(path):  # the disk of the run fills after its first checkpoint
+        calls.append(Path(path) == run)
+        total, used, free = usage(path)
+        return type(usage(path))(total, used, free if calls.count(True) <= 1 else 1024)
+
+    monkeypatch.setattr(disk.shutil, "disk_usage", filling)
+    assert train(idx_dir, tmp_path, run, "--epochs", "3") == 5
+    err = one_line_error(capsys)
+    assert f"no space to save the checkpoint in {run}" in err and "1.0 KiB" not in err
+    assert checkpoints.Checkpoints(run / "checkpoints").epochs() == [1]
+    assert len(json.loads((run / "history.json").read_text())) == 1  # valid JSON, epoch 1 only
+    monkeypatch.undo()
+    assert train(idx_dir, tmp_path, run, "--epochs", "3") == 0  # resumes from epoch 1
+    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2, 3]
+
+
+LIMIT = (
+    "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))"
+)
+
+
+def test_a_file_size_limit_at_the_checkpoint_is_one_line_with_its_own_exit_code(idx_dir, prepared, tmp_path):
+    from tests.processes import run_process, train_command
+
+    command = train_command(idx_dir, prepared, tmp_path / "run", *TINY, prelude=LIMIT)
+    done = run_process(command)
+    assert done.returncode == 5, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space to save the checkpoint") and "ulimit -f" in last
+    assert "Traceback" not in done.stderr
+
+
+def test_a_data_dir_without_room_is_one_line_and_leaves_nothing_half_prepared(idx_dir, tmp_path):
+    from tests.processes import run_process, train_command
+
+    done = run_process(train_command(idx_dir, tmp_path / "tfds", tmp_path / "run", *TINY, prelude=LIMIT))
+    assert done.returncode == 5, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: no space to prepare the data set fashion_mnist_idx in {tmp_path / 'tfds'}"
+    )
+    assert "Traceback" not in done.stderr and not list((tmp_path / "tfds").rglob("incomplete.*"))
+
+
+def test_orbax_write_errors_of_a_full_disk_are_recognised():
+    from cnn.disk import out_of_space
+
+    message = 'OUT_OF_RANGE: Error writing "x": Failed to write 3029718 bytes to file 8: File too large'
+    assert out_of_space(ValueError(message + " [os_error_code='27']"))
+    assert out_of_space(ValueError("Failed writing: No space left on device [os_error_code=28]"))
+    assert out_of_space(OSError(28, "No space left on device"))
+    assert not out_of_space(ValueError("Error writing: Permission denied [os_error_code='13']"))

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cnn.data import DataError, read_prepared
+from cnn.data import DataError, download_and_prepare, read_prepared
 from cnn.datasets.transforms import resize, to_channels
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -209,6 +209,6 @@ def load(
         )
         print(f"Preparing {root} into {builder.data_dir} (once; later runs reuse it)", flush=True)
         tfds.disable_progress_bar()
-        builder.download_and_prepare()
+        download_and_prepare(builder)
         return {s: (x, y.astype(np.int32)) for s, (x, y) in arrays.items()}, names
     return {s: read_prepared(builder, s) for s in folders}, names

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnn.data import DataError, read_prepared
+from cnn.data import DataError, download_and_prepare, read_prepared
 
 CLASS_NAMES = ("face", "not_face")
 SHAPE = (25, 25, 1)
@@ -70,6 +70,6 @@ def load(data_dir: str | os.PathLike | Path | None = None) -> tuple[np.ndarray, 
         lfw_subset()  # a missing extra fails before tfds writes anything
         print(f"Preparing lfw_faces into {builder.data_dir} (once; later runs reuse it)", flush=True)
         tfds.disable_progress_bar()
-        builder.download_and_prepare()
+        download_and_prepare(builder)
     images, labels = read_prepared(builder, "train")
     return images, labels, CLASS_NAMES
