@@ -45,12 +45,16 @@ def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...
 def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (28, 28, 1)) -> list[LayerRow]:
     """The model's top-level layers in call order, from shapes alone (`jax.eval_shape`, no computation)."""
     calls: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = {}
+    macs: dict[tuple[str, ...], int] = {}  # of every layer at any depth, counted under its top-level layer
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
-        module = context.module
-        if len(module.scope.path) == 1 and context.method_name == "__call__" and module.name not in calls:
-            first = args[0] if hasattr(args[0], "shape") else args[0][0]  # Add, Concatenate take a list
+        module, path = context.module, tuple(context.module.scope.path)
+        if context.method_name != "__call__" or not path:
+            return out
+        first = args[0] if hasattr(args[0], "shape") else args[0][0]  # Add, Concatenate take a list
+        macs.setdefault(path, _macs(module, first.shape, out.shape))  # a layer calling its parent's: once
+        if len(path) == 1 and module.name not in calls:
             calls[module.name] = (module, first.shape, out.shape)
         return out
 
@@ -72,7 +76,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (28, 28, 1)) -> 
             (None, *out_shape[1:]),
             count_params(params.get(owner(name, module), {})),
             count_params(stats.get(owner(name, module), {})),
-            _macs(module, x_shape, out_shape),
+            sum(n for path, n in macs.items() if path[0] in (name, owner(name, module))),
         )
         for name, (module, x_shape, out_shape) in calls.items()
     ]

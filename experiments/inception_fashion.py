@@ -44,6 +44,24 @@ def main() -> None:
     }
     (out / f"{kind}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+    (out / "results.md").write_text(results_table(out) + "\n")
+
+
+def results_table(out: Path) -> str:
+    """Every backbone run so far (one JSON file each), as one table."""
+    lines = [
+        "| backbone | trainable | non-trainable | test accuracy | val accuracy | epochs | train time "
+        "| images/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(out.glob("*.json")):
+        r = json.loads(path.read_text())
+        lines.append(
+            f"| {r['backbone']} | {r['trainable']:,} | {r['non_trainable']:,} | {r['test_accuracy']:.4f} | "
+            f"{r['val_accuracy']:.4f} | {r['epochs_run']} | {r['train_seconds']:.0f} s | "
+            f"{r['images_per_second']:,.0f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

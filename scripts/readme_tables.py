@@ -82,8 +82,8 @@ def famous_table() -> str:
     from cnn.summary import layer_rows, totals
 
     lines = [
-        "| network | layers (Keras') | trainable | non-trainable | MACs at 224×224 | min input "
-        "| Keras' weight file (no top) |",
+        "| network | layers (Keras' less the input) | trainable | non-trainable | MACs at 224×224 "
+        "| min input | Keras' weight file (no top) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, spec in APPLICATIONS.items():
@@ -113,6 +113,9 @@ def experiment_block(name: str) -> str | None:
         ("few-shot transfer", "transfer.png"),
         ("validation curves", "val_curves.png"),
         ("accuracy vs MACs", "accuracy_vs_macs.png"),
+        ("test photos, own backbone", "own_test_photos.png"),
+        ("test photos, from scratch", "scratch_test_photos.png"),
+        ("test photos, InceptionV3 backbone", "inception_test_photos.png"),
     ]
     parts.append(
         " ".join(f"![{alt}](results/{name}/{file})" for alt, file in plots if (results / file).is_file())

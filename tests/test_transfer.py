@@ -148,3 +148,13 @@ def test_tiny_few_shot_experiment(idx_dir, tmp_path, monkeypatch):
     assert (out / "transfer.png").stat().st_size > 5000
     task_dirs = [p for p in out.iterdir() if p.is_dir() and p.name != "pretrain"]
     assert len(task_dirs) == 3  # every task trains in its own folder, never reusing another's runs
+
+
+def test_a_cut_backbone_counts_the_macs_of_the_layers_it_runs():
+    from cnn.models import model_summary
+    from cnn.summary import layer_rows
+
+    seed = {r.name: r.macs for r in layer_rows(build_model("seed_cnn"))}
+    backbone = layer_rows(build_model("transfer"))[0]  # the seed CNN cut at pool2
+    assert backbone.macs == seed["conv1"] + seed["conv2"] > 0  # no dense layer of the base: they never run
+    assert "MACs per image (forward): 4,039,808" in model_summary("transfer")
