@@ -289,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.strerror}", file=sys.stderr)
         return EXIT_NO_SPACE
     except OSError as e:
-        if not out_of_space(e):
+        if out_of_space(e):
+            print(f"error: no space left writing {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+            return EXIT_NO_SPACE
+        if e.filename is None:
             raise
-        print(f"error: no space left writing {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
-        return EXIT_NO_SPACE
+        print(f"error: {e.filename}: {e.strerror or e}; give another path", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0

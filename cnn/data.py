@@ -241,8 +241,17 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
 
 def read_prepared(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A prepared tfds split's `image` and `label` arrays, in the original order (the `index` feature)."""
-    source = builder.as_data_source(split=split)
-    records = source.__getitems__(list(range(len(source))))
+    fix = f"delete {builder.data_dir} and run again to prepare it afresh"
+    try:
+        source = builder.as_data_source(split=split)
+        records = source.__getitems__(list(range(len(source))))
+    except KeyError:
+        raise DataError(
+            f"the prepared data set in {builder.data_dir} is incomplete (no {split} split); {fix}"
+        ) from None
+    except (RuntimeError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DataError(f"the prepared data set in {builder.data_dir} is damaged ({first}); {fix}") from None
     order = np.argsort([r["index"] for r in records])
     images = np.stack([records[i]["image"] for i in order])
     labels = np.array([records[i]["label"] for i in order], np.int32)

@@ -4,10 +4,12 @@ recognised in the errors of the libraries that write (orbax, tensorstore, array_
 from __future__ import annotations
 
 import errno
+import json
 import re
 import resource
 import shutil
 from pathlib import Path
+from typing import Any
 
 NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 TEXTS = ("No space left on device", "File too large", "Disk quota exceeded")
@@ -46,3 +48,11 @@ def out_of_space(error: BaseException) -> bool:
     text = str(error)
     codes = re.findall(r"os_error_code='?(\d+)", text)
     return any(int(c) in NO_SPACE for c in codes) or any(t in text for t in TEXTS)
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """The JSON in `path`; a truncated or garbled file is a ValueError naming it and `fix`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None

@@ -125,7 +125,8 @@ def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = Fa
         differences = config_differences(saved["config"], config)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise WorkdirError(
-            f"workdir {workdir}: its config.json is unreadable ({e}); use another --workdir, or --overwrite"
+            f"workdir {workdir}: its config.json is unreadable ({e}); restore it from a backup (the "
+            "checkpoints beside it are kept), or use another --workdir (--overwrite would delete this run)"
         ) from None
     if differences:
         raise WorkdirError(

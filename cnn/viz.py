@@ -5,7 +5,6 @@ Every plotting function returns its matplotlib figure and, given `path`, also sa
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 from cnn import conv
 from cnn.data import CLASS_NAMES, to_float
+from cnn.disk import read_json
 from cnn.plots import plot_curves
 from cnn.rundir import read_config, restore_run
 from cnn.steps import TrainState, model_variables, predict
@@ -155,9 +155,10 @@ def plot_history(history: list[dict[str, float]] | str | Path, path: str | Path 
         source = source / "history.json" if source.is_dir() else source
         if not source.is_file():
             raise FileNotFoundError(f"history: {source} does not exist; it is written by python -m cnn train")
-        history = json.loads(source.read_text())
+        fix = "the checkpoints beside it are kept: `python -m cnn train` with the same --workdir rewrites it"
+        history = read_json(source, fix)
         if (results := source.parent / "results.json").is_file():
-            best = json.loads(results.read_text()).get("best_epoch")
+            best = read_json(results, fix).get("best_epoch")
     best = best or min(history, key=lambda h: h["val_loss"])["epoch"]
     return plot_curves(history, path, best_epoch=best)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cnn.cli import main
 from cnn.rundir import LOCK_FILE, WorkdirBusy, WorkdirError, clear_run, exclusive_file_lock, workdir_lock
@@ -236,3 +239,72 @@ def test_orbax_write_errors_of_a_full_disk_are_recognised():
     assert out_of_space(ValueError("Failed writing: No space left on device [os_error_code=28]"))
     assert out_of_space(OSError(28, "No space left on device"))
     assert not out_of_space(ValueError("Error writing: Permission denied [os_error_code='13']"))
+
+
+def prepared_folder(data_dir: Path) -> Path:
+    return next(data_dir.glob("fashion_mnist_idx/*/"))
+
+
+def test_a_damaged_prepared_data_set_names_its_folder_and_the_fix(idx_dir, tmp_path, capsys):
+    assert train(idx_dir, tmp_path, tmp_path / "run") == 0
+    folder = prepared_folder(tmp_path / "tfds")
+    (folder / "dataset_info.json").unlink()
+    for _ in range(2):  # the same message every time, never "Preparing ..." then a traceback
+        assert train(idx_dir, tmp_path, tmp_path / "other") == 2
+        err = one_line_error(capsys)
+        assert f"the prepared data set in {folder} is incomplete" in err and f"delete {folder}" in err
+    shutil.rmtree(folder)
+    assert train(idx_dir, tmp_path, tmp_path / "other") == 0  # prepared afresh
+    record = next(folder.glob("*train.array_record*"))
+    record.write_bytes(record.read_bytes()[:2000])
+    assert train(idx_dir, tmp_path, tmp_path / "third") == 2
+    err = one_line_error(capsys)
+    assert f"the prepared data set in {folder} is damaged" in err and "delete" in err
+
+
+def test_truncated_run_files_are_named_and_the_fix_keeps_the_checkpoints(idx_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(idx_dir, tmp_path, run) == 0
+    results = run / "results.json"
+    results.write_text(results.read_text()[:40])
+    viz = ["viz", "--workdir", str(run), "--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds")]
+    assert main(viz + ["--out", str(tmp_path / "pictures")]) == 2
+    assert f"{results} is unreadable" in one_line_error(capsys)
+    config = run / "config.json"
+    config.write_text(config.read_text()[:60])
+    assert train(idx_dir, tmp_path, run) == 2
+    err = one_line_error(capsys)
+    assert "config.json is unreadable" in err and "--overwrite would delete this run" in err
+    assert (run / "checkpoints").is_dir()
+
+
+def test_an_output_path_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["summary", "--plot", str(tmp_path / "afile" / "net.png")]) == 2
+    assert "afile/net.png: Not a directory; give another path" in one_line_error(capsys)
+
+
+NUMBERS = st.sampled_from(["0", "-1", "1", "1e-3", "nan", "inf", "-inf", "1e308", "2.5", "x", "", "10**9"])
+FLAGS = st.sampled_from(
+    ["--epochs", "--batch-size", "--lr", "--patience", "--seed", "--limit-train", "--val-fraction",
+     "--test-fraction", "--eval-batch-size", "--steps-per-call", "--optimizer", "--schedule", "--model",
+     "--channels", "--head", "--data-placement", "--monitor"]
+)  # fmt: skip
+JSONS = st.sampled_from(['{"dropout_rate": 2}', '{"hidden": [0]}', "[1]", "{", '{"dense": "x"}', "null"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(FLAGS, NUMBERS), max_size=4), st.one_of(st.none(), JSONS))
+def test_any_train_flags_either_make_a_config_or_a_one_line_refusal(capsys, pairs, model_args):
+    """argv fuzzing of `train`'s flags against the validator: never a traceback."""
+    from cnn.cli import _parser
+    from cnn.config import ConfigError, config_from_args
+
+    argv = ["train", *(x for pair in pairs for x in pair)]
+    argv += ["--model-args", model_args] if model_args is not None else []
+    try:
+        config_from_args(_parser().parse_args(argv))
+    except SystemExit as e:  # argparse: one line, exit 2
+        assert e.code == 2 and capsys.readouterr().err.count("\n") == 1
+    except (ConfigError, ValueError) as e:
+        assert "\n" not in str(e) and str(e)
