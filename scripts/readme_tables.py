@@ -117,10 +117,8 @@ def experiment_block(name: str) -> str | None:
         ("test photos, from scratch", "scratch_test_photos.png"),
         ("test photos, InceptionV3 backbone", "inception_test_photos.png"),
     ]
-    parts.append(
-        " ".join(f"![{alt}](results/{name}/{file})" for alt, file in plots if (results / file).is_file())
-    )
-    return "\n\n".join(parts)
+    pictures = " ".join(f"![{alt}](results/{name}/{file})" for alt, file in plots if (results / file).is_file())
+    return "\n\n".join(parts + ([pictures] if pictures else []))
 
 
 def bench_table(path: str) -> str:
