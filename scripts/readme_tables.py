@@ -117,7 +117,8 @@ def experiment_block(name: str) -> str | None:
         ("test photos, from scratch", "scratch_test_photos.png"),
         ("test photos, InceptionV3 backbone", "inception_test_photos.png"),
     ]
-    pictures = " ".join(f"![{alt}](results/{name}/{file})" for alt, file in plots if (results / file).is_file())
+    shown = [(alt, file) for alt, file in plots if (results / file).is_file()]
+    pictures = " ".join(f"![{alt}](results/{name}/{file})" for alt, file in shown)
     return "\n\n".join(parts + ([pictures] if pictures else []))
 
 
