@@ -3,6 +3,7 @@
 python scripts/readme_tables.py results RUN_DIR...   # results of finished runs
 python scripts/readme_tables.py results --append RUN_DIR...   # rows added below the table's rows
 python scripts/readme_tables.py zoo                  # the model zoo and the famous networks: parameters, MACs
+python scripts/readme_tables.py placement RUN_DIR...  # data on the device vs streamed from the host
 python scripts/readme_tables.py bench FILE [BLOCK]   # a benchmark report (block: bench or bench-gpu)
 """
 
@@ -47,6 +48,25 @@ def results_table(workdirs: list[str], append: bool = False) -> str:
     if append:  # the rows already in the README stay (their run folders may be gone)
         header = block_text("results")
     return "\n".join([header, *(results_row(Path(w)) for w in workdirs)])
+
+
+def placement_table(workdirs: list[str]) -> str:
+    """Training speed with the images on the device or streamed from the host, from finished runs."""
+    lines = [
+        "| input | images on | train images/s | train time | test accuracy | machine | commit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w in workdirs:
+        results = json.loads((Path(w) / "results.json").read_text())
+        meta = json.loads((Path(w) / "config.json").read_text())
+        config, host = meta["config"], meta["host"]
+        shape = "×".join(map(str, config.get("input_shape") or (28, 28, 1)))
+        lines.append(
+            f"| {shape} | {config['data_placement']} | {results['images_per_second']:,.0f} | "
+            f"{results['train_seconds']:.1f} s | {results['test_accuracy']:.4f} | {host['cores']}-core "
+            f"{host['cpu']}, jax {meta['versions']['jax']} | `{(meta['git_commit'] or 'unknown')[:8]}` |"
+        )
+    return "\n".join(lines)
 
 
 def block_text(block: str, readme: Path = README) -> str:
@@ -157,6 +177,8 @@ if __name__ == "__main__":
     if command == "results" and args:
         append = args[0] == "--append"
         replace_block("results", results_table(args[append:], append))
+    elif command == "placement" and args:
+        replace_block("placement", placement_table(args))
     elif command == "zoo":
         replace_block("zoo", zoo_table())
         replace_block("famous", famous_table())
