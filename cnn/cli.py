@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     _parallel_flags(train)
     _bench_parser(sub)
     _sweep_parser(sub)
+    _tune_parser(sub)
     _viz_and_summary_parsers(sub)
     return parser
 
@@ -118,6 +119,35 @@ def _sweep_parser(sub: Any) -> None:
     sweep.add_argument("--out", type=Path, required=True)
     add_config_flags(sweep.add_argument_group("the data set of every run"), only=DATA_FIELDS)
     _data_location_flags(sweep)
+
+
+def _tune_parser(sub: Any) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="adaptive hyper-parameter search (Optuna: TPE, median pruning, one journal for all workers)",
+    )
+    tune.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="FIELD=KIND(ARGS)",
+        help="lr=loguniform(1e-4,1e-2), batch_size=choice(32,64,128), "
+        "model_args.dropout_rate=uniform(0,0.6), epochs=int(2,8) (kinds: uniform, loguniform, int, logint, "
+        "choice); repeat for more fields",
+    )
+    tune.add_argument("--space-file", type=Path, default=None, help='JSON {"lr": "loguniform(1e-4,1e-2)"}')
+    tune.add_argument("--base", type=json_object, default={}, metavar="JSON", help="fields of every trial")
+    tune.add_argument("--trials", type=int, default=20, help="trials in the study, all workers together")
+    tune.add_argument("--timeout", type=float, default=None, help="seconds after which no trial starts")
+    tune.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    tune.add_argument("--pruner", default="median", choices=["median", "none"])
+    tune.add_argument("--seed", type=int, default=None, help="of the sampler (default: random)")
+    tune.add_argument("--study", default="cnn", help="the study's name in the journal")
+    tune.add_argument("--workers", type=int, default=1, help="local processes working on the study")
+    tune.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # set for the extra ones
+    tune.add_argument("--out", type=Path, required=True, help="the journal, trials and plots")
+    add_config_flags(tune.add_argument_group("the data set of every trial"), only=DATA_FIELDS)
+    _data_location_flags(tune)
 
 
 def _viz_and_summary_parsers(sub: Any) -> None:
@@ -243,6 +273,43 @@ def _sweep(args: argparse.Namespace) -> None:
     print(markdown_table(rows))
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from cnn.sweep import data_fields, sweep_data
+    from cnn.tune import (
+        TuneError,
+        check_search,
+        objective,
+        open_study,
+        read_space,
+        run_study,
+        start_workers,
+        without_workers,
+        write_report,
+    )
+
+    dims = read_space(args.space, args.space_file)
+    if args.trials < 1 or args.workers < 1:
+        raise TuneError(f"--trials and --workers: expected at least 1, got {args.trials} and {args.workers}")
+    base = {**data_fields(args), **args.base}
+    check_search(base, dims)  # every error before the data is loaded
+    base, splits = sweep_data(base, args.data_dir, args.source_dir)
+    direction = "minimize" if TrainConfig(**base).monitor == "val_loss" else "maximize"
+    study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed)
+    workers = start_workers(without_workers(args.argv), args.workers, args.seed) if args.workers > 1 else []
+    try:
+        run_study(study, objective(base, dims, splits, args.out), args.trials, args.timeout)
+    finally:
+        for worker in workers:
+            worker.wait()
+    if args.worker:  # the first process reports
+        return
+    study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed)
+    for path in write_report(study, args.out):
+        print(path)
+    best = study.best_trial
+    print(f"Best trial {best.number}: {TrainConfig(**base).monitor} {best.value:.4f}, {best.params}")
+
+
 def _viz(args: argparse.Namespace) -> None:
     from cnn.datasets import load_dataset
     from cnn.train import restore_run
@@ -268,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a one-line usage error (2), already printed
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     try:
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz, "sweep": _sweep}
+        commands["tune"] = _tune
         commands[args.command](args)
     except Interrupted as e:
         print(str(e), file=sys.stderr)

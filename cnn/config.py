@@ -49,6 +49,19 @@ class TrainConfig:
     schedule: str = _field("constant", "learning rate schedule", choices=("constant", "cosine"))
     weight_decay: float = _field(0.0, "AdamW's decoupled weight decay when > 0")
     steps_per_call: int = _field(10, "train steps compiled into one call (unrolled; 10 is fastest measured)")
+    tensorboard: bool = _field(True, "write TensorBoard event files in WORKDIR/events (tensorboardX)")
+    precision: str = _field(
+        "float32",
+        "the compute precision: bfloat16 computes the model in bfloat16 (mixed precision; parameters, "
+        "optimizer state and loss stay float32)",
+        choices=("float32", "bfloat16"),
+    )
+    epoch_loop: str = _field(
+        "auto",
+        "how an epoch's steps run: chunks of steps_per_call unrolled steps (the CPU's fastest), or the whole "
+        "epoch as one compiled call, a rolled loop (scan; accelerators); auto: scan on GPU/TPU, else chunks",
+        choices=("auto", "chunks", "scan"),
+    )
     monitor: str = _field(
         "val_loss",
         "what early stopping and the best checkpoint follow: the lowest val_loss or highest val_accuracy",
@@ -136,6 +149,8 @@ def _check_numbers(c: TrainConfig) -> None:
     wd_ok = _is_number(c.weight_decay) and 0 <= c.weight_decay < math.inf
     _check(c, "weight_decay", wd_ok, "a finite number >= 0")
     _check(c, "steps_per_call", _is_int(c.steps_per_call) and c.steps_per_call >= 1, "an integer >= 1")
+    _check(c, "epoch_loop", c.epoch_loop in ("auto", "chunks", "scan"), "auto, chunks or scan")
+    _check(c, "precision", c.precision in ("float32", "bfloat16"), "float32 or bfloat16")
     _check(c, "monitor", c.monitor in MONITORS, f"one of {MONITORS}")
     _check(c, "dataset", isinstance(c.dataset, str) and bool(c.dataset), "a data set name or a folder")
     size_ok = c.image_size is None or (
@@ -180,12 +195,16 @@ ADDED_FIELDS = {
     "skip_bad_images": False,
     "head": "softmax",
     "data_placement": "auto",
+    "epoch_loop": "auto",
+    "precision": "float32",
+    "tensorboard": True,
     "input_shape": None,
     "num_classes": None,
 }
 # Fields that may change when a run resumes in the same workdir: training longer is still the same run;
-# `steps_per_call` and `data_placement` only change how the same steps are run.
-RESUMABLE_FIELDS = frozenset({"epochs", "steps_per_call", "data_placement"})
+# `steps_per_call`, `epoch_loop` and `data_placement` only change how the same steps are run, and
+# `tensorboard` only what is logged.
+RESUMABLE_FIELDS = frozenset({"epochs", "steps_per_call", "epoch_loop", "data_placement", "tensorboard"})
 
 
 def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:

@@ -44,7 +44,7 @@ class WorkdirBusy(WorkdirError):
 # What a run writes in its folder: `--overwrite` deletes these and nothing else.
 LOCK_FILE = ".cnn-run.lock"
 RUN_ENTRIES = {
-    "config.json", "history.json", "results.json", "curves.png", "checkpoints", "damaged",
+    "config.json", "history.json", "results.json", "curves.png", "checkpoints", "damaged", "events",
     LOCK_FILE, f"{LOCK_FILE}.pid",
 }  # fmt: skip
 RUN_SUFFIXES = (".json.tmp",)

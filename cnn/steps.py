@@ -32,6 +32,7 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any = None
     input_shape: tuple[int, ...] = struct.field(pytree_node=False, default=(28, 28, 1))
+    compute_dtype: str = struct.field(pytree_node=False, default="float32")  # see `apply_model`
 
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:
@@ -56,13 +57,22 @@ def make_optimizer(config: TrainConfig, steps: int = 1) -> optax.GradientTransfo
     return optax.adam(lr, eps=1e-7)
 
 
+def learning_rate(config: TrainConfig, step: int, steps: int = 1) -> float:
+    """The learning rate `make_optimizer(config, steps)` applies after `step` steps."""
+    if config.schedule == "cosine":
+        return float(optax.cosine_decay_schedule(config.lr, config.epochs * steps)(step))
+    return float(config.lr)
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
     rng: jax.Array,
     input_shape: Sequence[int] = (28, 28, 1),
+    precision: str = "float32",
 ) -> TrainState:
-    """Initialises the model's variables on a dummy batch of `input_shape` images and pairs them with `tx`."""
+    """Initialises the model's variables on a dummy batch of `input_shape` images and pairs them with `tx`;
+    `precision` 'bfloat16' computes in bfloat16 (the parameters and optimizer state stay float32)."""
     variables = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
     return TrainState.create(
         apply_fn=model.apply,
@@ -70,6 +80,7 @@ def create_train_state(
         tx=tx,
         batch_stats=variables.get("batch_stats"),
         input_shape=tuple(input_shape),
+        compute_dtype=precision,
     )
 
 
@@ -88,7 +99,11 @@ def initial_state(config: TrainConfig, steps: int = 1) -> TrainState:
     """The freshly initialised train state of `config` (also the template to restore a checkpoint into);
     `steps` per epoch sets the length of a cosine schedule."""
     return create_train_state(
-        config_model(config), make_optimizer(config, steps), run_keys(config)["init"], config.image_shape
+        config_model(config),
+        make_optimizer(config, steps),
+        run_keys(config)["init"],
+        config.image_shape,
+        config.precision,
     )
 
 
@@ -98,6 +113,22 @@ def model_variables(state: TrainState, params: Any = None) -> dict[str, Any]:
     if state.batch_stats is not None:
         variables["batch_stats"] = state.batch_stats
     return variables
+
+
+def apply_model(state: TrainState, images: jax.Array, params: Any = None, **kwargs: Any) -> Any:
+    """The model on `images` (uint8, or floats in [0, 1]) in the state's precision. With 'bfloat16' (mixed
+    precision, as in Flax's ImageNet example) the parameters and images are cast to bfloat16 for the
+    computation and the logits come back in float32, so the loss and the float32 parameters' gradients
+    and updates stay float32; batch norm keeps float32 statistics. `kwargs` go to `apply_fn`."""
+    variables, x = model_variables(state, params), to_float(images)
+    if state.compute_dtype == "float32":
+        return state.apply_fn(variables, x, **kwargs)
+    half = jnp.dtype(state.compute_dtype)
+    cast = {**variables, "params": jax.tree.map(lambda p: p.astype(half), variables["params"])}
+    out = state.apply_fn(cast, x.astype(half), **kwargs)
+    if isinstance(out, tuple):  # (logits, mutated collections)
+        return (out[0].astype(jnp.float32), *out[1:])
+    return out.astype(jnp.float32)
 
 
 # ------------------------------------------------------------------------------------------ loss, metrics
@@ -149,16 +180,15 @@ def _train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainS
     dropout_rng = jax.random.fold_in(rng, state.step)
     rngs = {"dropout": dropout_rng, "augment": jax.random.fold_in(dropout_rng, 1)}
     has_batch_stats = state.batch_stats is not None
-    images = to_float(batch["image"])
+    images = batch["image"]
 
     def loss_fn(params):
-        variables = model_variables(state, params)
         if has_batch_stats:
-            logits, updates = state.apply_fn(
-                variables, images, train=True, rngs=rngs, mutable=["batch_stats"]
+            logits, updates = apply_model(
+                state, images, params, train=True, rngs=rngs, mutable=["batch_stats"]
             )
         else:
-            logits, updates = state.apply_fn(variables, images, train=True, rngs=rngs), {}
+            logits, updates = apply_model(state, images, params, train=True, rngs=rngs), {}
         losses, correct = losses_and_correct(logits, batch["label"])
         return losses.mean(), (losses, correct, updates)
 
@@ -203,7 +233,7 @@ take_batch = jax.jit(gather, static_argnames=("size", "sharding"))
 take_batch.__doc__ = "`gather`, jit-compiled: one batch gathered on the device."
 
 
-def _chunk(state, images, labels, order, start, rng, batch_size, steps, sharding):
+def _chunk(state, images, labels, order, start, rng, batch_size, steps, sharding, unroll=True):
     if steps == 1:  # the plain step, op for op (a one-step scan fuses differently)
         return _train_step(state, gather(images, labels, order, start, batch_size, sharding), rng)
 
@@ -213,12 +243,13 @@ def _chunk(state, images, labels, order, start, rng, batch_size, steps, sharding
         )
 
     # Unrolled: XLA:CPU runs a convolution inside a loop body about 15x slower than in straight-line code
-    # (measured: 223 vs 3,540 images/s at batch 32); unrolled, the chunk beats one call per step.
-    state, metrics = jax.lax.scan(body, state, jnp.arange(steps), unroll=True)
+    # (measured: 223 vs 3,540 images/s at batch 32); unrolled, the chunk beats one call per step. Rolled
+    # (`unroll=False`), a whole epoch compiles once into one call: the accelerators' way (epoch_loop=scan).
+    state, metrics = jax.lax.scan(body, state, jnp.arange(steps), unroll=True if unroll else 1)
     return state, {k: m.min(0) if k == "first_nonfinite" else m.sum(0) for k, m in metrics.items()}
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "steps", "sharding"))
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "steps", "sharding", "unroll"))
 def train_steps(
     state: TrainState,
     images: jax.Array,
@@ -230,12 +261,13 @@ def train_steps(
     batch_size: int,
     steps: int,
     sharding: jax.sharding.Sharding | None = None,
+    unroll: bool = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """`steps` consecutive train steps as one compiled program (an unrolled `lax.scan`; compile time grows
-    with `steps`), each batch gathered on the device from `order[start + i * batch_size:][:batch_size]`;
-    returns the state and the summed metrics. With `sharding` (see `cnn.parallel`), each batch is split over
-    the devices of a mesh."""
-    return _chunk(state, images, labels, order, start, rng, batch_size, steps, sharding)
+    """`steps` consecutive train steps as one compiled program (an unrolled `lax.scan`, whose compile time
+    grows with `steps`; or, with `unroll=False`, a rolled loop that compiles one step), each batch gathered
+    on the device from `order[start + i * batch_size:][:batch_size]`; returns the state and the summed
+    metrics. With `sharding` (see `cnn.parallel`), each batch is split over the devices of a mesh."""
+    return _chunk(state, images, labels, order, start, rng, batch_size, steps, sharding, unroll)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -311,7 +343,7 @@ def select_members(mask: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(mask.reshape(-1, *[1] * (n.ndim - 1)), n, o), new, old)
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "steps", "sharding"))
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "steps", "sharding", "unroll"))
 def stacked_train_steps(
     states: TrainState,
     images: jax.Array,
@@ -324,12 +356,13 @@ def stacked_train_steps(
     batch_size: int,
     steps: int,
     sharding: jax.sharding.Sharding | None = None,
+    unroll: bool = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """`train_steps` for seeds stacked along a leading axis (`jax.vmap`), each with its own shuffling
     `orders[i]` and key `rngs[i]`; members whose `active` is False keep their state."""
 
     def one(state, order, rng):
-        return _chunk(state, images, labels, order, start, rng, batch_size, steps, sharding)
+        return _chunk(state, images, labels, order, start, rng, batch_size, steps, sharding, unroll)
 
     new, metrics = jax.vmap(one)(states, orders, rngs)
     return select_members(active, new, states), metrics
@@ -339,7 +372,7 @@ def stacked_train_steps(
 @jax.jit
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     """Summed loss and correct count over the examples of `batch` whose `mask` is 1."""
-    logits = state.apply_fn(model_variables(state), to_float(batch["image"]), train=False)
+    logits = apply_model(state, batch["image"], train=False)
     losses, correct = losses_and_correct(logits, batch["label"])
     mask = batch["mask"]
     return {"loss": (losses * mask).sum(), "correct": (correct * mask).sum(), "count": mask.sum()}
@@ -445,7 +478,7 @@ def evaluate(state: TrainState, split: Split, batch_size: int = 1000) -> dict[st
 
 @jax.jit
 def _probabilities(state: TrainState, images: jax.Array) -> jax.Array:
-    return class_probabilities(state.apply_fn(model_variables(state), to_float(images), train=False))
+    return class_probabilities(apply_model(state, images, train=False))
 
 
 def predict(state: TrainState, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -51,7 +51,7 @@ class Variant:
     overrides: dict[str, Any]
 
 
-def _set(fields: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+def set_field(fields: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """`fields` with `path` ('lr' or 'model_args.dropout_rate') set to `value`."""
     if path.startswith("model_args."):
         return {**fields, "model_args": {**fields.get("model_args", {}), path.split(".", 1)[1]: value}}
@@ -62,7 +62,7 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def _check_value(path: str, value: Any) -> None:
+def check_field(path: str, value: Any) -> None:
     name = path.split(".", 1)[0]
     if name not in FIELDS:
         raise SweepError(
@@ -88,7 +88,7 @@ def grid_variants(grid: dict[str, Sequence[Any]], mode: str = "product") -> list
         if not isinstance(values, list | tuple) or not values:
             raise SweepError(f"{path}: expected a non-empty list of values, got {values!r}")
         for value in values:
-            _check_value(path, value)
+            check_field(path, value)
     if mode == "zip" and len({len(v) for v in grid.values()}) > 1:
         raise SweepError(
             f"zip: every list must have the same length, got { {k: len(v) for k, v in grid.items()} }"
@@ -98,7 +98,7 @@ def grid_variants(grid: dict[str, Sequence[Any]], mode: str = "product") -> list
     for combo in combos:
         overrides: dict[str, Any] = {}
         for path, value in zip(grid, combo, strict=True):
-            overrides = _set(overrides, path, value)
+            overrides = set_field(overrides, path, value)
         name = ",".join(
             f"{path}={json.dumps(value, separators=(',', ':'))}"
             for path, value in zip(grid, combo, strict=True)
@@ -114,7 +114,7 @@ def _safe(name: str) -> str:
 def resolve(base: dict[str, Any], variants: Sequence[Variant]) -> list[TrainConfig]:
     """Every variant's TrainConfig, built and validated before any training; errors name the variant."""
     for path, value in base.items():
-        _check_value(path, value)
+        check_field(path, value)
     if len({v.name for v in variants}) != len(variants):
         raise SweepError("variants: two variants share a name")
     configs = []
@@ -122,9 +122,9 @@ def resolve(base: dict[str, Any], variants: Sequence[Variant]) -> list[TrainConf
         fields = dict(base)
         for path, value in variant.overrides.items():
             if path != "model_args":
-                _check_value(path, value)
+                check_field(path, value)
             fields = (
-                _set(fields, path, value)
+                set_field(fields, path, value)
                 if path != "model_args"
                 else {**fields, "model_args": {**fields.get("model_args", {}), **value}}
             )

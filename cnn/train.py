@@ -26,6 +26,7 @@ from tqdm import tqdm
 from cnn.checkpoints import Checkpoints
 from cnn.config import TrainConfig
 from cnn.data import Split, Splits
+from cnn.events import EventLog
 from cnn.parallel import batch_sharding, check_batch_size, is_parallel, is_primary, replicate
 from cnn.rundir import (  # noqa: F401  (re-exported)
     EarlyStopping,
@@ -54,6 +55,7 @@ from cnn.steps import (  # noqa: F401  (re-exported)
     eval_step,
     evaluate,
     initial_state,
+    learning_rate,
     make_optimizer,
     mean_metrics,
     member_metrics,
@@ -114,6 +116,12 @@ class Member:
     workdir: Path
     checkpoints: Checkpoints
     run: RunState
+    events: EventLog | None = None  # TensorBoard (None: --no-tensorboard, or not process 0)
+
+    def close(self) -> None:
+        self.checkpoints.close()
+        if self.events is not None:
+            self.events.close()
 
     @property
     def training(self) -> bool:
@@ -165,9 +173,9 @@ def fit(
                 state, [member], train, splits.val, keys, mesh, on_epoch_end, stacked=False
             )
             best, _ = member.checkpoints.restore(member.run.stopping.best_epoch, state)
+            return _finish(member, best, splits)
         finally:
-            member.checkpoints.close()
-        return finish_run(config, best, member.run, splits, workdir)
+            member.close()
 
 
 def fit_seeds(
@@ -195,7 +203,11 @@ def _fit_stacked(configs, seeds, train, splits, workdir, mesh) -> list[dict[str,
     model = config_model(config)
     tx = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
     opened = [
-        _open(c, workdir / f"seed{c.seed}", create_train_state(model, tx, run_keys(c)["init"], c.image_shape))
+        _open(
+            c,
+            workdir / f"seed{c.seed}",
+            create_train_state(model, tx, run_keys(c)["init"], c.image_shape, c.precision),
+        )
         for c in configs
     ]
     state, members = stack_trees([s for s, _ in opened]), [m for _, m in opened]
@@ -208,13 +220,21 @@ def _fit_stacked(configs, seeds, train, splits, workdir, mesh) -> list[dict[str,
             m.checkpoints.restore(m.run.stopping.best_epoch, unstack_tree(state, i))[0]
             for i, m in enumerate(members)
         ]
+        return [
+            _finish(m, b, splits, extra={"trained_with_seeds": seeds})
+            for m, b in zip(members, best, strict=True)
+        ]
     finally:
         for m in members:
-            m.checkpoints.close()
-    return [
-        finish_run(m.config, b, m.run, splits, m.workdir, extra={"trained_with_seeds": seeds})
-        for m, b in zip(members, best, strict=True)
-    ]
+            m.close()
+
+
+def _finish(member: Member, best: TrainState, splits: Splits, extra: dict[str, Any] | None = None):
+    """The run's results (see `finish_run`), also written to its TensorBoard log as hparams."""
+    results = finish_run(member.config, best, member.run, splits, member.workdir, extra=extra)
+    if member.events is not None:
+        member.events.hparams(member.config.to_dict(), results)
+    return results
 
 
 def _open(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[TrainState, Member]:
@@ -222,7 +242,26 @@ def _open(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[TrainS
     state, run, checkpoints = resume(Checkpoints(workdir / "checkpoints"), state, config, workdir)
     if run.history and is_primary():  # a run killed between its checkpoint and its history file
         write_json(workdir / "history.json", run.history)
-    return state, Member(config, workdir, checkpoints, run)
+    return state, Member(config, workdir, checkpoints, run, _events(config, workdir, run))
+
+
+def _events(config: TrainConfig, workdir: Path, run: RunState) -> EventLog | None:
+    """The run's TensorBoard log; a resumed run's is rewritten from its history up to where it resumes
+    (purging whatever a killed process wrote after its last checkpoint: no duplicate or missing epoch)."""
+    if not (config.tensorboard and is_primary()):
+        return None
+    events = EventLog(workdir, purge=bool(run.history))
+    for record, timing in zip(run.history, run.timing, strict=False):
+        steps = steps_per_epoch(timing["images"], config.batch_size)
+        events.epoch(record | _extras(config, timing, record["epoch"] * steps))
+    return events
+
+
+def _extras(config: TrainConfig, timing: dict[str, float], step: int) -> dict[str, float]:
+    """The learning rate after `step` steps and the images/s of an epoch, for TensorBoard."""
+    steps = steps_per_epoch(timing["images"], config.batch_size)
+    rate = timing["images"] / max(timing["seconds"] - timing["compile_seconds"], 1e-9)
+    return {"lr": learning_rate(config, step, steps), "images_per_second": rate}
 
 
 def _train_members(state, members, train, val, keys, mesh, on_epoch_end, stacked):
@@ -290,6 +329,8 @@ def _record(
     member.checkpoints.save(epoch, state, run.to_dict(), score)
     if is_primary():
         write_json(member.workdir / "history.json", run.history)
+    if member.events is not None:
+        member.events.epoch(run.history[-1] | _extras(config, timing, int(state.step)))
     print(_epoch_line(config, epoch, metrics, timing), flush=True)
     if run.stopping.stopped:
         print(
@@ -372,13 +413,26 @@ def train_epoch(
         total=total, desc=f"Epoch {max(epochs)}/{config.epochs}", unit="step", leave=False, disable=None
     )
     totals, compile_seconds, t0, i = None, 0.0, time.perf_counter(), 0
+    rolled = rolled_epoch(config, data)
     while i < total:
         if announce and i == 0:
             tqdm.write("Compiling the train step (first call only)...")
         t = time.perf_counter()
-        steps = chunk if chunk > 1 and full - i >= chunk else 1
+        if rolled:  # every full batch in one call, a rolled loop; a last partial batch after it
+            steps = full if i == 0 and full > 1 else 1
+        else:
+            steps = chunk if chunk > 1 and full - i >= chunk else 1
         state, metrics = _call(
-            state, data, order, keys["dropout"], live, i * bs, min(bs, n - i * bs), steps, mesh, stacked
+            state,
+            data,
+            order,
+            keys["dropout"],
+            live,
+            i * bs,
+            min(bs, n - i * bs),
+            (steps, rolled),
+            mesh,
+            stacked,
         )
         i += steps
         if announce and i == steps:
@@ -398,20 +452,28 @@ def train_epoch(
     )
 
 
-def _call(state, data, order, rng, live, start, size, steps, mesh, stacked):
-    """One compiled call of `steps` train steps from position `start` (batches of `size`)."""
+def rolled_epoch(config: TrainConfig, data: Any) -> bool:
+    """Whether an epoch runs as one compiled call with a rolled loop (`epoch_loop`; auto: on GPU and TPU,
+    where launches cost more than loops; XLA:CPU runs convolutions in loop bodies far slower). Data
+    streamed from the host comes in chunks."""
+    if isinstance(data, HostData) or config.epoch_loop == "chunks":
+        return False
+    return config.epoch_loop == "scan" or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+
+
+def _call(state, data, order, rng, live, start, size, loop, mesh, stacked):
+    """One compiled call of `steps` train steps from position `start` (batches of `size`); `loop` is
+    (steps, rolled)."""
+    steps, rolled = loop
     if isinstance(data, HostData):
         return train_batches(state, *data.batches(order, start, size, steps), rng)
     images, labels = data
     sharding = batch_sharding(mesh) if is_parallel(mesh) and size % mesh.size == 0 else None
+    shape = {"batch_size": size, "steps": steps, "sharding": sharding, "unroll": not rolled}
     if stacked:
-        return stacked_train_steps(
-            state, images, labels, order, start, rng, live, batch_size=size, steps=steps, sharding=sharding
-        )
+        return stacked_train_steps(state, images, labels, order, start, rng, live, **shape)
     if steps > 1:
-        return train_steps(
-            state, images, labels, order, start, rng, batch_size=size, steps=steps, sharding=sharding
-        )
+        return train_steps(state, images, labels, order, start, rng, **shape)
     return train_step(state, take_batch(images, labels, order, start, size, sharding), rng)
 
 

@@ -160,6 +160,7 @@ def transfer_state(
         tx=tx,
         batch_stats=batch_stats,
         input_shape=tuple(config.image_shape),
+        compute_dtype=config.precision,
     )
     return state, labels
 

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import cnn.cli
 import cnn.train
-from cnn import TrainConfig, fit
+from cnn import TrainConfig, fit, restore_run
 from cnn.checkpoints import Checkpoints
 from cnn.cli import EXIT_BAD_INPUT, EXIT_RUNTIME, main
 from cnn.sweep import Variant, run_sweep
@@ -217,3 +219,44 @@ def test_streaming_from_the_host_gives_the_device_paths_history(tiny_splits, tmp
 def test_seeds_together_refuse_host_streaming(tiny_splits, tmp_path):
     with pytest.raises(ValueError, match="together sequential"):
         fit_seeds(TrainConfig(epochs=1, limit_train=64, data_placement="host"), [0, 1], tiny_splits, tmp_path)
+
+
+def test_an_epoch_as_one_rolled_call_gives_the_chunked_history(tiny_splits, tmp_path):
+    """epoch_loop=scan (the accelerators' default: every full batch of an epoch in one compiled call, a
+    rolled loop) trains the same steps as the CPU's unrolled chunks, alone and with seeds together."""
+    from cnn.train import rolled_epoch
+
+    histories = {}
+    for loop in ("chunks", "scan"):  # 168 = 5 full batches of 32 and one of 8
+        config = TrainConfig(epochs=2, limit_train=168, steps_per_call=2, epoch_loop=loop)
+        fit(config, tiny_splits, tmp_path / loop)
+        fit_seeds(config, [1, 2], tiny_splits, tmp_path / f"{loop}-seeds")
+        histories[loop] = [
+            json.loads((tmp_path / name / "history.json").read_text())
+            for name in (loop, f"{loop}-seeds/seed1", f"{loop}-seeds/seed2")
+        ]
+    for chunked, rolled in zip(histories["chunks"], histories["scan"], strict=True):
+        for c, r in zip(chunked, rolled, strict=True):
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                assert r[key] == pytest.approx(c[key], rel=1e-4), key  # float rounding of fusion
+    assert rolled_epoch(TrainConfig(epoch_loop="scan"), None)
+    assert not rolled_epoch(TrainConfig(), None)  # auto on the CPU: chunks
+
+
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tiny_splits, tmp_path):
+    from cnn.steps import apply_model, initial_state
+
+    config = TrainConfig(epochs=2, limit_train=128, precision="bfloat16", model="vgg_bn")
+    state = initial_state(config)
+    images = tiny_splits.test.images[:16]
+    jaxpr = str(jax.make_jaxpr(lambda s: apply_model(s, images, train=False))(state))
+    convolutions = [line for line in jaxpr.splitlines() if "conv_general_dilated" in line]
+    assert convolutions and all("bf16" in line for line in convolutions)  # the compute is bfloat16
+    full = apply_model(state.replace(compute_dtype="float32"), images, train=False)
+    half = apply_model(state, images, train=False)
+    assert half.dtype == jnp.float32 and np.allclose(half, full, rtol=0.05, atol=0.05)
+    results = fit(config, tiny_splits, tmp_path / "bf16")
+    _, restored, _ = restore_run(tmp_path / "bf16")
+    assert restored.compute_dtype == "bfloat16" and np.isfinite(results["test_loss"])
+    leaves = jax.tree.leaves((restored.params, restored.opt_state, restored.batch_stats))
+    assert all(leaf.dtype in (jnp.float32, jnp.int32) for leaf in leaves if hasattr(leaf, "dtype"))

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnn"
 # Lower layers first; a module may import only from layers strictly below its own.
 LAYERS = [
     {"disk"},
-    {"conv", "data", "parallel", "checkpoints", "plots"},
+    {"conv", "data", "parallel", "checkpoints", "plots", "events"},
     {"layers", "datasets.transforms", "applications.names"},
     {"applications.weights"},
     {"summary", "surgery", "applications.common"},
@@ -25,6 +25,7 @@ LAYERS = [
     {"rundir"},
     {"train"},
     {"sweep", "transfer", "viz", "bench"},
+    {"tune"},
     {"cli"},
     {"__init__", "__main__"},
 ]

@@ -1,0 +1,118 @@
+"""Researchers' tooling: TensorBoard event files for every run (tensorboardX, read back without
+TensorBoard), continued without duplicates on resume, hparams for the HParams view, off with
+--no-tensorboard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cnn import TrainConfig, fit
+from cnn.cli import main
+from cnn.events import EventLog, read_events
+
+TAGS = {"loss/train": "loss", "loss/validation": "val_loss", "accuracy/train": "accuracy"}
+
+
+def history_of(workdir):
+    return json.loads((workdir / "history.json").read_text())
+
+
+def test_every_epoch_and_the_results_are_in_the_event_files(tiny_splits, tmp_path):
+    config = TrainConfig(epochs=2, limit_train=128, schedule="cosine")
+    results = fit(config, tiny_splits, tmp_path / "run")
+    scalars, history = read_events(tmp_path / "run" / "events"), history_of(tmp_path / "run")
+    for tag, key in TAGS.items():
+        assert [step for step, _ in scalars[tag]] == [1, 2]
+        assert [v for _, v in scalars[tag]] == pytest.approx([h[key] for h in history], rel=1e-6)
+    lr = dict(scalars["learning_rate"])
+    assert lr[2] == pytest.approx(0.0, abs=1e-9) and 0 < lr[1] < config.lr  # cosine: half-way, then zero
+    assert all(v > 0 for _, v in scalars["images_per_second"])
+    hparams = read_events(tmp_path / "run" / "events" / "hparams")
+    assert hparams["hparam/test_accuracy"][0][1] == pytest.approx(results["test_accuracy"], rel=1e-6)
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "run" / "events" / "hparams").iterdir())
+    assert b"batch_size" in raw and b"model_args" in raw  # the config, as hparams
+
+
+def test_a_resumed_run_continues_its_log_without_duplicates(tiny_splits, tmp_path):
+    run = tmp_path / "run"
+    fit(TrainConfig(epochs=2, limit_train=128), tiny_splits, run)
+    stale = EventLog(run)  # what a process killed after logging epoch 3 but before its checkpoint leaves
+    stale.epoch({"epoch": 3, "loss": 99.0, "val_loss": 99.0, "accuracy": 0.0})
+    stale.close()
+    fit(TrainConfig(epochs=3, limit_train=128), tiny_splits, run)
+    scalars = read_events(run / "events")
+    assert [step for step, _ in scalars["loss/train"]] == [1, 2, 3]
+    assert [v for _, v in scalars["loss/train"]] == pytest.approx([h["loss"] for h in history_of(run)])
+
+
+def test_no_tensorboard_writes_no_events(idx_dir, tmp_path):
+    args = ["train", "--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds"), "--epochs", "1"]
+    args += ["--limit-train", "64", "--no-tensorboard", "--workdir", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert (tmp_path / "run" / "results.json").is_file() and not (tmp_path / "run" / "events").exists()
+
+
+def test_seeds_trained_together_each_have_their_own_log(tiny_splits, tmp_path):
+    from cnn.train import fit_seeds
+
+    fit_seeds(TrainConfig(epochs=1, limit_train=64), [0, 1], tiny_splits, tmp_path)
+    for seed in (0, 1):
+        scalars = read_events(tmp_path / f"seed{seed}" / "events")
+        assert scalars["loss/train"][0][1] == pytest.approx(history_of(tmp_path / f"seed{seed}")[0]["loss"])
+
+
+# ------------------------------------------------------------------------------------------------ tune
+def tune_args(idx_dir, tmp_path, *flags):
+    data = ["--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds")]
+    base = ["--base", '{"epochs": 3, "limit_train": 96}']
+    return ["tune", *data, *base, "--out", str(tmp_path / "study"), *flags]
+
+
+def test_a_study_of_trials_each_a_run_with_pruning_a_table_and_plots(idx_dir, tmp_path, capsys):
+    space = ["--space", "lr=loguniform(1e-4,3e-3)", "--space", "batch_size=choice(16,32)"]
+    assert main(tune_args(idx_dir, tmp_path, *space, "--trials", "4", "--seed", "0")) == 0
+    out = tmp_path / "study"
+    rows = (out / "trials.md").read_text().strip().splitlines()[2:]
+    assert len(rows) == 4 and all(("| complete |" in r) or ("| pruned |" in r) for r in rows)
+    assert (out / "optimization_history.png").stat().st_size > 5000 and (out / "study.journal").is_file()
+    for trial in sorted(out.glob("trial-*")):  # normal run folders, each with its event log
+        assert (trial / "config.json").is_file() and (trial / "events").is_dir()
+    assert "Best trial" in capsys.readouterr().out
+    # the same command again joins the study: it already holds its 4 trials, so nothing more runs
+    assert main(tune_args(idx_dir, tmp_path, *space, "--trials", "4")) == 0
+    assert len(list(out.glob("trial-*"))) == 4
+
+
+def test_several_workers_share_one_study_through_its_journal(idx_dir, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    args = tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--trials", "4")
+    assert main([*args, "--workers", "2", "--seed", "1", "--pruner", "none"]) == 0
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study" / "study.journal")))
+    trials = optuna.load_study(study_name="cnn", storage=storage).trials
+    assert 4 <= len(trials) <= 5  # two workers may each start one while the 4th is running
+    assert len({t.params["lr"] for t in trials}) == len(trials)  # each worker samples its own points
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("lr", "expected FIELD=KIND(ARGS)"),
+        ("lr=gauss(0,1)", "unknown kind 'gauss'"),
+        ("lr=loguniform(0,1)", "needs LOW > 0"),
+        ("lr=uniform(1,0)", "two finite numbers LOW < HIGH"),
+        ("batch_size=choice()", "at least one value"),
+        ("batch_size=choice(32.5)", "batch_size: 32.5 is a float, expected int"),
+        ("learning_rate=uniform(0,1)", "learning_rate: unknown field"),
+        ("model_args.dropout_rate=uniform(0.5,1.5)", "dropout_rate must be a number in [0, 1)"),
+    ],
+)
+def test_bad_search_spaces_are_refused_before_any_work(idx_dir, tmp_path, capsys, space, message):
+    assert main(tune_args(idx_dir, tmp_path, "--space", space)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "study").exists()
