@@ -418,21 +418,9 @@ def train_epoch(
         if announce and i == 0:
             tqdm.write("Compiling the train step (first call only)...")
         t = time.perf_counter()
-        if rolled:  # every full batch in one call, a rolled loop; a last partial batch after it
-            steps = full if i == 0 and full > 1 else 1
-        else:
-            steps = chunk if chunk > 1 and full - i >= chunk else 1
+        steps, size = _steps_at(i, full, chunk, rolled), min(bs, n - i * bs)
         state, metrics = _call(
-            state,
-            data,
-            order,
-            keys["dropout"],
-            live,
-            i * bs,
-            min(bs, n - i * bs),
-            (steps, rolled),
-            mesh,
-            stacked,
+            state, data, order, keys["dropout"], live, i * bs, size, (steps, rolled), mesh, stacked
         )
         i += steps
         if announce and i == steps:
@@ -450,6 +438,14 @@ def train_epoch(
         totals,
         {"seconds": time.perf_counter() - t0, "compile_seconds": compile_seconds, "images": n},
     )
+
+
+def _steps_at(i: int, full: int, chunk: int, rolled: bool) -> int:
+    """How many steps the call starting at step `i` runs: with `rolled`, every full batch in one call (a
+    last partial batch after it); else chunks of `chunk`, the remainder one by one."""
+    if rolled:
+        return full if i == 0 and full > 1 else 1
+    return chunk if chunk > 1 and full - i >= chunk else 1
 
 
 def rolled_epoch(config: TrainConfig, data: Any) -> bool:
