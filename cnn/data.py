@@ -3,8 +3,11 @@ split types every data set returns (see `cnn.datasets` for the others)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
+import logging
 import os
 import shutil
 import urllib.request
@@ -17,6 +20,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from cnn.disk import DiskFull, out_of_space
+
+
+class _QuietTfds(logging.Filter):
+    """Drops tfds' own info and warning lines ('Variant folder ... has no dataset_info.json' while a set is
+    being prepared, ...): `cnn` says what it prepares and reads; tfds' errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "tensorflow_datasets" not in record.pathname
+
+
+logging.getLogger("absl").addFilter(_QuietTfds())
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -276,7 +290,8 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
     """tfds' preparation, with a full disk (or a quota, or a file-size limit) reported in one line and the
     half-written temporary folder removed: nothing half-prepared is left to be taken for good."""
     try:
-        builder.download_and_prepare()
+        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints sizes and paths; cnn says its own
+            builder.download_and_prepare()
     except (OSError, RuntimeError, ValueError) as e:
         if not out_of_space(e):
             raise

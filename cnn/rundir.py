@@ -242,7 +242,7 @@ def exclusive_file_lock(path: Path, workdir: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         old = json.loads(path.read_text() or "{}")
-        if old.get("host") != holder["host"] or _alive(int(old.get("pid", 0))):
+        if old.get("host") != holder["host"] or process_alive(int(old.get("pid", 0))):
             raise WorkdirBusy(
                 f"workdir {workdir} is in use by another run (PID {old.get('pid')} on {old.get('host')}, "
                 f"since {old.get('started')}; if that run is gone, delete {path})"
@@ -253,7 +253,10 @@ def exclusive_file_lock(path: Path, workdir: Path) -> None:
     os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is running."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

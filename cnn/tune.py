@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -124,7 +126,8 @@ def check_search(base: dict[str, Any], dims: list[Dimension]) -> None:
 
 
 def open_study(out: Path, name: str, direction: str, sampler: str, pruner: str, seed: int | None) -> Any:
-    """The study in `out/study.journal` (created, or joined when another process made it)."""
+    """The study in `out/study.journal` (created, or joined when another process made it); its trials
+    left running by a killed worker of this host are marked failed and queued again (`recover`)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -136,7 +139,7 @@ def open_study(out: Path, name: str, direction: str, sampler: str, pruner: str, 
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
         "none": optuna.pruners.NopPruner,
     }
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name,
         storage=storage,
         load_if_exists=True,
@@ -144,6 +147,28 @@ def open_study(out: Path, name: str, direction: str, sampler: str, pruner: str, 
         sampler=samplers[sampler](seed=seed),
         pruner=pruners[pruner](),
     )
+    recover(study, storage)
+    return study
+
+
+def recover(study: Any, storage: Any) -> list[int]:
+    """Trials still 'running' whose worker (a process of this host) is gone: marked failed, never counted
+    as complete, and their parameters queued for the next trial. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    from cnn.rundir import process_alive
+
+    lost = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker") or {}
+        if owner.get("host") == socket.gethostname() and not process_alive(int(owner.get("pid", 0))):
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            print(
+                f"Trial {trial.number}: its worker (PID {owner['pid']}) is gone; marked failed, queued again"
+            )
+            lost.append(trial.number)
+    return lost
 
 
 def objective(base: dict[str, Any], dims: list[Dimension], splits: Splits, out: Path):
@@ -152,6 +177,7 @@ def objective(base: dict[str, Any], dims: list[Dimension], splits: Splits, out: 
     import optuna
 
     def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         config = trial_config(base, {d.path: d.suggest(trial) for d in dims})
 
         def report(epoch: int, metrics: dict[str, float]) -> None:

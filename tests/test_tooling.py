@@ -5,6 +5,7 @@ TensorBoard), continued without duplicates on resume, hparams for the HParams vi
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -116,3 +117,53 @@ def test_bad_search_spaces_are_refused_before_any_work(idx_dir, tmp_path, capsys
     assert main(tune_args(idx_dir, tmp_path, "--space", space)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "study").exists()
+
+
+def test_a_first_run_prints_only_progress_and_never_imports_tensorflow(idx_dir, tmp_path):
+    """On a fresh data dir: no tfds/absl warning, no tfds size line; every line progress or results."""
+    from tests.processes import run_process
+
+    args = ["train", "--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds"), "--epochs", "1"]
+    args += ["--limit-train", "64", "--workdir", str(tmp_path / "run")]
+    code = (
+        f"import sys\nfrom cnn.cli import main\ncode = main({args!r})\n"
+        "print('tensorflow imported:', 'tensorflow' in sys.modules)\nsys.exit(code)"
+    )
+    done = run_process([sys.executable, "-c", code])
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    assert "tensorflow imported: False" in text
+    for noise in ("WARNING", "dataset_info.json", "Downloading and preparing", "Traceback"):
+        assert noise not in text, text
+    assert "Preparing Fashion-MNIST" in text and "Best epoch 1" in text
+
+
+def test_a_killed_workers_trial_is_marked_failed_and_tried_again(idx_dir, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tests.processes import ROOT, subprocess_env
+
+    slow = tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--trials", "2")
+    slow[slow.index("--base") + 1] = '{"epochs": 200, "limit_train": 96}'  # still running when killed
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cnn", *slow, "--pruner", "none"], env=subprocess_env(), cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    journal = tmp_path / "study" / "study.journal"
+    deadline = time.time() + 120
+    while not list((tmp_path / "study").glob("trial-0000/history.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert main(tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--trials", "3")) == 0
+    study = optuna.load_study(study_name="cnn", storage=JournalStorage(JournalFileBackend(str(journal))))
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[0] == "FAIL" and list(states.values()).count("COMPLETE") == 2
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert retry and retry[0].params == study.trials[0].params  # the lost point is tried again

@@ -390,3 +390,48 @@ def test_cli_summary_with_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Non-trainable params: 896" in out and "block3_pool (MaxPool)" in out
     assert (tmp_path / "vgg.png").stat().st_size > 5000
+
+
+def tabulate_rows(model, shape=(28, 28, 1)):
+    """Flax's own `tabulate` (XLA's cost analysis per module): {top-level path: flops}, and its total."""
+    import re
+
+    import flax.linen as nn
+
+    text = nn.tabulate(
+        model, jax.random.PRNGKey(0), compute_flops=True, console_kwargs={"width": 400, "no_color": True}
+    )(jnp.zeros((1, *shape)))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    flops = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) >= 5 and cells[0] and cells[0] != "path" and cells[4].isdigit():
+            flops[cells[0]] = int(cells[4])
+    total = int(re.search(r"Total Parameters: ([\d,]+)", text).group(1).replace(",", ""))
+    return flops, total
+
+
+@pytest.mark.parametrize("name", FASHION_ZOO)
+def test_summary_counts_agree_with_flax_tabulate(name):
+    """The summary's parameters equal flax.linen.tabulate's; its MACs are the multiply-adds behind
+    tabulate's (XLA's) flops: 2 per MAC, plus at most a bias and an activation per output, less the taps
+    that fall on 'same' padding (which XLA does not count)."""
+    from cnn.summary import layer_rows, totals
+
+    model = build_model(name)
+    rows = layer_rows(model)
+    flops, total = tabulate_rows(model)
+    ours = totals(rows).trainable + totals(rows).non_trainable
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+    assert ours == sum(p.size for p in jax.tree.leaves(variables))  # what the model really holds
+    # tabulate lists the transfer model's backbone twice (as `base` and inside the `Cut` that runs it)
+    assert ours == total - (rows[0].params if name == "transfer" else 0)
+    checked = 0
+    for row in rows:
+        if row.kind in ("Conv2D", "Dense") and row.name in flops:
+            outputs = int(np.prod(row.output_shape[1:]))
+            assert 0.75 * 2 * row.macs <= flops[row.name] <= 2 * row.macs + 2 * outputs, row.name
+            if row.kind == "Dense":
+                assert flops[row.name] >= 2 * row.macs + outputs, row.name  # dense layers: exact
+            checked += 1
+    assert checked >= 2 or name == "transfer"
