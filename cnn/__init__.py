@@ -9,7 +9,7 @@ from cnn.plots import plot_architecture, plot_curves
 from cnn.rundir import restore_run
 from cnn.steps import InputError, create_train_state, eval_step, evaluate, predict, train_step
 from cnn.summary import format_summary, layer_rows
-from cnn.train import fit, fit_seeds
+from cnn.train import fit, fit_seeds, fit_together
 
 __all__ = [
     "CLASS_NAMES",
@@ -26,6 +26,7 @@ __all__ = [
     "evaluate",
     "fit",
     "fit_seeds",
+    "fit_together",
     "format_summary",
     "layer_rows",
     "load_dataset",

@@ -40,10 +40,17 @@ def steps_per_epoch(examples: int, batch_size: int) -> int:
     return -(-examples // batch_size)
 
 
-def make_optimizer(config: TrainConfig, steps: int = 1) -> optax.GradientTransformation:
+def make_optimizer(
+    config: TrainConfig, steps: int = 1, injectable: bool = False
+) -> optax.GradientTransformation:
     """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8), AdamW when `weight_decay` > 0, or
     RMSprop as Keras has it (rho 0.9, eps 1e-7 added outside the square root, decoupled weight decay when
-    asked); the learning rate constant or cosine-decayed to zero over `epochs` of `steps` steps."""
+    asked); the learning rate constant or cosine-decayed to zero over `epochs` of `steps` steps.
+
+    `injectable`: the same updates with the learning rate and weight decay kept in the optimizer's state
+    (`optax.inject_hyperparams`), so runs that differ in them can be stacked and trained as one program."""
+    if injectable:
+        return _injectable_optimizer(config, steps)
     lr: float | optax.Schedule = config.lr
     if config.schedule == "cosine":
         lr = optax.cosine_decay_schedule(config.lr, config.epochs * steps)
@@ -55,6 +62,17 @@ def make_optimizer(config: TrainConfig, steps: int = 1) -> optax.GradientTransfo
     if config.weight_decay:
         return optax.adamw(lr, eps=1e-7, weight_decay=config.weight_decay)
     return optax.adam(lr, eps=1e-7)
+
+
+def _injectable_optimizer(config: TrainConfig, steps: int) -> optax.GradientTransformation:
+    decay = optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=config.weight_decay)
+    if config.optimizer == "rmsprop":
+        parts = [decay, optax.scale_by_rms(decay=0.9, eps=1e-7, eps_in_sqrt=False)]
+    else:
+        parts = [optax.scale_by_adam(eps=1e-7), decay]
+    if config.schedule == "cosine":
+        parts.append(optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, config.epochs * steps)))
+    return optax.chain(*parts, optax.inject_hyperparams(optax.scale)(step_size=-config.lr))
 
 
 def learning_rate(config: TrainConfig, step: int, steps: int = 1) -> float:

@@ -185,31 +185,62 @@ def fit_seeds(
     shuffling, dropout, early stopping and run folder `workdir/seed{S}` (a normal run: `restore_run`, `viz`
     and `fit` itself can open it). The same results as `fit` per seed, within float tolerance; resumes
     every seed from its own checkpoints. Raises `TrainingDiverged` naming the seed that diverged."""
-    workdir, seeds = Path(workdir), list(seeds)
-    train = training_split(config, splits)
-    check_batch_size(config.batch_size, mesh)
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
+    return fit_together(configs, splits, [Path(workdir) / f"seed{s}" for s in seeds], mesh)
+
+
+# What runs trained together may differ in: the rest of their configs (model, data, batch size, ...) is
+# the one program they share.
+TOGETHER_FIELDS = ("seed", "lr", "weight_decay")
+
+
+def fit_together(
+    configs: Sequence[TrainConfig], splits: Splits, workdirs: Sequence[str | Path], mesh: Any = None
+) -> list[dict[str, Any]]:
+    """Several runs as one vmapped program: configs that differ only in their seed, learning rate and
+    weight decay (the optimizer keeps those two in its state, `optax.inject_hyperparams`), e.g. 4 learning
+    rates × 8 seeds on one GPU. Each run has its own folder, shuffling, dropout and early stopping, and
+    ends as it would alone, within float tolerance (a test checks 1e-5 on the CPU)."""
+    configs, workdirs = list(configs), [Path(w) for w in workdirs]
+    check_together(configs, workdirs)
+    train = training_split(configs[0], splits)
+    check_batch_size(configs[0].batch_size, mesh)
     with contextlib.ExitStack() as locks:
-        for c in configs:
-            locks.enter_context(workdir_lock(workdir / f"seed{c.seed}"))
-            prepare_workdir(workdir / f"seed{c.seed}", c, data=getattr(splits, "info", None))
-        return _fit_stacked(configs, seeds, train, splits, workdir, mesh)
+        for c, w in zip(configs, workdirs, strict=True):
+            locks.enter_context(workdir_lock(w))
+            prepare_workdir(w, c, data=getattr(splits, "info", None))
+        return _fit_stacked(configs, train, splits, workdirs, mesh)
 
 
-def _fit_stacked(configs, seeds, train, splits, workdir, mesh) -> list[dict[str, Any]]:
-    """The seeds of `fit_seeds` trained together, their folders already locked and prepared."""
+def check_together(configs: Sequence[TrainConfig], workdirs: Sequence[Path]) -> None:
+    """Refuses runs that cannot share one program (naming the field), or share a folder."""
+    if not configs or len(configs) != len(workdirs) or len(set(workdirs)) != len(workdirs):
+        raise ValueError("fit_together: give one distinct workdir per config (and at least one config)")
+    first = {k: v for k, v in configs[0].to_dict().items() if k not in TOGETHER_FIELDS}
+    for c in configs[1:]:
+        other = {k: v for k, v in c.to_dict().items() if k not in TOGETHER_FIELDS}
+        differ = sorted(k for k in first if first[k] != other[k])
+        if differ:
+            raise ValueError(
+                f"fit_together: runs trained together may differ only in {', '.join(TOGETHER_FIELDS)}; "
+                f"these differ: {', '.join(differ)}"
+            )
+
+
+def _fit_stacked(configs, train, splits, workdirs, mesh) -> list[dict[str, Any]]:
+    """The runs of `fit_together` trained as one program, their folders already locked and prepared."""
     config = configs[0]
-    # One model and one optimizer for every seed: static parts of the state, shared by the vmap.
-    model = config_model(config)
-    tx = make_optimizer(config, steps_per_epoch(len(train), config.batch_size))
-    opened = [
-        _open(
-            c,
-            workdir / f"seed{c.seed}",
-            create_train_state(model, tx, run_keys(c)["init"], c.image_shape, c.precision),
-        )
-        for c in configs
-    ]
+    # One model and one optimizer for every run: static parts of the state, shared by the vmap. Where the
+    # runs' learning rates or weight decays differ, each run's own values live in its optimizer state.
+    model, steps = config_model(config), steps_per_epoch(len(train), config.batch_size)
+    varying = len({(c.lr, c.weight_decay) for c in configs}) > 1
+    tx = make_optimizer(config, steps, injectable=varying)
+
+    def start(c: TrainConfig) -> TrainState:
+        own = make_optimizer(c, steps, injectable=True) if varying else tx
+        return create_train_state(model, own, run_keys(c)["init"], c.image_shape, c.precision).replace(tx=tx)
+
+    opened = [_open(c, w, start(c)) for c, w in zip(configs, workdirs, strict=True)]
     state, members = stack_trees([s for s, _ in opened]), [m for _, m in opened]
     keys = stack_trees([run_keys(c) for c in configs])
     if is_parallel(mesh):
@@ -221,7 +252,7 @@ def _fit_stacked(configs, seeds, train, splits, workdir, mesh) -> list[dict[str,
             for i, m in enumerate(members)
         ]
         return [
-            _finish(m, b, splits, extra={"trained_with_seeds": seeds})
+            _finish(m, b, splits, extra={"trained_with_seeds": [c.seed for c in configs]})
             for m, b in zip(members, best, strict=True)
         ]
     finally:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import gc  # noqa: E402
 import gzip
 import os
-import tempfile
+import tempfile  # noqa: E402
 from pathlib import Path
 
-# JAX's persistent compilation cache, shared by the test workers and the processes they start: many tests
-# train the same tiny programs, and a new TrainState (a new apply_fn) misses the in-memory jit cache. The
-# programs still compile once per run of the suite on a clean machine; results are unchanged. A size limit
-# turns on JAX's file lock around every read and write of the cache: without it one worker can read an
-# entry another is still writing, and deserialising the half-written executable crashes the worker.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "cnn-tests-jax-cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
-
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# JAX's persistent compilation cache, one folder per test worker and used by that worker only: many tests
+# train the same tiny programs, and a new TrainState (a new apply_fn) misses the in-memory jit cache. The
+# processes the tests start compile for themselves (JAX writes cache entries without a lock, and a process
+# reading an entry another is still writing would load a broken executable).
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+jax.config.update("jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / f"cnn-tests-jax-{_WORKER}"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 from cnn import data  # noqa: E402
 
@@ -58,6 +60,17 @@ def write_dataset(
         write_idx(directory / label_file, labels)
         written[split] = (images, labels)
     return written
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drops JAX's compiled programs. Every XLA:CPU executable keeps about six
+    memory mappings; a test worker that compiled thousands of programs (hypothesis draws many shapes) ran
+    into the kernel's limit of 65,530 mappings, and LLVM crashed the worker with a segmentation fault
+    while compiling or loading the next one."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

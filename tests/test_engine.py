@@ -3,6 +3,7 @@ and checkpoints of the single-run loop; the CLI tells a failure while running fr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -255,8 +256,35 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tiny_splits,
     full = apply_model(state.replace(compute_dtype="float32"), images, train=False)
     half = apply_model(state, images, train=False)
     assert half.dtype == jnp.float32 and np.allclose(half, full, rtol=0.05, atol=0.05)
+    config = TrainConfig(epochs=2, limit_train=128, precision="bfloat16")  # trained: the seed CNN (fast)
     results = fit(config, tiny_splits, tmp_path / "bf16")
     _, restored, _ = restore_run(tmp_path / "bf16")
     assert restored.compute_dtype == "bfloat16" and np.isfinite(results["test_loss"])
     leaves = jax.tree.leaves((restored.params, restored.opt_state, restored.batch_stats))
     assert all(leaf.dtype in (jnp.float32, jnp.int32) for leaf in leaves if hasattr(leaf, "dtype"))
+
+
+def test_runs_differing_in_learning_rate_and_weight_decay_train_as_one_program(tiny_splits, tmp_path):
+    """Many models in one program: the learning rate and weight decay traced in the optimizer state, each
+    run equal to the same run alone within 1e-5, with its own early stopping."""
+    from cnn import fit_together
+
+    base = TrainConfig(epochs=3, limit_train=128, schedule="cosine", patience=1)
+    configs = [
+        dataclasses.replace(base, lr=1e-3, seed=0),
+        dataclasses.replace(base, lr=3e-3, seed=0),
+        dataclasses.replace(base, lr=1e-3, weight_decay=1e-2, seed=1),
+    ]
+    together = fit_together(configs, tiny_splits, [tmp_path / "together" / f"m{i}" for i in range(3)])
+    for i, c in enumerate(configs):
+        alone = fit(c, tiny_splits, tmp_path / "alone" / f"m{i}")
+        h_alone = json.loads((tmp_path / "alone" / f"m{i}" / "history.json").read_text())
+        h_together = json.loads((tmp_path / "together" / f"m{i}" / "history.json").read_text())
+        assert len(h_alone) == len(h_together)  # the same epochs, early stopping included
+        for a, t in zip(h_alone, h_together, strict=True):
+            for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+                assert t[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (i, key)
+        assert together[i]["test_accuracy"] == pytest.approx(alone["test_accuracy"], abs=1e-6)
+    with pytest.raises(ValueError, match="these differ: batch_size"):
+        other = dataclasses.replace(base, batch_size=16)
+        fit_together([base, other], tiny_splits, [tmp_path / "a", tmp_path / "b"])

@@ -76,11 +76,11 @@ def test_sweep_tables_plots_and_run_directories(tiny_splits, tmp_path, together)
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_splits, tmp_path, monkeypatch, capsys):
     original, calls = train_module.stacked_train_steps, {"n": 0}
 
-    def dies_in_the_second_variant(states, *args, batch_size, steps, sharding=None):
+    def dies_in_the_second_variant(states, *args, batch_size, steps, **kwargs):
         calls["n"] += batch_size == 32
         if calls["n"] > 4 + 2:  # the second variant (batch 32: 4 steps an epoch) dies 2 steps into epoch 2
             raise KeyboardInterrupt
-        return original(states, *args, batch_size=batch_size, steps=steps, sharding=sharding)
+        return original(states, *args, batch_size=batch_size, steps=steps, **kwargs)
 
     monkeypatch.setattr(train_module, "stacked_train_steps", dies_in_the_second_variant)
     with pytest.raises(KeyboardInterrupt):
