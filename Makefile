@@ -10,7 +10,7 @@ train: setup
 
 # Two workers: most tests are bound by XLA compilation, which runs on one core.
 test: setup
-	.venv/bin/python -m pytest -n 2 $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check cnn tests experiments scripts

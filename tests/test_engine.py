@@ -229,7 +229,7 @@ def test_an_epoch_as_one_rolled_call_gives_the_chunked_history(tiny_splits, tmp_
 
     histories = {}
     for loop in ("chunks", "scan"):  # 168 = 5 full batches of 32 and one of 8
-        config = TrainConfig(epochs=2, limit_train=168, steps_per_call=2, epoch_loop=loop)
+        config = TrainConfig(epochs=1, limit_train=168, steps_per_call=2, epoch_loop=loop)
         fit(config, tiny_splits, tmp_path / loop)
         fit_seeds(config, [1, 2], tiny_splits, tmp_path / f"{loop}-seeds")
         histories[loop] = [
