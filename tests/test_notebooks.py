@@ -19,8 +19,14 @@ REAL_DIR = data.SYSTEM_DIR
 
 @pytest.fixture(scope="session")
 def notebook_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed."""
-    env = {"TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds"))}
+    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed; a
+    compilation cache of their own (one kernel runs at a time on a worker; a notebook that trains the same
+    program for several seeds or methods compiles it once)."""
+    env = {
+        "TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds")),
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("notebook-jax-cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     if not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
         source = tmp_path_factory.mktemp("notebook-idx")
         write_dataset(source, train_size=2000, test_size=500)
