@@ -136,7 +136,8 @@ def open_study(out: Path, name: str, direction: str, sampler: str, pruner: str, 
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        # Optuna's default start (5 finished trials first), and never on one epoch's evidence alone
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
         "none": optuna.pruners.NopPruner,
     }
     study = optuna.create_study(

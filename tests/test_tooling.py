@@ -167,3 +167,16 @@ def test_a_killed_workers_trial_is_marked_failed_and_tried_again(idx_dir, tmp_pa
     assert states[0] == "FAIL" and list(states.values()).count("COMPLETE") == 2
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
     assert retry and retry[0].params == study.trials[0].params  # the lost point is tried again
+
+
+def test_a_pruned_trial_stops_after_the_epoch_it_was_pruned_at(tiny_splits, tmp_path):
+    import optuna
+
+    from cnn.tune import objective, parse_dimension
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # prunes every trial
+    base = {"epochs": 4, "limit_train": 96}
+    study.optimize(objective(base, [parse_dimension("lr=loguniform(1e-4,1e-3)")], tiny_splits, tmp_path), 1)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    history = json.loads((tmp_path / "trial-0000" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1]  # stopped there; the folder stays a resumable run
