@@ -195,10 +195,12 @@ def _train(args: argparse.Namespace) -> None:
         print(f"Data parallel over {mesh.size} devices ({jax.process_count()} process(es)): {mesh.devices}")
     splits = splits or load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
     used = min(len(splits.train), config.limit_train or len(splits.train))
+    more = used < (config.limit_train or 0)  # --limit-train beyond the set: say that all are used
     print(
         f"Data: {splits.info['name']} {'×'.join(map(str, splits.info['image_shape']))}, "
         f"{len(splits.info['class_names'])} classes; {used} train"
         + (f" (of {len(splits.train)})" if used < len(splits.train) else "")
+        + (f" (all: --limit-train {config.limit_train} asks for more)" if more else "")
         + f", {len(splits.val)} validation, {len(splits.test)} test images"
     )
     fit(config, splits, workdir, overwrite=args.overwrite, mesh=mesh)

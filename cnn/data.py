@@ -278,6 +278,11 @@ def prepare(
 ) -> FashionMnistIdx:
     """Prepares the tfds dataset once (atomically: tfds writes to a temporary folder and renames it)."""
     builder = FashionMnistIdx(data_dir=data_dir, source_dir=source_dir)
+    if builder.is_prepared() and (source_dir is not None or os.environ.get(ENV_VAR)):
+        print(
+            f"Note: using the data set already prepared in {builder.data_dir}; the IDX files of --source-dir "
+            f"or ${ENV_VAR} are read only when preparing (delete that folder to prepare it from them again)"
+        )
     if not builder.is_prepared():
         builder.read_sources()
         print(f"Preparing Fashion-MNIST into {builder.data_dir} (once; later runs reuse it)", flush=True)

@@ -133,7 +133,22 @@ def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = Fa
             f"workdir {workdir} holds a run with a different config ({'; '.join(differences)}). "
             "Use another --workdir, or pass --overwrite to delete that run and start fresh."
         )
+    trained = _epochs_trained(workdir)
+    if trained > config.epochs:
+        raise WorkdirError(
+            f"epochs: the run in {workdir} has already trained {trained} epochs; give --epochs {trained} or "
+            "more to resume it (its results stay those of the epochs it ran), or use another --workdir"
+        )
     return saved
+
+
+def _epochs_trained(workdir: Path) -> int:
+    """The last epoch in the run's history.json (0 when there is none or it is unreadable)."""
+    try:
+        history = json.loads((workdir / "history.json").read_text())
+        return max((int(h["epoch"]) for h in history), default=0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def make_workdir(workdir: Path) -> None:

@@ -308,3 +308,19 @@ def test_any_train_flags_either_make_a_config_or_a_one_line_refusal(capsys, pair
         assert e.code == 2 and capsys.readouterr().err.count("\n") == 1
     except (ConfigError, ValueError) as e:
         assert "\n" not in str(e) and str(e)
+
+
+def test_confusing_cases_are_said_plainly(idx_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(idx_dir, tmp_path, run, "--epochs", "2", "--limit-train", "100000") == 0
+    out = capsys.readouterr().out
+    assert "480 train (all: --limit-train 100000 asks for more)" in out  # the tiny set has 480
+    assert "Note: using the data set already prepared" not in out  # the first run prepares it
+    # lowering --epochs below what a run already trained is refused, config.json untouched
+    config = (run / "config.json").read_text()
+    assert train(idx_dir, tmp_path, run, "--epochs", "1", "--limit-train", "100000") == 2
+    assert "has already trained 2 epochs; give --epochs 2 or more" in one_line_error(capsys)
+    assert (run / "config.json").read_text() == config
+    # --source-dir is read only when preparing: a later run says so
+    assert train(idx_dir, tmp_path, tmp_path / "other") == 0
+    assert "Note: using the data set already prepared in" in capsys.readouterr().out
