@@ -195,9 +195,27 @@ def run_sweep(
             )
             print(f"[{variant.name}] FAILED: {type(e).__name__}: {e} (recorded in {vdir / 'error.json'})")
     rows = collect(out, variants, configs, seeds)
+    rows += earlier_rows(out, {r["variant"] for r in rows})
     write_tables(rows, out)
     plot_sweep(rows, out)
     return rows
+
+
+def earlier_rows(out: Path, current: set[str]) -> list[dict[str, Any]]:
+    """The rows of `out/results.json` written by earlier sweeps into the same folder for other variants
+    (whose run folders are still there), so that a second sweep adds to the tables instead of replacing
+    them. JSON's nulls come back as NaN."""
+    try:
+        rows = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(rows, list):
+        return []
+    return [
+        {k: math.nan if v is None else v for k, v in r.items()}
+        for r in rows
+        if isinstance(r, dict) and r.get("variant") not in current and (out / str(r.get("variant"))).is_dir()
+    ]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

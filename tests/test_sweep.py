@@ -154,3 +154,15 @@ def test_together_mode(monkeypatch):
     assert sweep_module.seeds_mode("auto") == "vmap" and sweep_module.seeds_mode("sequential") == "sequential"
     with pytest.raises(SweepError, match="together: expected one of"):
         sweep_module.seeds_mode("parallel")
+
+
+def test_a_second_sweep_into_the_same_folder_keeps_the_first_ones_rows(tiny_splits, tmp_path):
+    base = {"epochs": 1, "limit_train": 64}
+    run_sweep(base, [Variant("bs16", {"batch_size": 16})], [0], tiny_splits, tmp_path, together="sequential")
+    rows = run_sweep(
+        base, [Variant("bs32", {"batch_size": 32})], [0], tiny_splits, tmp_path, together="sequential"
+    )
+    assert [r["variant"] for r in rows] == ["bs32", "bs16"]  # this sweep's, then the earlier ones
+    table = (tmp_path / "results.md").read_text()
+    assert "| bs16 |" in table and "| bs32 |" in table
+    assert [r["variant"] for r in json.loads((tmp_path / "results.json").read_text())] == ["bs32", "bs16"]
