@@ -3,12 +3,23 @@ the classifier top."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 
 from cnn.applications.names import Names
 from cnn.layers import Dense, GlobalAvgPool, GlobalMaxPool
 
 POOLINGS = (None, "avg", "max")
+
+
+class Application(nn.Module):
+    """What every network of `cnn.applications` takes, as `keras.applications` does: the classifier on
+    top (or not), its classes and final activation, and the pooling of the last feature maps without it."""
+
+    include_top: bool = True
+    classes: int = 1000
+    pooling: str | None = None
+    classifier_activation: str | None = "softmax"
 
 
 def top(

@@ -7,18 +7,13 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnn.applications.common import top
+from cnn.applications.common import Application, top
 from cnn.applications.names import Names
 from cnn.layers import Activation, AvgPool, BatchNormalization, Concatenate, Conv2D, MaxPool
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(Application):
     """InceptionV3 with Keras' layer names (`conv2d_5`, `batch_normalization_5`, `mixed7`, ...)."""
-
-    include_top: bool = True
-    classes: int = 1000
-    pooling: str | None = None
-    classifier_activation: str | None = "softmax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnn.applications.common import top
+from cnn.applications.common import Application, top
 from cnn.applications.names import Names
 from cnn.layers import Activation, Add, BatchNormalization, Conv2D, DepthwiseConv2D, ZeroPadding2D
 
@@ -29,13 +29,8 @@ def correct_pad(size: tuple[int, int], kernel: int = 3) -> tuple[tuple[int, int]
     return tuple((k - (1 - s % 2), k) for s in size)  # type: ignore[return-value]
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Application):
     """MobileNetV2 (alpha 1.0) with Keras' layer names."""
-
-    include_top: bool = True
-    classes: int = 1000
-    pooling: str | None = None
-    classifier_activation: str | None = "softmax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

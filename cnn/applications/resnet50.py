@@ -7,7 +7,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnn.applications.common import top
+from cnn.applications.common import Application, top
 from cnn.applications.names import Names
 from cnn.layers import Activation, Add, BatchNormalization, Conv2D, MaxPool, ZeroPadding2D
 
@@ -15,13 +15,8 @@ STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # filters, blocks,
 EPSILON = 1.001e-5
 
 
-class ResNet50(nn.Module):
+class ResNet50(Application):
     """ResNet50 with Keras' layer names."""
-
-    include_top: bool = True
-    classes: int = 1000
-    pooling: str | None = None
-    classifier_activation: str | None = "softmax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

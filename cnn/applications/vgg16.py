@@ -7,20 +7,15 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnn.applications.common import top
+from cnn.applications.common import Application, top
 from cnn.applications.names import Names
 from cnn.layers import Conv2D, Dense, Flatten, MaxPool
 
 BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 
-class VGG16(nn.Module):
+class VGG16(Application):
     """VGG16 with Keras' layer names."""
-
-    include_top: bool = True
-    classes: int = 1000
-    pooling: str | None = None
-    classifier_activation: str | None = "softmax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
