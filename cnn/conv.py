@@ -360,20 +360,21 @@ def spatial_layers(model: Any, input_shape: tuple[int, int, int] = (28, 28, 1)) 
         module = context.module
         fresh = module.name not in {layer.name for layer in found}  # Conv2D's super().__call__ runs too
         if len(module.scope.path) == 1 and context.method_name == "__call__" and fresh and not ended:
-            if isinstance(module, nn.Conv):
+            if callable(getattr(module, "window", None)):  # cnn.layers' spatial pooling
+                window, strides = module.window()
+                found.append(
+                    SpatialLayer(module.name, window[0], strides[0], module.padding.lower(), pool=True)
+                )
+            elif isinstance(module, nn.Conv) or hasattr(module, "kernel_size"):  # Flax's or cnn.layers'
+                dilation = getattr(module, "kernel_dilation", None) or getattr(module, "dilation_rate", 1)
                 found.append(
                     SpatialLayer(
                         module.name,
                         pair(module.kernel_size, "kernel")[0],
                         pair(module.strides or 1, "stride")[0],
                         _flax_padding(module.padding),
-                        pair(module.kernel_dilation or 1, "dilation")[0],
+                        pair(dilation or 1, "dilation")[0],
                     )
-                )
-            elif callable(getattr(module, "window", None)):  # cnn.layers' spatial pooling
-                window, strides = module.window()
-                found.append(
-                    SpatialLayer(module.name, window[0], strides[0], module.padding.lower(), pool=True)
                 )
             elif args and getattr(args[0], "ndim", 4) != 4:
                 ended.append(module.name)

@@ -1,8 +1,11 @@
-"""Keras-semantics layers: convolution and dense with a built-in activation, pooling, flatten."""
+"""Keras-semantics layers: Keras' argument names and defaults (`Conv2D(filters, kernel_size, strides=1,
+padding="valid", activation=None, use_bias=True)`, `MaxPooling2D(pool_size=2, strides=None,
+padding="valid")`, ...), NHWC, parameters named `kernel` and `bias` as Flax names them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -16,9 +19,10 @@ ACTIVATIONS: dict[str | None, Callable[[jax.Array], jax.Array] | None] = {
     "relu": nn.relu,
     "tanh": jnp.tanh,
     "sigmoid": nn.sigmoid,
-    "gelu": nn.gelu,
+    "gelu": partial(nn.gelu, approximate=False),  # Keras' 'gelu' is the exact one (Flax's default: tanh)
     "softmax": nn.softmax,
 }
+PADDINGS = ("valid", "same")
 
 
 def activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
@@ -29,38 +33,87 @@ def activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
     return fn if fn is not None else (lambda x: x)
 
 
-class Conv2D(nn.Conv):
-    """`nn.Conv` followed by an activation, one layer as in Keras (its output is the activated map)."""
+def padding_mode(padding: str) -> str:
+    """'valid' or 'same', either case (Keras writes them in lower case, Flax and XLA in upper case)."""
+    if not isinstance(padding, str) or padding.lower() not in PADDINGS:
+        raise ValueError(f"padding: expected 'valid' or 'same', got {padding!r}")
+    return padding.lower()
 
+
+class Conv2D(nn.Module):
+    """Keras' `Conv2D`: `filters` kernels of `kernel_size` sliding with `strides` over NHWC maps, no
+    padding unless `padding="same"`, then the `activation` (the layer's output is the activated map).
+
+    The kernel is `(kh, kw, C_in // groups, filters)` (Keras' and Flax's layout), Glorot-uniform initialised
+    as in Keras; the bias starts at zero."""
+
+    filters: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: str = "valid"
+    dilation_rate: int | Sequence[int] = 1
+    groups: int = 1
     activation: str | None = None
-    kernel_init: Callable = nn.initializers.glorot_uniform()  # Keras' default
+    use_bias: bool = True
+    kernel_initializer: Callable = nn.initializers.glorot_uniform()
+    bias_initializer: Callable = nn.initializers.zeros_init()
 
     @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        return activation(self.activation)(super().__call__(inputs))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = pair(self.kernel_size, "kernel_size")
+        if x.shape[-1] % self.groups or self.filters % self.groups:
+            raise ValueError(
+                f"groups: {self.groups} does not divide the input's {x.shape[-1]} channels and the "
+                f"{self.filters} filters"
+            )
+        shape = (kh, kw, x.shape[-1] // self.groups, self.filters)
+        kernel = self.param("kernel", self.kernel_initializer, shape)
+        bias = self.param("bias", self.bias_initializer, (self.filters,)) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=pair(self.strides, "strides"),
+            padding=padding_mode(self.padding).upper(),
+            rhs_dilation=pair(self.dilation_rate, "dilation_rate"),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
+        if bias is not None:
+            y = y + bias
+        return activation(self.activation)(y)
 
 
-class Dense(nn.Dense):
-    """`nn.Dense` followed by an activation, one layer as in Keras."""
+class Dense(nn.Module):
+    """Keras' `Dense`: `units` outputs from the last axis, then the `activation`; kernel `(in, units)`."""
 
+    units: int
     activation: str | None = None
-    kernel_init: Callable = nn.initializers.glorot_uniform()  # Keras' default
+    use_bias: bool = True
+    kernel_initializer: Callable = nn.initializers.glorot_uniform()
+    bias_initializer: Callable = nn.initializers.zeros_init()
 
     @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        return activation(self.activation)(super().__call__(inputs))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_initializer, (x.shape[-1], self.units))
+        bias = self.param("bias", self.bias_initializer, (self.units,)) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        if bias is not None:
+            y = y + bias
+        return activation(self.activation)(y)
 
 
 class _Pool(nn.Module):
-    """Spatial pooling with Keras defaults: stride = pool size, 'VALID' padding."""
+    """Spatial pooling with Keras' defaults: `strides=None` (the pool size), `padding="valid"`."""
 
     pool_size: int | Sequence[int] = 2
     strides: int | Sequence[int] | None = None
-    padding: str = "VALID"
+    padding: str = "valid"
 
     def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        size = pair(self.pool_size)
-        return size, pair(self.strides) if self.strides is not None else size
+        size = pair(self.pool_size, "pool_size")
+        return size, pair(self.strides, "strides") if self.strides is not None else size
 
 
 class MaxPool(_Pool):
@@ -69,14 +122,14 @@ class MaxPool(_Pool):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         size, strides = self.window()
-        if self.padding.upper() == "VALID" and size == strides:
+        if padding_mode(self.padding) == "valid" and size == strides:
             # Non-overlapping windows as a reshape + max: same values, and on XLA:CPU a far cheaper
             # gradient than reduce_window's select-and-scatter.
             n, h, w, c = x.shape
             oh, ow = h // size[0], w // size[1]
             x = x[:, : oh * size[0], : ow * size[1], :].reshape(n, oh, size[0], ow, size[1], c)
             return x.max(axis=(2, 4))
-        return nn.max_pool(x, size, strides, self.padding)
+        return nn.max_pool(x, size, strides, padding_mode(self.padding).upper())
 
 
 class AvgPool(_Pool):
@@ -85,7 +138,7 @@ class AvgPool(_Pool):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         size, strides = self.window()
-        return nn.avg_pool(x, size, strides, self.padding, count_include_pad=False)
+        return nn.avg_pool(x, size, strides, padding_mode(self.padding).upper(), count_include_pad=False)
 
 
 class Flatten(nn.Module):
@@ -121,12 +174,25 @@ class DepthwiseMaxPool(nn.Module):
 
     pool_size: int = 2
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def groups(self, x: jax.Array) -> jax.Array:
+        """`(N, H, W, C)` as `(N, H, W, C / pool_size, pool_size)`: the channels in groups."""
         n, h, w, c = x.shape
         if c % self.pool_size:
             raise ValueError(f"pool_size: {c} channels do not split into groups of {self.pool_size}")
-        return x.reshape(n, h, w, c // self.pool_size, self.pool_size).max(axis=-1)
+        return x.reshape(n, h, w, c // self.pool_size, self.pool_size)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.groups(x).max(axis=-1)
+
+
+class DepthwiseAvgPool(DepthwiseMaxPool):
+    """The mean across groups of `pool_size` consecutive channels (C -> C / pool_size): depth-wise pooling
+    that averages the responses instead of keeping the strongest."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.groups(x).mean(axis=-1)
 
 
 class RandomShiftFlip(nn.Module):
@@ -170,7 +236,7 @@ class DepthwiseConv2D(nn.Module):
 
     kernel_size: int | Sequence[int] = 3
     strides: int | Sequence[int] = 1
-    padding: str = "VALID"
+    padding: str = "valid"
     use_bias: bool = True
 
     @nn.compact
@@ -180,7 +246,7 @@ class DepthwiseConv2D(nn.Module):
             c,
             pair(self.kernel_size),
             strides=pair(self.strides),
-            padding=self.padding.upper(),
+            padding=padding_mode(self.padding).upper(),
             feature_group_count=c,
             use_bias=self.use_bias,
             kernel_init=nn.initializers.glorot_uniform(),
@@ -189,13 +255,25 @@ class DepthwiseConv2D(nn.Module):
 
 
 class ZeroPadding2D(nn.Module):
-    """Zeros around the map: `((top, bottom), (left, right))` rows and columns."""
+    """Zeros around the map, as Keras takes `padding`: `p` (all four sides), `(rows, cols)` (symmetric) or
+    `((top, bottom), (left, right))`."""
 
-    padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
+    padding: int | Sequence[int] | Sequence[Sequence[int]] = (1, 1)
+
+    def amounts(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        p = self.padding
+        if isinstance(p, int):
+            return (p, p), (p, p)
+        if len(p) == 2 and all(isinstance(v, int) for v in p):
+            return (p[0], p[0]), (p[1], p[1])
+        if len(p) == 2 and all(len(v) == 2 and all(isinstance(n, int) for n in v) for v in p):
+            return (tuple(p[0]), tuple(p[1]))
+        raise ValueError(f"padding: expected p, (rows, cols) or ((top, bottom), (left, right)), got {p!r}")
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.pad(x, ((0, 0), tuple(self.padding[0]), tuple(self.padding[1]), (0, 0)))
+        rows, cols = self.amounts()
+        return jnp.pad(x, ((0, 0), rows, cols, (0, 0)))
 
 
 class Activation(nn.Module):
@@ -227,3 +305,10 @@ class Concatenate(nn.Module):
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
         return jnp.concatenate(list(xs), axis=-1)
+
+
+# Keras' class names for the same layers, so that Keras code reads the same here.
+MaxPooling2D = MaxPool
+AveragePooling2D = AvgPool
+GlobalAveragePooling2D = GlobalAvgPool
+GlobalMaxPooling2D = GlobalMaxPool

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn.conv import pair
-from cnn.layers import DepthwiseConv2D
+from cnn.layers import Conv2D, Dense, DepthwiseConv2D
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,13 @@ def count_params(tree) -> int:
 
 
 def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
-    if isinstance(module, nn.Conv):
-        kernel = np.prod(module.kernel_size) * x_shape[-1] // module.feature_group_count
+    if isinstance(module, nn.Conv | Conv2D):
+        groups = module.groups if isinstance(module, Conv2D) else module.feature_group_count
+        kernel = np.prod(pair(module.kernel_size)) * x_shape[-1] // groups
         return int(np.prod(out_shape[1:]) * kernel)
     if isinstance(module, DepthwiseConv2D):
         return int(np.prod(out_shape[1:]) * np.prod(pair(module.kernel_size)))
-    if isinstance(module, nn.Dense):
+    if isinstance(module, nn.Dense | Dense):
         return int(x_shape[-1] * np.prod(out_shape[1:]))
     return 0
 

@@ -22,7 +22,7 @@ class Cut(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         found: dict[str, jax.Array] = {}
-        depth = [0]  # Conv2D calls nn.Conv.__call__ inside its own: keep the outermost (activated) output
+        depth = [0]  # a layer calling its parent class's __call__ runs twice: keep the outermost output
 
         def stop_after_cut(next_fun, args, kwargs, context):
             module = context.module

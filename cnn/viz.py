@@ -104,7 +104,7 @@ def layer_outputs(state: TrainState, image: np.ndarray) -> dict[str, np.ndarray]
         capture_intermediates=True,
         mutable=["intermediates"],
     )
-    # A layer that calls a parent's __call__ (Conv2D -> nn.Conv) records twice: its own output is the last.
+    # A layer that calls a parent class's __call__ records twice: its own output is the last.
     return {
         name: np.asarray(out["__call__"][-1][0])
         for name, out in captured["intermediates"].items()
