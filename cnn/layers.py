@@ -218,6 +218,41 @@ class RandomShiftFlip(nn.Module):
         return x
 
 
+def rotate(images: jax.Array, degrees: jax.Array) -> jax.Array:
+    """NHWC images turned `degrees` (one angle per image) counter-clockwise about their centres, bilinear,
+    zeros where the turned image does not reach."""
+    n, h, w, c = images.shape
+    rows, cols = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+
+    def one(image: jax.Array, angle: jax.Array) -> jax.Array:
+        t = jnp.deg2rad(angle)
+        # Where each output pixel comes from: the inverse rotation of its coordinates.
+        src_r = cy + (rows - cy) * jnp.cos(t) + (cols - cx) * jnp.sin(t)
+        src_c = cx - (rows - cy) * jnp.sin(t) + (cols - cx) * jnp.cos(t)
+        sample = partial(jax.scipy.ndimage.map_coordinates, coordinates=[src_r, src_c], order=1, cval=0.0)
+        return jnp.stack([sample(image[:, :, k]) for k in range(c)], axis=-1)
+
+    return jax.vmap(one)(images, jnp.broadcast_to(jnp.asarray(degrees, jnp.float32), (n,)))
+
+
+class RandomRotation(nn.Module):
+    """Training-time augmentation on the device: each image turned by a random angle in
+    [-`max_degrees`, `max_degrees`] (Keras' `RandomRotation` takes the range as a fraction of a full turn:
+    `factor = max_degrees / 360`). The identity when not training."""
+
+    max_degrees: float = 180.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if not train or not self.max_degrees:
+            return x
+        angles = jax.random.uniform(self.make_rng("augment"), (x.shape[0],), minval=-1.0, maxval=1.0)
+        return rotate(x, angles * self.max_degrees)
+
+
 # --------------------------------------------------------------------- the layers of Keras' applications
 class BatchNormalization(nn.BatchNorm):
     """Batch norm with Keras' defaults: momentum 0.99, epsilon 1e-3; running statistics in evaluation."""

@@ -20,10 +20,12 @@ from cnn.layers import (
     AvgPool,
     Conv2D,
     Dense,
+    DepthwiseAvgPool,
     DepthwiseMaxPool,
     Flatten,
     GlobalAvgPool,
     MaxPool,
+    RandomRotation,
     RandomShiftFlip,
     activation,
 )
@@ -127,7 +129,7 @@ class MLP(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- configurable net
-DOWNSAMPLE = ("max", "avg", "none", "strided_conv", "depthwise_max")
+DOWNSAMPLE = ("max", "avg", "none", "strided_conv", "depthwise_max", "depthwise_avg")
 HEADS = ("flatten_dense", "global_avg")
 
 
@@ -136,8 +138,8 @@ class ConvBlock:
     """One block of `ConvNet`: `convs` convolutions, then a down-sampling step.
 
     downsample: 'max' / 'avg' pooling (window and stride `pool`), 'none', 'strided_conv' (the block's last
-    convolution gets stride `pool` instead of a pooling layer), or 'depthwise_max' (max over groups of
-    `pool` channels: the depth shrinks, not the map).
+    convolution gets stride `pool` instead of a pooling layer), or 'depthwise_max' / 'depthwise_avg' (max
+    or mean over groups of `pool` channels: the depth shrinks, not the map).
     """
 
     filters: int
@@ -207,10 +209,10 @@ def convnet_shapes(
                     f"{h}×{w}×{c} input"
                 )
             h, w = h // b.pool, w // b.pool
-        elif b.downsample == "depthwise_max":
+        elif b.downsample.startswith("depthwise"):
             if c % b.pool:
                 raise ArchitectureError(
-                    f"{where} (layer block{i}_pool): depthwise max pool of {b.pool} needs channels "
+                    f"{where} (layer block{i}_pool): depthwise pooling of {b.pool} needs channels "
                     f"divisible by it; the input is {h}×{w}×{c}"
                 )
             c //= b.pool
@@ -222,7 +224,9 @@ class ConvNet(nn.Module):
     """The configurable network of the experiments: conv blocks, then a head.
 
     The default reproduces the seed CNN layer for layer (same parameter count): blocks of 32 and 64 filters,
-    each followed by a 2×2 max pool, then flatten, dense 100, dropout 0.4, 10 logits.
+    each followed by a 2×2 max pool, then flatten, dense 100, dropout 0.4, 10 logits. In training only,
+    `rotate` turns each image by a random angle up to ± that many degrees (rotated copies), and `augment`
+    shifts and flips it.
     """
 
     blocks: tuple[ConvBlock, ...] = (ConvBlock(32), ConvBlock(64))
@@ -230,11 +234,14 @@ class ConvNet(nn.Module):
     dense: tuple[int, ...] = (100,)
     dropout_rate: float = 0.4
     augment: bool = False
+    rotate: float = 0.0
     num_classes: int = NUM_CLASSES
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         validate_convnet(self, x.shape[1:])
+        if self.rotate:
+            x = RandomRotation(self.rotate, name="rotate")(x, train)
         if self.augment:
             x = RandomShiftFlip(name="augment")(x, train)
         for i, b in enumerate(self.blocks, start=1):
@@ -271,6 +278,8 @@ class ConvNet(nn.Module):
             x = AvgPool(b.pool, name=f"block{i}_pool")(x)
         elif b.downsample == "depthwise_max":
             x = DepthwiseMaxPool(b.pool, name=f"block{i}_pool")(x)
+        elif b.downsample == "depthwise_avg":
+            x = DepthwiseAvgPool(b.pool, name=f"block{i}_pool")(x)
         return x
 
 
@@ -424,6 +433,9 @@ def _field_problem(field: str, default: Any, value: Any) -> str | None:
         return None if ok else "a list of integers >= 1"
     if isinstance(default, str):
         return None if isinstance(value, str) or value is None else "a string"
+    if field == "rotate":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 180
+        return None if ok else "an angle in degrees in [0, 180]"
     return None
 
 
