@@ -45,6 +45,12 @@ class TrainConfig:
     limit_train: int | None = _field(None, "use only the first N training examples", metavar="N")
     val_fraction: float = _field(0.2, "fraction of the training set held out for validation")
     split_seed: int = _field(42, "seed of the train/validation (and test) split")
+    val_split: str = _field(
+        "seeded",
+        "how validation is held out: a seeded random draw, or the last val_fraction of the training set "
+        "unshuffled (Keras' validation_split)",
+        choices=("seeded", "last"),
+    )
     eval_batch_size: int = _field(1000, "batch size of evaluation")
     schedule: str = _field("constant", "learning rate schedule", choices=("constant", "cosine"))
     weight_decay: float = _field(0.0, "AdamW's decoupled weight decay when > 0")
@@ -232,6 +238,7 @@ DATA_FIELDS = (
     "val_fraction",
     "test_fraction",
     "split_seed",
+    "val_split",
     "skip_bad_images",
 )
 

@@ -308,9 +308,12 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
         ) from None
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-seed shuffled train/validation indices, validation being `round(n * val_fraction)` long."""
-    order = np.random.default_rng(seed).permutation(n)
+def split_indices(
+    n: int, val_fraction: float, seed: int, last: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation indices, validation being `round(n * val_fraction)` long: a fixed-seed draw, or with
+    `last` the final examples in order (what Keras' `validation_split` holds out)."""
+    order = np.arange(n)[::-1] if last else np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_fraction))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
@@ -336,6 +339,7 @@ def load_fashion_mnist(
     source_dir: str | os.PathLike | None = None,
     val_fraction: float = 0.2,
     split_seed: int = 42,
+    val_split: str = "seeded",
 ) -> Splits:
     """Loads Fashion-MNIST as train/validation (80/20 of the official train set, fixed seed) and test.
 
@@ -344,6 +348,8 @@ def load_fashion_mnist(
       source_dir: a folder holding the four IDX `.gz` files (see `find_source_dir` for the fall-backs).
       val_fraction: fraction of the official train set held out for validation.
       split_seed: seed of the train/validation permutation.
+      val_split: 'seeded' (that permutation) or 'last' (the last `val_fraction`, as Keras'
+        `validation_split`).
     Returns:
       `Splits` of float32 NHWC images in [0, 1] and int32 labels.
     """
@@ -351,7 +357,7 @@ def load_fashion_mnist(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     builder = prepare(data_dir, source_dir)
     images, labels = read_prepared(builder, "train")
-    train_idx, val_idx = split_indices(len(labels), val_fraction, split_seed)
+    train_idx, val_idx = split_indices(len(labels), val_fraction, split_seed, last=val_split == "last")
     test_images, test_labels = read_prepared(builder, "test")
     return Splits(
         train=Split(to_float(images[train_idx]), labels[train_idx]),

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cnn.config import TrainConfig
-from cnn.data import CLASS_NAMES, DataError, Split, Splits, load_fashion_mnist
+from cnn.data import CLASS_NAMES, DataError, Split, Splits, load_fashion_mnist, split_indices
 from cnn.datasets import image_folder, lfw_faces
 from cnn.datasets.transforms import transform
 
@@ -41,7 +41,8 @@ class Raw:
 
 
 def _fashion_mnist(config: TrainConfig, data_dir: Any, source_dir: Any) -> Raw:
-    splits = load_fashion_mnist(data_dir, source_dir, config.val_fraction, config.split_seed)
+    c = config
+    splits = load_fashion_mnist(data_dir, source_dir, c.val_fraction, c.split_seed, c.val_split)
     as_uint8 = {
         k: (np.rint(getattr(splits, k).images * 255).astype(np.uint8), getattr(splits, k).labels)
         for k in ("train", "val", "test")
@@ -102,6 +103,9 @@ def _split_off(raw: Raw, config: TrainConfig) -> dict[str, tuple[np.ndarray, np.
     if parts["test"] is None:
         keep, held = stratified_split(raw.train[1], config.test_fraction, config.split_seed)
         parts["train"], parts["test"] = _take(raw.train, keep), _take(raw.train, held)
+    if parts["val"] is None and config.val_split == "last":
+        keep, held = split_indices(len(parts["train"][1]), config.val_fraction, 0, last=True)
+        parts["train"], parts["val"] = _take(parts["train"], keep), _take(parts["train"], held)
     if parts["val"] is None:
         keep, held = stratified_split(parts["train"][1], config.val_fraction, config.split_seed + 1)
         parts["train"], parts["val"] = _take(parts["train"], keep), _take(parts["train"], held)
