@@ -14,7 +14,7 @@ from PIL import Image
 
 from cnn import TrainConfig, dataset_config, fit, load_dataset, restore_run
 from cnn.config import ConfigError
-from cnn.data import DataError, Split, Splits
+from cnn.data import DataError, Split, Splits, load_fashion_mnist, split_indices
 from cnn.datasets import image_folder, stratified_split
 from cnn.datasets.transforms import resize, to_channels
 from cnn.steps import losses_and_correct, predict
@@ -284,3 +284,20 @@ def test_a_model_is_checked_against_the_data_sets_shape_before_any_data_is_loade
     assert TrainConfig(model="mobilenet_v2", image_size=(32, 32), channels=3).input_shape is None
     # an image folder at its own size is checked once loaded, when its shape is known
     assert TrainConfig(model="mobilenet_v2", dataset=str(tmp_path)).dataset == str(tmp_path)
+
+
+def test_val_split_last_holds_out_the_end_unshuffled_as_keras(idx_dir, tmp_path):
+    """Keras' validation_split takes the last fraction of the training set, in order."""
+    seeded = load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=idx_dir, val_fraction=0.25)
+    last = load_fashion_mnist(
+        data_dir=tmp_path / "tfds", source_dir=idx_dir, val_fraction=0.25, val_split="last"
+    )
+    in_order = np.concatenate([last.train.images, last.val.images])
+    train_idx, val_idx = split_indices(len(in_order), 0.25, 42)  # where the seeded split drew from
+    original = np.empty_like(in_order)
+    original[train_idx], original[val_idx] = seeded.train.images, seeded.val.images
+    np.testing.assert_array_equal(in_order, original)  # 'last' = the training set as stored, end held out
+    assert len(last.val) == len(seeded.val) == round(0.25 * len(in_order))
+    folder = _write_folder(tmp_path / "photos", fmt=None)
+    splits = load_dataset(_config(folder, image_size=(8, 8), val_split="last"), data_dir=tmp_path / "tfds")
+    assert len(splits.val) == round(0.2 * (len(splits.train) + len(splits.val)))

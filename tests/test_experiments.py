@@ -22,6 +22,13 @@ EXPECTED_ROWS = {
     "pooling": ["max", "avg", "none", "strided_conv", "depthwise_max", "max+global_avg_head"],
     "mlp_vs_cnn": ["seed_cnn", "mlp-420", "mlp-300-100", "lenet5"],
     "shift_robustness": ["max", "avg", "strided_conv", "none"],
+    "equivariance": [
+        "plain",
+        "plain_rotated",
+        "extra_conv_rotated",
+        "depthwise_max_rotated",
+        "depthwise_avg_rotated",
+    ],
 }
 FEATURE_MAPS = {
     ("padding", "valid"): "5×5×64",
@@ -29,6 +36,7 @@ FEATURE_MAPS = {
     ("stride", "stride3-conv"): "4×4×64",
     ("pooling", "none"): "28×28×64",
     ("pooling", "depthwise_max"): "28×28×32",
+    ("equivariance", "depthwise_avg_rotated"): "7×7×64",
     ("mlp_vs_cnn", "mlp-420"): "none",
 }
 
@@ -80,6 +88,16 @@ def test_tiny_experiment_produces_its_table(name, idx_dir, tmp_path, monkeypatch
         assert set(curves) == set(EXPECTED_ROWS[name])
         assert all(np.array(c).shape == (2, 5) for c in curves.values())
         assert (out / "shift_accuracy.png").is_file() and "shift 4" in (out / "shift_accuracy.md").read_text()
+    if name == "equivariance":
+        found = json.loads((out / "equivariance.json").read_text())
+        conv, pool = found["equivariance"]["block1_conv"], found["equivariance"]["block1_pool"]
+        assert all(conv[f"shift {k}"] == 0.0 for k in (1, 2, 3, 4))  # exact, away from the border
+        assert pool["shift 2"] == pool["shift 4"] == 0.0 and pool["shift 1"] > 0.0
+        assert conv["rotate 30°"] > 0.01 and conv["zoom 1.25"] > 0.01
+        assert all(np.array(c).shape == (2, 7) for c in found["rotated_accuracy"].values())
+        assert (out / "rotated_accuracy.png").is_file() and "180°" in (
+            out / "rotated_accuracy.md"
+        ).read_text()
 
 
 def test_sweep_command_on_a_user_grid(idx_dir, tmp_path, capsys):

@@ -154,6 +154,11 @@ def test_workdir_errors_are_value_errors_for_the_cli(tmp_path):
         (["--model-args", '{"dropout_rate": 2.0}'], "dropout_rate must be a number in [0, 1), got 2.0"),
         (["--model-args", '{"dropout_rate": "x"}'], "dropout_rate must be a number in [0, 1), got 'x'"),
         (["--model", "mlp", "--model-args", '{"hidden": [0]}'], "hidden must be a list of integers >= 1"),
+        (
+            ["--model", "convnet", "--model-args", '{"rotate": 400}'],
+            "rotate must be an angle in degrees in [0, 180]",
+        ),
+        (["--val-split", "first"], "argument --val-split: invalid choice: 'first'"),
         (["--model-args", '{"dropout": 0.1}'], "does not take these arguments"),
         (["--model-args", "{dropout_rate: 0.1"], "--model-args: not valid JSON"),
         (["--epochs", "x"], "train: argument --epochs: invalid int value"),

@@ -15,6 +15,22 @@ from tests.conftest import write_dataset
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 REAL_DIR = data.SYSTEM_DIR
+# What a notebook must print: the results the sources print for their worked examples.
+PRINTS = {
+    "00_from_the_textbook.ipynb": [
+        "Conv2D(10, (3, 3)) on (10, 28, 28, 1) -> (10, 26, 26, 10)",
+        "Conv2D(10, (3, 3), strides=2) on (10, 28, 28, 1) -> (10, 13, 13, 10)",
+        "Conv2D(10, (3, 3), strides=2, padding='same') on (10, 28, 28, 1) -> (10, 14, 14, 10)",
+        "Conv2D(10, (3, 3), padding='same') on (10, 28, 28, 1) -> (10, 28, 28, 10)",
+        "output of one image: (2, 2, 10)",
+        "MaxPooling2D(2) on (10, 28, 28, 1) -> (10, 14, 14, 1)",
+        "AveragePooling2D(3) on (10, 28, 28, 1) -> (10, 9, 9, 1)",
+        "= [[33. 45. 57.]]",
+        "-> (1, 62, 62, 32)  params 896",
+        "-> (1, 31, 31, 32)  params 0",
+        "-> (1, 31, 31, 64)  params 18,496",
+    ]
+}
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +75,9 @@ def test_notebook_runs(path, notebook_env, monkeypatch):
         o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
     ]
     assert not errors
+    printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    missing = [line for line in PRINTS.get(path.name, []) if line not in printed]
+    assert not missing, f"{path.name} does not print {missing}"
     images = [
         o
         for c in notebook.cells

@@ -420,7 +420,7 @@ block_strategy = st.builds(
     kernel=st.integers(1, 9),
     stride=st.integers(1, 3),
     padding=st.sampled_from(["same", "valid"]),
-    downsample=st.sampled_from(["max", "avg", "none", "strided_conv", "depthwise_max"]),
+    downsample=st.sampled_from(["max", "avg", "none", "strided_conv", "depthwise_max", "depthwise_avg"]),
     pool=st.integers(1, 4),
     convs=st.integers(1, 2),
 )
@@ -446,7 +446,7 @@ def test_fuzz_architecture_validator_agrees_with_the_real_network(blocks, head):
     assert model.apply(variables, x).shape == (2, 10)
     inter = state["intermediates"]
     for i, (b, shape) in enumerate(zip(blocks, shapes, strict=True), start=1):
-        if b.downsample in ("max", "avg", "depthwise_max"):
+        if b.downsample in ("max", "avg", "depthwise_max", "depthwise_avg"):
             last = f"block{i}_pool"
         else:
             last = f"block{i}_conv{b.convs}" if b.convs > 1 else f"block{i}_conv"

@@ -179,7 +179,9 @@ def test_lecture_cnn_conv_activation_is_a_parameter():
 
 
 # ---------------------------------------------------------------------------------------------- ConvNet
-@pytest.mark.parametrize("downsample", ["max", "avg", "none", "strided_conv", "depthwise_max"])
+@pytest.mark.parametrize(
+    "downsample", ["max", "avg", "none", "strided_conv", "depthwise_max", "depthwise_avg"]
+)
 @pytest.mark.parametrize("head", ["flatten_dense", "global_avg"])
 def test_convnet_choices_build_train_and_follow_output_size(downsample, head):
     blocks = (
