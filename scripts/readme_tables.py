@@ -76,13 +76,31 @@ def block_text(block: str, readme: Path = README) -> str:
     return text[text.index(start) + len(start) : text.index(end)].strip()
 
 
+# Where each network comes from: trained in the sources, only named there, or added by this project.
+IN_THE_SOURCES = {
+    "seed_cnn": "trained",
+    "homl_cnn": "shown",
+    "lecture_cnn": "trained",
+    "lenet5": "named (architecture added)",
+    "mlp": "compared",
+    "convnet": "added",
+    "vgg_bn": "added",
+    "transfer": "mechanism",
+    "inception_v3": "transfer backbone",
+    "vgg16": "named",
+    "resnet50": "listed",
+    "mobilenet_v2": "listed",
+}
+
+
 def zoo_table() -> str:
     from cnn.models import MODELS, build_model, default_input_shape
     from cnn.summary import layer_rows, totals
 
     lines = [
-        "| model | what | input | trainable params | non-trainable | MACs / image | activations / image |",
-        "|---|---|---|---|---|---|---|",
+        "| model | in the sources | what | input | trainable params | non-trainable | MACs / image "
+        "| activations / image |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
         shape = default_input_shape(name)
@@ -90,7 +108,8 @@ def zoo_table() -> str:
         t = totals(layer_rows(model, shape))
         what = " ".join((MODELS[name].__doc__ or "").strip().split("\n\n")[0].split())
         lines.append(
-            f"| `{name}` | {what} | {'×'.join(map(str, shape))} | {t.trainable:,} | {t.non_trainable:,} | "
+            f"| `{name}` | {IN_THE_SOURCES.get(name, 'added')} | {what} | {'×'.join(map(str, shape))} | "
+            f"{t.trainable:,} | {t.non_trainable:,} | "
             f"{t.macs / 1e6:.2f} M | {t.activation_bytes / 1024:,.0f} KiB |"
         )
     return "\n".join(lines)
