@@ -16,9 +16,12 @@ lint: setup
 	.venv/bin/ruff check cnn tests experiments scripts
 	.venv/bin/ruff format --check cnn tests experiments scripts
 
-# Throughput of the seed CNN on this machine beside PyTorch eager (same invocation), into benchmarks/.
+# Throughput of the seed CNN on this machine beside PyTorch eager and torch.compile (same invocation), into
+# benchmarks/. torch.compile needs a C++ compiler: without one only the eager peer runs.
 PEER_DIR ?= ../shared/peers
+PEER = .venv-peer/bin/python $(PEER_DIR)/torch_seed_cnn.py --json --batch-size {batch_size} --steps {steps}
+COMPILE_PEER = $(if $(shell command -v c++ 2>/dev/null),--peer "compile=$(PEER) --compile",)
 bench: setup
 	bash scripts/peer_setup.sh
-	.venv/bin/python -m cnn bench --batch-sizes 32 128 --steps-per-call 1 10 --seeds 3 --out benchmarks/throughput-cpu.json \
-	  --peer ".venv-peer/bin/python $(PEER_DIR)/torch_seed_cnn.py --json --batch-size {batch_size} --steps {steps}"
+	.venv/bin/python -m cnn bench --batch-sizes 32 128 256 --steps-per-call 1 10 --seeds 3 \
+	  --out benchmarks/throughput-cpu.json --peer "eager=$(PEER)" $(COMPILE_PEER)

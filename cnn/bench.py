@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import jax
@@ -32,7 +32,7 @@ from cnn.steps import (
 )
 from cnn.summary import layer_rows, totals
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: several named peers (`peers`, `ratios`), the matmul peak
 
 
 class PeerError(ValueError):
@@ -52,8 +52,8 @@ class BenchResult:
     compile_seconds: float
     train_gflops_per_second: float
     peak_memory_mb: float
-    peer: dict[str, Any] | None = None
-    ratio_to_peer: float | None = None
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
 
 
 def _synthetic(n: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -140,6 +140,36 @@ def _eval_rate(state, images, labels, batch_size: int = 1000, batches: int = 10)
     return batches * batch_size / (time.perf_counter() - t)
 
 
+def matmul_peak(n: int = 1024, repeats: int = 20, windows: int = 5) -> float:
+    """GFLOP/s of one float32 `n`×`n` matrix product on the default device, timed as the training is
+    (compiled, after a warm-up, `block_until_ready`, the median of `windows`): the machine's practical
+    peak, against which the training's GFLOP/s are read."""
+    a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), jnp.float32)
+    product = jax.jit(jnp.matmul)
+    jax.block_until_ready(product(a, b))
+    rates = []
+    for _ in range(windows):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            out = product(a, b)
+        jax.block_until_ready(out)
+        rates.append(2 * n**3 * repeats / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
+def parse_peers(specs: list[str] | None) -> dict[str, str]:
+    """`NAME=COMMAND` (or a bare COMMAND, named 'peer') for each --peer, in order."""
+    peers: dict[str, str] = {}
+    for spec in specs or []:
+        name, sep, command = spec.partition("=")
+        if not sep or " " in name or not name:
+            name, command = "peer", spec
+        if name in peers:
+            raise ValueError(f"--peer: the name {name!r} is given twice; name each peer, e.g. eager=CMD")
+        peers[name] = command
+    return peers
+
+
 def run_peer(command: str, batch_size: int, steps: int) -> dict[str, Any]:
     """Runs a peer command (placeholders `{batch_size}`, `{steps}`); reads the JSON object it prints last."""
     argv = shlex.split(command.format(batch_size=batch_size, steps=steps))
@@ -161,20 +191,25 @@ def benchmark(
     steps: int = 300,
     windows: int = 5,
     steps_per_call: list[int] | None = None,
-    peer: str | None = None,
+    peers: dict[str, str] | None = None,
     data_size: int = 48_000,
     seeds: int = 0,
 ) -> dict[str, Any]:
-    """Every (model, batch size, steps per call) measurement, each with the peer beside it when given;
-    with `seeds` > 1, also `seeds` runs trained together (vmap) against the same runs one after another."""
+    """Every (model, batch size, steps per call) measurement, each with the named peer commands run beside
+    it (their images/s and our ratio to each); with `seeds` > 1, also `seeds` runs trained together (vmap)
+    against the same runs one after another. The report starts with the float32 matmul peak."""
+    peak = matmul_peak()
+    print(f"float32 matmul peak (1024², jit): {peak:.1f} GFLOP/s", file=sys.stderr, flush=True)
     rows = []
     for model in models:
         for batch_size in batch_sizes:
             for chunk in steps_per_call or [1]:
                 result = measure(model, batch_size, steps, windows, chunk, data_size=data_size)
-                if peer:
-                    result.peer = run_peer(peer, batch_size, steps)
-                    result.ratio_to_peer = result.train_images_per_second / result.peer["images_per_second"]
+                for name, command in (peers or {}).items():
+                    result.peers[name] = run_peer(command, batch_size, steps)
+                    result.ratios[name] = (
+                        result.train_images_per_second / result.peers[name]["images_per_second"]
+                    )
                 rows.append(result)
                 print(format_row(result), file=sys.stderr, flush=True)
     together = []
@@ -186,21 +221,33 @@ def benchmark(
         "schema_version": SCHEMA_VERSION,
         "command": " ".join(sys.argv),
         **run_metadata(),
+        "matmul_gflops_per_second": peak,
         "results": [asdict(r) for r in rows],
         "seeds": together,
     }
 
 
-HEADER = (
-    "| model | batch | steps/call | train img/s | eval img/s | GFLOP/s | compile s | peak MB "
-    "| peer img/s | ratio |\n|---|---|---|---|---|---|---|---|---|---|"
-)
+def _peers_of(r: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """A row's peers and ratios; reports of schema 1 had one unnamed `peer`."""
+    if "peers" in r:
+        return r["peers"], r["ratios"]
+    return ({"peer": r["peer"]}, {"peer": r["ratio_to_peer"]}) if r.get("peer") else ({}, {})
 
 
-def format_row(r: BenchResult | dict[str, Any]) -> str:
+def header(peer_names: list[str], peak: float | None = None) -> str:
+    cells = ["model", "batch", "steps/call", "train img/s", "eval img/s", "GFLOP/s"]
+    cells += ["% of matmul peak"] if peak else []
+    cells += ["compile s", "peak MB"]
+    for name in peer_names or ["peer"]:
+        cells += [f"{name} img/s", f"ratio to {name}"]
+    return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
+
+
+def format_row(
+    r: BenchResult | dict[str, Any], peer_names: list[str] | None = None, peak: float | None = None
+) -> str:
     r = asdict(r) if isinstance(r, BenchResult) else r
-    peer = f"{r['peer']['images_per_second']:,.0f}" if r.get("peer") else "–"
-    ratio = f"{r['ratio_to_peer']:.2f}" if r.get("ratio_to_peer") else "–"
+    peers, ratios = _peers_of(r)
     cells = [
         f"`{r['model']}`",
         str(r["batch_size"]),
@@ -208,11 +255,15 @@ def format_row(r: BenchResult | dict[str, Any]) -> str:
         f"{r['train_images_per_second']:,.0f}",
         f"{r['eval_images_per_second']:,.0f}",
         f"{r['train_gflops_per_second']:.1f}",
-        f"{r['compile_seconds']:.1f}",
-        f"{r['peak_memory_mb']:,.0f}",
-        peer,
-        ratio,
     ]
+    cells += [f"{100 * r['train_gflops_per_second'] / peak:.0f} %"] if peak else []
+    cells += [f"{r['compile_seconds']:.1f}", f"{r['peak_memory_mb']:,.0f}"]
+    for name in peer_names or list(peers) or ["peer"]:
+        cells += (
+            [f"{peers[name]['images_per_second']:,.0f}", f"{ratios[name]:.2f}"]
+            if name in peers
+            else ["–", "–"]
+        )
     return "| " + " | ".join(cells) + " |"
 
 
@@ -229,7 +280,11 @@ def format_seeds_row(r: dict[str, Any]) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    table = "\n".join([HEADER, *(format_row(r) for r in report["results"])])
+    names = list(dict.fromkeys(n for r in report["results"] for n in _peers_of(r)[0]))
+    peak = report.get("matmul_gflops_per_second")
+    table = "\n".join([header(names, peak), *(format_row(r, names, peak) for r in report["results"])])
+    if peak:
+        table += f"\n\nfloat32 matmul peak (1024×1024, compiled, same timing): {peak:.1f} GFLOP/s."
     if report.get("seeds"):
         table += "\n\n" + "\n".join([SEEDS_HEADER, *(format_seeds_row(r) for r in report["seeds"])])
     return table

@@ -72,17 +72,19 @@ def _parallel_flags(train: argparse.ArgumentParser) -> None:
 def _bench_parser(sub: Any) -> None:
     bench = sub.add_parser("bench", help="training/evaluation throughput, optionally beside a peer command")
     bench.add_argument("--models", nargs="+", default=["seed_cnn"])
-    bench.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    bench.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 256])
     bench.add_argument("--steps", type=int, default=300, help="steps per timed window")
     bench.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
     bench.add_argument("--steps-per-call", nargs="+", type=int, default=[1])
     bench.add_argument(
         "--peer",
+        action="append",
         default=None,
-        metavar="CMD",
-        help="a command printing a JSON line with images_per_second; {batch_size} and {steps} "
-        "are filled in, e.g. '.venv-peer/bin/python ../shared/peers/torch_seed_cnn.py --json "
-        "--batch-size {batch_size} --steps {steps}'",
+        metavar="NAME=CMD",
+        help="a command printing a JSON line with images_per_second, run beside each measurement; "
+        "{batch_size} and {steps} are filled in; repeat for several peers, e.g. "
+        "'eager=.venv-peer/bin/python ../shared/peers/torch_seed_cnn.py --json --batch-size {batch_size} "
+        "--steps {steps}' and 'compile=... --compile'",
     )
     bench.add_argument(
         "--seeds",
@@ -220,7 +222,7 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from cnn.bench import benchmark, format_table
+    from cnn.bench import benchmark, format_table, parse_peers
     from cnn.models import check_model_name
     from cnn.rundir import write_json
 
@@ -234,7 +236,7 @@ def _bench(args: argparse.Namespace) -> None:
         args.steps,
         args.windows,
         args.steps_per_call,
-        args.peer,
+        parse_peers(args.peer),
         seeds=args.seeds,
     )
     if args.out:

@@ -12,7 +12,7 @@ import pytest
 
 from cnn import TrainConfig, build_model, create_train_state, fit
 from cnn import train as train_module
-from cnn.bench import SCHEMA_VERSION, benchmark
+from cnn.bench import SCHEMA_VERSION, benchmark, format_table, parse_peers
 from cnn.cli import main
 from cnn.data import Split
 from cnn.train import device_data, make_optimizer, take_batch, train_step, train_steps
@@ -87,23 +87,37 @@ def test_same_accuracy_on_a_short_real_run(tmp_path, monkeypatch):
     assert fast["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.01)
 
 
-def test_benchmark_report_schema_with_a_peer(tmp_path):
+def test_benchmark_report_schema_with_two_peers(tmp_path):
     script = tmp_path / "peer.py"
     script.write_text(
         "import json, sys\nprint('warming up')\n"
-        "print(json.dumps({'images_per_second': 1000.0, 'bs': int(sys.argv[1])}))\n"
+        "print(json.dumps({'images_per_second': float(sys.argv[2]), 'bs': int(sys.argv[1])}))\n"
     )
-    peer = f"{sys.executable} {script} {{batch_size}}"
+    peers = parse_peers(
+        [
+            f"eager={sys.executable} {script} {{batch_size}} 1000",
+            f"compile={sys.executable} {script} {{batch_size}} 500",
+        ]
+    )
     report = benchmark(
-        ["seed_cnn"], [16], steps=4, windows=2, steps_per_call=[1, 2], peer=peer, data_size=512, seeds=2
+        ["seed_cnn"], [16], steps=4, windows=2, steps_per_call=[1, 2], peers=peers, data_size=512, seeds=2
     )
     assert report["schema_version"] == SCHEMA_VERSION and report["device"]["platform"] == "cpu"
+    assert report["host"]["cpu"] and report["host"]["cpu"] != "cpu"  # vendor and model name
+    assert report["matmul_gflops_per_second"] > 0
     assert [r["steps_per_call"] for r in report["results"]] == [1, 2]
     for r in report["results"]:
         assert r["train_images_per_second"] > 0 and len(r["train_windows"]) == 2
         assert r["eval_images_per_second"] > 0 and r["compile_seconds"] > 0 and r["peak_memory_mb"] > 0
-        assert r["peer"] == {"images_per_second": 1000.0, "bs": 16}
-        assert r["ratio_to_peer"] == pytest.approx(r["train_images_per_second"] / 1000.0)
+        assert r["peers"] == {
+            "eager": {"images_per_second": 1000.0, "bs": 16},
+            "compile": {"images_per_second": 500.0, "bs": 16},
+        }
+        assert r["ratios"]["eager"] == pytest.approx(r["train_images_per_second"] / 1000.0)
+        assert r["ratios"]["compile"] == pytest.approx(r["train_images_per_second"] / 500.0)
+    table = format_table(report)
+    assert "| eager img/s | ratio to eager | compile img/s | ratio to compile |" in table
+    assert "% of matmul peak" in table and "float32 matmul peak" in table
     (together,) = report["seeds"]
     assert together["seeds"] == 2 and together["speedup"] == pytest.approx(
         together["vmapped_images_per_second"] / together["sequential_images_per_second"]
@@ -139,3 +153,22 @@ def test_bench_errors_are_clear(capsys):
         == 2
     )
     assert "printed no JSON line" in capsys.readouterr().err
+    assert main(["bench", "--peer", "a=x {batch_size}", "--peer", "a=y"]) == 2
+    assert "--peer: the name 'a' is given twice" in capsys.readouterr().err
+
+
+def test_schema_1_reports_still_make_a_table():
+    row = {
+        "model": "seed_cnn",
+        "batch_size": 32,
+        "steps_per_call": 1,
+        "train_images_per_second": 2000.0,
+        "eval_images_per_second": 9000.0,
+        "train_gflops_per_second": 50.0,
+        "compile_seconds": 1.0,
+        "peak_memory_mb": 700.0,
+        "peer": {"images_per_second": 1000.0},
+        "ratio_to_peer": 2.0,
+    }
+    table = format_table({"results": [row]})
+    assert "| `seed_cnn` | 32 | 1 | 2,000 | 9,000 | 50.0 | 1.0 | 700 | 1,000 | 2.00 |" in table
