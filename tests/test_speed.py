@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -172,3 +173,19 @@ def test_schema_1_reports_still_make_a_table():
     }
     table = format_table({"results": [row]})
     assert "| `seed_cnn` | 32 | 1 | 2,000 | 9,000 | 50.0 | 1.0 | 700 | 1,000 | 2.00 |" in table
+
+
+def test_profile_script_weight_gradient_as_one_matmul_equals_xlas():
+    """scripts/profile_step.py times the convolution's weight gradient both ways: they must agree."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(3, 7, 7, 4)).astype(np.float32), rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
+    dy = rng.normal(size=(3, 7, 7, 5)).astype(np.float32)
+    np.testing.assert_allclose(
+        probe.weight_gradient_patches(x, w, dy), probe.weight_gradient(x, w, dy), rtol=1e-4, atol=1e-4
+    )
