@@ -243,3 +243,21 @@ def test_rotation_matches_scipy_and_quarter_turns_are_exact():
     np.testing.assert_array_equal(np.asarray(module.apply({}, x)), x)  # not training: the identity
     turned = np.asarray(module.apply({}, x, True, rngs={"augment": jax.random.PRNGKey(0)}))
     assert turned.shape == x.shape and not np.allclose(turned, x)
+
+
+@pytest.mark.parametrize("size", [(2, 2), (3, 3), (2, 3)])
+def test_max_pool_gradient_shares_ties_as_jnp_max(size):
+    """MaxPool's fast CPU gradient equals differentiating a reshape + `jnp.max` (ties split equally),
+    on maps full of ties (few distinct values) and with rows and columns left over."""
+    x = np.random.default_rng(0).integers(0, 3, size=(2, 9, 10, 3)).astype(np.float32)
+    g = np.random.default_rng(1).normal(size=(2, 9 // size[0], 10 // size[1], 3)).astype(np.float32)
+
+    def reference(x):
+        oh, ow = 9 // size[0], 10 // size[1]
+        crop = x[:, : oh * size[0], : ow * size[1], :]
+        return crop.reshape(2, oh, size[0], ow, size[1], 3).max(axis=(2, 4))
+
+    ours, vjp = jax.vjp(lambda x: layers.MaxPool(size).apply({}, x), x)
+    expected, vjp_ref = jax.vjp(reference, x)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(expected))
+    np.testing.assert_allclose(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]), rtol=1e-6, atol=1e-7)
