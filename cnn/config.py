@@ -151,6 +151,7 @@ def _check_numbers(c: TrainConfig) -> None:
     _check(c, "test_fraction", _is_number(c.test_fraction) and 0 < c.test_fraction < 1, "a number in (0, 1)")
     _check(c, "eval_batch_size", _is_int(c.eval_batch_size) and c.eval_batch_size >= 1, "an integer >= 1")
     _check(c, "schedule", c.schedule in SCHEDULES, f"one of {SCHEDULES}")
+    _check(c, "val_split", c.val_split in ("seeded", "last"), "'seeded' or 'last'")
     _check(c, "optimizer", c.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
     wd_ok = _is_number(c.weight_decay) and 0 <= c.weight_decay < math.inf
     _check(c, "weight_decay", wd_ok, "a finite number >= 0")

@@ -40,6 +40,14 @@ def padding_mode(padding: str) -> str:
     return padding.lower()
 
 
+def _promote(x: jax.Array, kernel: jax.Array, bias: jax.Array | None):
+    """The inputs and weights in their common dtype (a missing bias takes no part: under jax_enable_x64 a
+    None would count as a float64)."""
+    if bias is None:
+        return (*nn.dtypes.promote_dtype(x, kernel), None)
+    return nn.dtypes.promote_dtype(x, kernel, bias)
+
+
 class Conv2D(nn.Module):
     """Keras' `Conv2D`: `filters` kernels of `kernel_size` sliding with `strides` over NHWC maps, no
     padding unless `padding="same"`, then the `activation` (the layer's output is the activated map).
@@ -57,6 +65,7 @@ class Conv2D(nn.Module):
     use_bias: bool = True
     kernel_initializer: Callable = nn.initializers.glorot_uniform()
     bias_initializer: Callable = nn.initializers.zeros_init()
+    param_dtype: jnp.dtype = jnp.float32  # as Flax's layers: float32 even under jax_enable_x64
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,9 +76,13 @@ class Conv2D(nn.Module):
                 f"{self.filters} filters"
             )
         shape = (kh, kw, x.shape[-1] // self.groups, self.filters)
-        kernel = self.param("kernel", self.kernel_initializer, shape)
-        bias = self.param("bias", self.bias_initializer, (self.filters,)) if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        kernel = self.param("kernel", self.kernel_initializer, shape, self.param_dtype)
+        bias = (
+            self.param("bias", self.bias_initializer, (self.filters,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = _promote(x, kernel, bias)
         y = jax.lax.conv_general_dilated(
             x,
             kernel,
@@ -92,12 +105,17 @@ class Dense(nn.Module):
     use_bias: bool = True
     kernel_initializer: Callable = nn.initializers.glorot_uniform()
     bias_initializer: Callable = nn.initializers.zeros_init()
+    param_dtype: jnp.dtype = jnp.float32  # as Flax's layers: float32 even under jax_enable_x64
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_initializer, (x.shape[-1], self.units))
-        bias = self.param("bias", self.bias_initializer, (self.units,)) if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        kernel = self.param("kernel", self.kernel_initializer, (x.shape[-1], self.units), self.param_dtype)
+        bias = (
+            self.param("bias", self.bias_initializer, (self.units,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = _promote(x, kernel, bias)
         y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
         if bias is not None:
             y = y + bias

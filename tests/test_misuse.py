@@ -158,7 +158,7 @@ def test_workdir_errors_are_value_errors_for_the_cli(tmp_path):
             ["--model", "convnet", "--model-args", '{"rotate": 400}'],
             "rotate must be an angle in degrees in [0, 180]",
         ),
-        (["--val-split", "first"], "argument --val-split: invalid choice: 'first'"),
+        (["--val-split", "first"], "val_split: got 'first', expected 'seeded' or 'last'"),
         (["--model-args", '{"dropout": 0.1}'], "does not take these arguments"),
         (["--model-args", "{dropout_rate: 0.1"], "--model-args: not valid JSON"),
         (["--epochs", "x"], "train: argument --epochs: invalid int value"),

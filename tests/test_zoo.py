@@ -206,9 +206,9 @@ def test_convnet_choices_build_train_and_follow_output_size(downsample, head):
         c = block.filters
         if downsample in ("max", "avg"):
             h = conv.output_size(h, 2, 2)
-        elif downsample == "depthwise_max":
+        elif downsample.startswith("depthwise"):
             c //= 2
-        if downsample in ("max", "avg", "depthwise_max"):
+        if downsample in ("max", "avg", "depthwise_max", "depthwise_avg"):
             assert inter[f"block{i}_pool"]["__call__"][0].shape == (4, h, h, c)
     assert convnet_shapes(blocks)[-1] == (h, h, c)
     batch = {"image": x, "label": jnp.array([0, 1, 2, 3])}
@@ -232,7 +232,7 @@ def test_convnet_choices_build_train_and_follow_output_size(downsample, head):
         ([ConvBlock(8)] * 5, r"block 5 \(layer block5_pool\): a 2×2 pool does not fit its 1×1×8 input"),
         (
             [ConvBlock(6, downsample="depthwise_max", pool=4)],
-            r"block 1 \(layer block1_pool\): depthwise max pool of 4 needs channels divisible by it; "
+            r"block 1 \(layer block1_pool\): depthwise pooling of 4 needs channels divisible by it; "
             r"the input is 28×28×6",
         ),
         ([ConvBlock(8, downsample="median")], r"block 1: downsample 'median'"),
