@@ -30,6 +30,7 @@ EXPECTED_ROWS = {
         "depthwise_avg_rotated",
     ],
 }
+SEEDS = {"equivariance": 1}  # its five networks train one seed each here, to keep the suite short
 FEATURE_MAPS = {
     ("padding", "valid"): "5×5×64",
     ("padding", "deep-valid"): "4×4×64",
@@ -49,7 +50,7 @@ def test_tiny_experiment_produces_its_table(name, idx_dir, tmp_path, monkeypatch
         "--epochs",
         "1",
         "--seeds",
-        "2",
+        str(SEEDS.get(name, 2)),
         "--limit-train",
         "200",
         "--out",
@@ -76,7 +77,7 @@ def test_tiny_experiment_produces_its_table(name, idx_dir, tmp_path, monkeypatch
         "images_per_second",
     }
     for r in rows:
-        assert r["error"] == "" and r["seeds_finished"] == "2"
+        assert r["error"] == "" and r["seeds_finished"] == str(SEEDS.get(name, 2))
         for key in ("test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean", "train_seconds"):
             assert math.isfinite(float(r[key])), (r["variant"], key)
         assert 0 <= float(r["test_accuracy_mean"]) <= 1
@@ -94,7 +95,7 @@ def test_tiny_experiment_produces_its_table(name, idx_dir, tmp_path, monkeypatch
         assert all(conv[f"shift {k}"] == 0.0 for k in (1, 2, 3, 4))  # exact, away from the border
         assert pool["shift 2"] == pool["shift 4"] == 0.0 and pool["shift 1"] > 0.0
         assert conv["rotate 30°"] > 0.01 and conv["zoom 1.25"] > 0.01
-        assert all(np.array(c).shape == (2, 7) for c in found["rotated_accuracy"].values())
+        assert all(np.array(c).shape == (1, 7) for c in found["rotated_accuracy"].values())
         assert (out / "rotated_accuracy.png").is_file() and "180°" in (
             out / "rotated_accuracy.md"
         ).read_text()
