@@ -55,6 +55,11 @@ class TrainConfig:
     schedule: str = _field("constant", "learning rate schedule", choices=("constant", "cosine"))
     weight_decay: float = _field(0.0, "AdamW's decoupled weight decay when > 0")
     steps_per_call: int = _field(10, "train steps compiled into one call (unrolled; 10 is fastest measured)")
+    micro_batch: int = _field(
+        0,
+        "split each training batch into micro-batches of this size inside the compiled step (gradients "
+        "summed, one update); 0: auto, 64 on a one-device CPU for models without batch norm",
+    )
     tensorboard: bool = _field(True, "write TensorBoard event files in WORKDIR/events (tensorboardX)")
     precision: str = _field(
         "float32",
@@ -145,6 +150,7 @@ def _check_numbers(c: TrainConfig) -> None:
     _check(c, "lr", _is_number(c.lr) and 0 < c.lr < math.inf, "a finite number > 0")
     _check(c, "patience", _is_int(c.patience) and c.patience >= 0, "an integer >= 0")
     _check(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
+    _check(c, "micro_batch", _is_int(c.micro_batch) and c.micro_batch >= 0, "an integer >= 0 (0: auto)")
     limit_ok = c.limit_train is None or (_is_int(c.limit_train) and c.limit_train >= 1)
     _check(c, "limit_train", limit_ok, "None or an integer >= 1")
     _check(c, "val_fraction", _is_number(c.val_fraction) and 0 < c.val_fraction < 1, "a number in (0, 1)")

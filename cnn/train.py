@@ -238,7 +238,8 @@ def _fit_stacked(configs, train, splits, workdirs, mesh) -> list[dict[str, Any]]
 
     def start(c: TrainConfig) -> TrainState:
         own = make_optimizer(c, steps, injectable=True) if varying else tx
-        return create_train_state(model, own, run_keys(c)["init"], c.image_shape, c.precision).replace(tx=tx)
+        state = create_train_state(model, own, run_keys(c)["init"], c.image_shape, c.precision, c.micro_batch)
+        return state.replace(tx=tx)
 
     opened = [_open(c, w, start(c)) for c, w in zip(configs, workdirs, strict=True)]
     state, members = stack_trees([s for s, _ in opened]), [m for _, m in opened]

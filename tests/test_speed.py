@@ -189,3 +189,40 @@ def test_profile_script_weight_gradient_as_one_matmul_equals_xlas():
     np.testing.assert_allclose(
         probe.weight_gradient_patches(x, w, dy), probe.weight_gradient(x, w, dy), rtol=1e-4, atol=1e-4
     )
+
+
+def test_micro_batches_give_the_whole_batch_gradient():
+    """A batch of 128 split into micro-batches of 64 (the CPU's automatic choice) or 32 takes the same
+    optimizer step as the whole batch, up to float rounding (dropout off: the randomness is drawn per
+    micro-batch); models with batch norm and sizes that do not divide the batch are never split."""
+    from cnn.steps import create_train_state, micro_batch_size
+
+    config = TrainConfig(batch_size=128, model_args={"dropout_rate": 0.0})
+    model = build_model("seed_cnn", dropout_rate=0.0)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (128, 28, 28, 1)).astype(np.uint8),
+        "label": rng.integers(0, 10, 128).astype(np.int32),
+    }
+    results = {}
+    for micro in (128, 64, 32):
+        state = create_train_state(model, make_optimizer(config), jax.random.PRNGKey(0), micro_batch=micro)
+        assert micro_batch_size(state, 128) == micro
+        state, metrics = train_step(state, batch, jax.random.PRNGKey(1))
+        results[micro] = (
+            jax.tree.map(np.asarray, state.params),
+            float(metrics["loss"]),
+            int(metrics["correct"]),
+        )
+    whole = results[128]
+    for micro in (64, 32):
+        params, loss, correct = results[micro]
+        assert loss == pytest.approx(whole[1], rel=1e-5) and correct == whole[2]
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(whole[0]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    auto = create_train_state(model, make_optimizer(config), jax.random.PRNGKey(0))
+    assert micro_batch_size(auto, 128) == 64 and micro_batch_size(auto, 32) == 32
+    assert micro_batch_size(auto, 96) == 96  # 64 does not divide 96: whole
+    with_bn = create_train_state(build_model("vgg_bn"), make_optimizer(config), jax.random.PRNGKey(0))
+    assert micro_batch_size(with_bn, 256) == 256
+    assert main(["train", "--micro-batch", "-1"]) == 2
