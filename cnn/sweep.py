@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -419,6 +419,27 @@ def run_experiment(
     rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
     print(markdown_table(rows))
     return rows, splits, out
+
+
+def seed_curves(
+    out: Path, variants: Sequence[Variant], seeds: int, measure: Callable[[Path], list[float]]
+) -> dict[str, np.ndarray]:
+    """`measure(run_dir)` for every finished seed of every variant: variant name -> `(seeds, points)`."""
+    return {
+        v.name: np.array(
+            [
+                measure(out / v.name / f"seed{s}")
+                for s in range(seeds)
+                if (out / v.name / f"seed{s}" / "results.json").is_file()
+            ]
+        )
+        for v in variants
+    }
+
+
+def mean_and_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation over seeds (axis 0); a single seed has a std of 0."""
+    return values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
 
 
 def block(filters: int, **fields: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from cnn.data import shift
 from cnn.layers import rotate
-from cnn.sweep import Variant, block, experiment_parser, run_experiment
+from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
 from cnn.train import predict, restore_run
 from cnn.viz import model_variables
 
@@ -126,16 +126,7 @@ def main() -> None:
     (out / "equivariance.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    curves = {
-        v.name: np.array(
-            [
-                rotated_accuracy(out / v.name / f"seed{s}", splits.test)
-                for s in range(args.seeds)
-                if (out / v.name / f"seed{s}" / "results.json").is_file()
-            ]
-        )
-        for v in chosen
-    }
+    curves = seed_curves(out, chosen, args.seeds, lambda run: rotated_accuracy(run, splits.test))
     table = [
         "| network | " + " | ".join(f"{a}°" for a in ANGLES) + " | mean |",
         "|---|" + "---|" * (len(ANGLES) + 1),
@@ -144,13 +135,11 @@ def main() -> None:
     for name, acc in curves.items():
         if not len(acc):
             continue
-        mean, std = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(len(ANGLES))
+        mean, std = mean_and_std(acc)
         ax.errorbar(ANGLES, mean, yerr=std, fmt="o-", capsize=3, label=name)
         cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in zip(mean, std, strict=True))
-        overall = acc.mean(1)
-        table.append(
-            f"| {name} | {cells} | {overall.mean():.4f} ± {overall.std(ddof=1) if len(acc) > 1 else 0:.4f} |"
-        )
+        overall, overall_std = mean_and_std(acc.mean(1))
+        table.append(f"| {name} | {cells} | {overall:.4f} ± {overall_std:.4f} |")
     ax.set(xlabel="rotation of the test images (degrees)", ylabel="test accuracy (mean ± std over seeds)")
     ax.set_title("Accuracy on rotated test images")
     ax.grid(alpha=0.3)

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn.data import shift
-from cnn.sweep import Variant, block, experiment_parser, run_experiment
+from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
 from cnn.train import predict, restore_run
 
 SHIFTS = range(5)
@@ -41,16 +41,7 @@ def main() -> None:
     args = experiment_parser(__doc__).parse_args()
     chosen = variants()
     rows, splits, out = run_experiment("shift_robustness", chosen, args)
-    curves = {
-        v.name: np.array(
-            [
-                shifted_accuracy(out / v.name / f"seed{s}", splits.test)
-                for s in range(args.seeds)
-                if (out / v.name / f"seed{s}" / "results.json").is_file()
-            ]
-        )
-        for v in chosen
-    }
+    curves = seed_curves(out, chosen, args.seeds, lambda run: shifted_accuracy(run, splits.test))
     lines = [
         "| pooling | " + " | ".join(f"shift {k}" for k in SHIFTS) + " | drop 0→4 |",
         "|---|" + "---|" * (len(SHIFTS) + 1),
@@ -59,7 +50,7 @@ def main() -> None:
     for name, acc in curves.items():
         if not len(acc):
             continue
-        mean, std = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(len(SHIFTS))
+        mean, std = mean_and_std(acc)
         ax.errorbar(list(SHIFTS), mean, yerr=std, fmt="o-", capsize=3, label=name)
         cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in zip(mean, std, strict=True))
         lines.append(f"| {name} | {cells} | {mean[0] - mean[-1]:.4f} |")
