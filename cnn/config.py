@@ -58,7 +58,7 @@ class TrainConfig:
     micro_batch: int = _field(
         0,
         "split each training batch into micro-batches of this size inside the compiled step (gradients "
-        "summed, one update); 0: auto, 64 on a one-device CPU for models without batch norm",
+        "summed, one update; never for models with batch norm); 0: auto, 64 on a one-device CPU",
     )
     tensorboard: bool = _field(True, "write TensorBoard event files in WORKDIR/events (tensorboardX)")
     precision: str = _field(

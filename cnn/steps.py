@@ -45,12 +45,14 @@ AUTO_MICRO_BATCH = 64
 def micro_batch_size(state: TrainState, batch_size: int) -> int:
     """The micro-batch a training batch of `batch_size` is split into inside the compiled step (the batch
     size itself: not split). `state.micro_batch` > 0 asks for that size; 0 (auto) splits into
-    `AUTO_MICRO_BATCH` on a one-device CPU for models without batch norm (whose statistics need the whole
-    batch). A size that does not divide the batch leaves it whole."""
+    `AUTO_MICRO_BATCH` on a one-device CPU. Models with batch norm (whose statistics need the whole batch)
+    and sizes that do not divide the batch leave it whole."""
+    if state.batch_stats is not None:
+        return batch_size
     size = state.micro_batch
     if not size:
         one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-        size = AUTO_MICRO_BATCH if one_cpu and state.batch_stats is None else batch_size
+        size = AUTO_MICRO_BATCH if one_cpu else batch_size
     return size if size < batch_size and batch_size % size == 0 else batch_size
 
 
@@ -237,11 +239,23 @@ def _train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainS
         return losses.mean(), (losses, correct, updates)
 
     (loss, (losses, correct, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _update(state, grads, loss, losses, correct, updates.get("batch_stats"))
+
+
+def _update(
+    state: TrainState,
+    grads: Any,
+    loss: jax.Array,
+    losses: jax.Array,
+    correct: jax.Array,
+    batch_stats: Any = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The optimizer update with `grads` (and the new batch statistics), and the step's summed metrics."""
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
     step = state.step
     state = state.apply_gradients(grads=grads)
-    if has_batch_stats:
-        state = state.replace(batch_stats=updates["batch_stats"])
+    if batch_stats is not None:
+        state = state.replace(batch_stats=batch_stats)
     return state, {
         "loss": losses.sum(),
         "correct": correct.sum(),
@@ -272,16 +286,8 @@ def _micro_batched_step(
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
         losses.append(part_losses)
         correct.append(part_correct)
-    grads = jax.tree.map(lambda g: g / n, grads)
     losses, correct = jnp.concatenate(losses), jnp.concatenate(correct)
-    finite = jnp.isfinite(losses.mean()) & jnp.isfinite(optax.global_norm(grads))
-    step = state.step
-    return state.apply_gradients(grads=grads), {
-        "loss": losses.sum(),
-        "correct": correct.sum(),
-        "count": jnp.float32(n),
-        "first_nonfinite": jnp.where(finite, jnp.inf, step.astype(jnp.float32)),
-    }
+    return _update(state, jax.tree.map(lambda g: g / n, grads), losses.mean(), losses, correct)
 
 
 train_step = jax.jit(_train_step, donate_argnums=0)

@@ -223,6 +223,9 @@ def test_micro_batches_give_the_whole_batch_gradient():
     auto = create_train_state(model, make_optimizer(config), jax.random.PRNGKey(0))
     assert micro_batch_size(auto, 128) == 64 and micro_batch_size(auto, 32) == 32
     assert micro_batch_size(auto, 96) == 96  # 64 does not divide 96: whole
-    with_bn = create_train_state(build_model("vgg_bn"), make_optimizer(config), jax.random.PRNGKey(0))
-    assert micro_batch_size(with_bn, 256) == 256
+    for asked in (0, 32):  # batch norm needs the whole batch, even when a micro-batch is asked for
+        with_bn = create_train_state(
+            build_model("vgg_bn"), make_optimizer(config), jax.random.PRNGKey(0), micro_batch=asked
+        )
+        assert micro_batch_size(with_bn, 256) == 256
     assert main(["train", "--micro-batch", "-1"]) == 2
