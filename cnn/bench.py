@@ -140,21 +140,26 @@ def _eval_rate(state, images, labels, batch_size: int = 1000, batches: int = 10)
     return batches * batch_size / (time.perf_counter() - t)
 
 
-def matmul_peak(n: int = 1024, repeats: int = 20, windows: int = 5) -> float:
-    """GFLOP/s of one float32 `n`×`n` matrix product on the default device, timed as the training is
-    (compiled, after a warm-up, `block_until_ready`, the median of `windows`): the machine's practical
-    peak, against which the training's GFLOP/s are read."""
-    a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), jnp.float32)
-    product = jax.jit(jnp.matmul)
-    jax.block_until_ready(product(a, b))
-    rates = []
+def seconds_per_call(fn: Any, *args: Any, repeats: int = 20, windows: int = 5) -> float:
+    """Median seconds of one call of `jax.jit(fn)(*args)`: compiled and warmed up first, then `windows`
+    windows of `repeats` calls each, timed up to `block_until_ready`."""
+    compiled = jax.jit(fn)
+    jax.block_until_ready(compiled(*args))
+    times = []
     for _ in range(windows):
         t = time.perf_counter()
         for _ in range(repeats):
-            out = product(a, b)
+            out = compiled(*args)
         jax.block_until_ready(out)
-        rates.append(2 * n**3 * repeats / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
+        times.append((time.perf_counter() - t) / repeats)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 1024) -> float:
+    """GFLOP/s of one float32 `n`×`n` matrix product on the default device, timed as the training is
+    (`seconds_per_call`): the machine's practical peak, against which the training's GFLOP/s are read."""
+    a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), jnp.float32)
+    return 2 * n**3 / seconds_per_call(jnp.matmul, a, b) / 1e9
 
 
 def parse_peers(specs: list[str] | None) -> dict[str, str]:

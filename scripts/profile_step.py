@@ -11,33 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn.bench import matmul_peak, measure
+from cnn.bench import matmul_peak, measure, seconds_per_call
 from cnn.rundir import run_metadata
 
 DN = ("NHWC", "HWIO", "NHWC")
-
-
-def timed(fn, *args, repeats: int = 20, windows: int = 5) -> float:
-    """Median seconds of one call of compiled `fn(*args)`."""
-    fn = jax.jit(fn)
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(windows):
-        t = time.perf_counter()
-        for _ in range(repeats):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t) / repeats)
-    return statistics.median(times)
 
 
 def conv(x, w):
@@ -74,10 +58,10 @@ def layer_rows(batch: int) -> list[dict]:
         dy = jnp.asarray(rng.normal(size=(batch, h, h, cout)), jnp.float32)
         flops = 2 * batch * h * h * 9 * cin * cout
         parts = {
-            "forward": timed(lambda x, w, dy: conv(x, w), x, w, dy),
-            "input gradient": timed(input_gradient, x, w, dy),
-            "weight gradient": timed(weight_gradient, x, w, dy),
-            "weight gradient as patches·dY": timed(weight_gradient_patches, x, w, dy),
+            "forward": seconds_per_call(lambda x, w, dy: conv(x, w), x, w, dy),
+            "input gradient": seconds_per_call(input_gradient, x, w, dy),
+            "weight gradient": seconds_per_call(weight_gradient, x, w, dy),
+            "weight gradient as patches·dY": seconds_per_call(weight_gradient_patches, x, w, dy),
         }
         for part, seconds in parts.items():
             rows.append(
@@ -98,7 +82,7 @@ def layer_rows(batch: int) -> list[dict]:
         ("input gradient", lambda dy, w: dy @ w.T, (dy, w)),
         ("weight gradient", lambda x, dy: x.T @ dy, (x, dy)),
     ):
-        seconds = timed(fn, *args)
+        seconds = seconds_per_call(fn, *args)
         rows.append(
             {
                 "batch": batch,
