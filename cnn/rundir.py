@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from cnn.checkpoints import Checkpoints
 from cnn.config import ConfigError, TrainConfig, config_differences
 from cnn.data import Splits
+from cnn.host_memory import keep_freed_memory
 from cnn.parallel import is_primary
 from cnn.plots import plot_curves
 from cnn.steps import TrainState, evaluate, initial_state, steps_per_epoch
@@ -104,7 +105,12 @@ def run_metadata() -> dict[str, Any]:
             "orbax_checkpoint": orbax.checkpoint.__version__,
         },
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
-        "host": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform()},
+        "host": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "system": platform.platform(),
+            "malloc_keeps_freed_memory": keep_freed_memory(),
+        },
     }
 
 

@@ -36,9 +36,10 @@ class TrainState(train_state.TrainState):
     micro_batch: int = struct.field(pytree_node=False, default=0)  # see `micro_batch_size`
 
 
-# Measured on a 2-core AMD EPYC: the seed CNN's gradient over 128 images took 38.5 ms in one piece and
-# 20.8 ms as two micro-batches of 64; over 256, 82 ms against 56-60 ms. XLA:CPU's per-image cost grows
-# with the batch, so on a one-device CPU large batches are split.
+# Measured on a 2-core AMD EPYC (seed CNN, one step per call, glibc set by `cnn.host_memory`): batch 128
+# took 24 ms in one piece, 18 ms as two micro-batches of 64, 16 ms as four of 32 (but 19 ms against 16 with
+# ten steps per call); batch 256 53 ms whole, 42-44 ms as 128s, 33-35 ms as 64s. XLA:CPU's per-image cost
+# grows with the batch, so on a one-device CPU large batches are split.
 AUTO_MICRO_BATCH = 64
 
 
