@@ -1,18 +1,21 @@
 """How the process's C allocator (glibc's malloc) hands memory to XLA on the CPU.
 
 XLA:CPU allocates every buffer of a compiled call (activations, gradients) with malloc and frees it when the
-call ends, often from its worker threads. With glibc's defaults, large buffers are mapped afresh on every
-call (mmap), the threads' own arenas are grown and unmapped again, and freed memory is returned to the
-system, so each training step page-faults its whole working set anew. Measured on a 2-core AMD EPYC (seed
-CNN, one step per call): batch 128 in micro-batches of 64, 28 → 18 ms a step; batch 256 in one piece (as a
-batch-norm model trains), 79 → 53 ms, the system time of the probe 13.6 → 1.4 s. `keep_freed_memory` asks
-glibc for one arena shared by all threads (`M_ARENA_MAX` 1), every allocation served from its heap
-(`M_MMAP_MAX` 0), and up to `TRIM_THRESHOLD` bytes of freed memory kept (`M_TRIM_THRESHOLD`): the in-process
-form of `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824`. The cost: the process
-keeps its peak memory instead of returning it between calls.
+call ends. With glibc's defaults, blocks above its mmap threshold are mapped afresh on every call and freed
+memory is returned to the system, so each training step page-faults much of its working set anew.
+`keep_freed_memory` asks glibc to serve allocations from its heaps (`M_MMAP_MAX` 0) and to keep up to
+`TRIM_THRESHOLD` bytes of freed memory (`M_TRIM_THRESHOLD`): the in-process form of
+`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824`. The cost: the process keeps its peak memory
+instead of returning it between calls.
 
-`import cnn` applies it once, on Linux with glibc (elsewhere nothing changes); threads that allocated
-before it (JAX computations run before `import cnn`) keep their arenas. `CNN_MALLOC=default` in the
+Measured on a 2-core AMD EPYC (seed CNN, one step per call, one probe each, same session): batch 128 (two
+micro-batches of 64) 25.9 → 16.5 ms a step, batch 32 unchanged (5.1 vs 5.3 ms). Not changed: a block
+larger than a thread's heap (64 MiB; XLA's worker threads allocate in heaps of their own) is still mapped
+by itself, as in a batch-norm model's unsplit step at batch 256 (72 ms with glibc's defaults, 81 with
+these settings: no gain). One arena for all
+threads (`M_ARENA_MAX` 1) would cover that case (54 ms) but slowed batch 32 to 7.3 ms, so it is not set.
+
+`import cnn` applies it once, on Linux with glibc (elsewhere nothing changes). `CNN_MALLOC=default` in the
 environment leaves glibc's settings alone."""
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ ENV_VAR = "CNN_MALLOC"
 TRIM_THRESHOLD = 1 << 30  # bytes of freed memory at the top of a heap that glibc keeps instead of returning
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's <malloc.h>
 M_MMAP_MAX = -4
-M_ARENA_MAX = -8
 
 _applied: bool | None = None
 
@@ -53,5 +55,4 @@ def _apply() -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    return all([bool(mallopt(parameter, value)) for parameter, value in settings])
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
