@@ -38,7 +38,7 @@ class TrainState(train_state.TrainState):
 
 # Measured on a 2-core AMD EPYC (seed CNN, one step per call, glibc set by `cnn.host_memory`): batch 128
 # took 24 ms in one piece, 18 ms as two micro-batches of 64, 16 ms as four of 32 (but 19 ms against 16 with
-# ten steps per call); batch 256 53 ms whole, 42-44 ms as 128s, 33-35 ms as 64s. XLA:CPU's per-image cost
+# ten steps per call); batch 256 78-81 ms whole, 42-44 ms as 128s, 33-35 ms as 64s. XLA:CPU's per-image cost
 # grows with the batch, so on a one-device CPU large batches are split.
 AUTO_MICRO_BATCH = 64
 
