@@ -12,8 +12,8 @@ Measured on a 2-core AMD EPYC (seed CNN, one step per call, one probe each, same
 micro-batches of 64) 25.9 → 16.5 ms a step, batch 32 unchanged (5.1 vs 5.3 ms). Not changed: a block
 larger than a thread's heap (64 MiB; XLA's worker threads allocate in heaps of their own) is still mapped
 by itself, as in a batch-norm model's unsplit step at batch 256 (72 ms with glibc's defaults, 81 with
-these settings: no gain). One arena for all
-threads (`M_ARENA_MAX` 1) would cover that case (54 ms) but slowed batch 32 to 7.3 ms, so it is not set.
+these settings: no gain). One arena for all threads (`M_ARENA_MAX` 1) would cover that case (54 ms) but
+slowed batch 32 to 7.3 ms, so it is not set.
 
 `import cnn` applies it once, on Linux with glibc (elsewhere nothing changes). `CNN_MALLOC=default` in the
 environment leaves glibc's settings alone."""
@@ -21,6 +21,7 @@ environment leaves glibc's settings alone."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import sys
@@ -30,20 +31,12 @@ TRIM_THRESHOLD = 1 << 30  # bytes of freed memory at the top of a heap that glib
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's <malloc.h>
 M_MMAP_MAX = -4
 
-_applied: bool | None = None
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Sets glibc's malloc to keep freed memory for the next call (see the module's text). Returns whether
     the settings are in force: False where the C library is not glibc or `CNN_MALLOC=default` is set.
-    Idempotent."""
-    global _applied
-    if _applied is None:
-        _applied = _apply()
-    return _applied
-
-
-def _apply() -> bool:
+    Applied once: later calls return the first answer."""
     value = os.environ.get(ENV_VAR, "")
     if value == "default":
         return False
