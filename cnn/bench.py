@@ -18,18 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn.config import TrainConfig
-from cnn.models import build_model
-from cnn.rundir import run_metadata
-from cnn.steps import (
-    create_train_state,
-    eval_step,
-    make_optimizer,
-    stack_trees,
-    stacked_train_steps,
-    take_batch,
-    train_step,
-    train_steps,
-)
+from cnn.data import FASHION_MNIST
+from cnn.members import Members
+from cnn.models import model_for
+from cnn.run_folder import run_metadata
+from cnn.state import create_train_state, initial_state, make_optimizer
+from cnn.steps import eval_sums, train_chunk
 from cnn.summary import layer_rows, totals
 
 SCHEMA_VERSION = 2  # 2: several named peers (`peers`, `ratios`), the matmul peak
@@ -59,7 +53,7 @@ class BenchResult:
 def _synthetic(n: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
     """Random uint8 images and labels on the device (throughput does not depend on the pixel values)."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(n, *FASHION_MNIST.image_shape), dtype=np.uint8)
     return jax.device_put(images), jax.device_put(rng.integers(0, 10, size=n).astype(np.int32))
 
 
@@ -85,23 +79,21 @@ def measure(
     """
     config = TrainConfig(model=model, batch_size=batch_size, steps_per_call=steps_per_call)
     images, labels = _synthetic(data_size)
-    state = create_train_state(build_model(model), make_optimizer(config), jax.random.PRNGKey(0))
+    state = initial_state(config, FASHION_MNIST)
     order = jax.random.permutation(jax.random.PRNGKey(1), data_size)
     rng = jax.random.PRNGKey(2)
     per_epoch = data_size // batch_size
     chunk = max(1, steps_per_call)
     steps = max(chunk, steps // chunk * chunk)
+    program = _chunk_program(Members(1))
 
     def run(state, count, offset):
         metrics = None
         for i in range(0, count, chunk):
             start = ((offset + i) % (per_epoch - chunk + 1)) * batch_size
-            if chunk > 1:
-                state, metrics = train_steps(
-                    state, images, labels, order, start, rng, batch_size=batch_size, steps=chunk
-                )
-            else:
-                state, metrics = train_step(state, take_batch(images, labels, order, start, batch_size), rng)
+            state, metrics = program(
+                state, images, labels, order, start, rng, chunk, batch_size=batch_size, steps=chunk
+            )
         jax.block_until_ready(metrics)
         return state
 
@@ -115,7 +107,7 @@ def measure(
         state = run(state, steps, w * steps)
         rates.append(steps * batch_size / (time.perf_counter() - t))
     train_rate = statistics.median(rates)
-    macs = totals(layer_rows(build_model(model))).macs
+    macs = totals(layer_rows(model_for(config, FASHION_MNIST))).macs
     return BenchResult(
         model=model,
         batch_size=batch_size,
@@ -129,15 +121,22 @@ def measure(
     )
 
 
+def _chunk_program(members: Members) -> Any:
+    """The training program `fit` runs (see `cnn.train.run_call`), for these runs."""
+    return members.program(train_chunk, member_args=(0, 3, 5), static_argnames=("batch_size", "steps"))
+
+
 def _eval_rate(state, images, labels, batch_size: int = 1000, batches: int = 10) -> float:
-    batch_size = min(batch_size, len(labels))
-    batch = {"image": images[:batch_size], "label": labels[:batch_size], "mask": jnp.ones(batch_size)}
-    jax.block_until_ready(eval_step(state, batch))
+    """Evaluation images/s of the program `fit` evaluates with: `batches` batches in one call."""
+    batch_size = min(batch_size, len(labels) // batches)
+    n = batch_size * batches
+    x = images[:n].reshape(batches, batch_size, *images.shape[1:])
+    y, mask = labels[:n].reshape(batches, batch_size), jnp.ones((batches, batch_size))
+    program = Members(1).program(eval_sums, donate=False)
+    jax.block_until_ready(program(state, x, y, mask))
     t = time.perf_counter()
-    for _ in range(batches):
-        out = eval_step(state, batch)
-    jax.block_until_ready(out)
-    return batches * batch_size / (time.perf_counter() - t)
+    jax.block_until_ready(program(state, x, y, mask))
+    return n / (time.perf_counter() - t)
 
 
 def seconds_per_call(fn: Any, *args: Any, repeats: int = 20, windows: int = 5) -> float:
@@ -303,25 +302,27 @@ def measure_seeds(
     windows: int = 3,
     data_size: int = 48_000,
 ) -> dict[str, Any]:
-    """Training images/s of `seeds` runs trained together (`cnn.steps.stacked_train_steps`, vmapped)
-    against the same runs one after another (`train_step`), after compilation; medians of `windows`
+    """Training images/s of `seeds` runs trained together (`cnn.members.Members`: the train step under
+    `jax.vmap`) against the same runs one after another, after compilation; medians of `windows`
     windows."""
     config = TrainConfig(model=model, batch_size=batch_size)
     images, labels = _synthetic(data_size)
-    tx, net = make_optimizer(config), build_model(model)
+    tx, net = make_optimizer(config), model_for(config, FASHION_MNIST)
     states = [create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)]
-    stacked = stack_trees([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])
-    orders = jnp.stack([jax.random.permutation(jax.random.PRNGKey(100 + s), data_size) for s in range(seeds)])
-    rngs = jnp.stack([jax.random.PRNGKey(200 + s) for s in range(seeds)])
-    active = jnp.ones(seeds, bool)
+    group = Members(seeds)
+    stacked = group.stack([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])
+    orders = [jax.random.permutation(jax.random.PRNGKey(100 + s), data_size) for s in range(seeds)]
+    rngs = [jax.random.PRNGKey(200 + s) for s in range(seeds)]
+    stacked_orders, stacked_rngs, active = jnp.stack(orders), jnp.stack(rngs), np.ones(seeds, bool)
     per_epoch = data_size // batch_size
+    one, many = _chunk_program(Members(1)), _chunk_program(group)
 
     def sequential(states, count, offset):
         for s in range(seeds):
             for i in range(count):
                 start = ((offset + i) % per_epoch) * batch_size
-                states[s], m = train_step(
-                    states[s], take_batch(images, labels, orders[s], start, batch_size), rngs[s]
+                states[s], m = one(
+                    states[s], images, labels, orders[s], start, rngs[s], 1, batch_size=batch_size, steps=1
                 )
         jax.block_until_ready(m)
         return states
@@ -329,9 +330,10 @@ def measure_seeds(
     def together(stacked, count, offset):
         for i in range(count):
             start = ((offset + i) % per_epoch) * batch_size
-            stacked, m = stacked_train_steps(
-                stacked, images, labels, orders, start, rngs, active, batch_size=batch_size, steps=1
-            )
+            stacked, m = many(
+                stacked, images, labels, stacked_orders, start, stacked_rngs, 1, live=active,
+                batch_size=batch_size, steps=1,
+            )  # fmt: skip
         jax.block_until_ready(m)
         return stacked
 

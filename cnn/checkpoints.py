@@ -1,12 +1,17 @@
 """Orbax checkpoints of a run: the latest epoch (for resuming) and the best one (lowest score: the
-validation loss, or the negated validation accuracy, see `cnn.train.monitored`)."""
+validation loss, or the negated validation accuracy, see `cnn.resume.monitored`). Saves are asynchronous:
+the arrays are copied to host memory, then written while the next epoch trains (orbax writes a temporary
+folder and renames it when complete, so a killed process leaves no half-written epoch behind)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -37,7 +42,7 @@ class Checkpoints:
                 policies.BestN(get_metric_fn=_score, reverse=True, n=1),
             ]
         )
-        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(), options=options, item_names=("state", "meta")
         )
@@ -49,21 +54,32 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def save(self, epoch: int, state: Any, meta: dict[str, Any], score: float) -> None:
-        """Saves `state` and JSON `meta` as `epoch`, ranked by `score` (lower is better)."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        """Saves `state` and JSON `meta` as `epoch`, ranked by `score` (lower is better), in the background:
+        the arrays are copied first (the training step reuses the state's buffers)."""
+        several = jax.process_count() > 1  # global arrays go to orbax as they are, and the save is awaited
+        host = (
+            state
+            if several
+            else jax.tree.map(lambda x: np.array(x) if isinstance(x, jax.Array) else x, state)
+        )
+        args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         needed = int(HEADROOM * sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))) + 2**16
         check_room(self.directory.parent, needed, "the checkpoint", KEPT)
         # Ties (common for accuracy) go to the earlier epoch, as in early stopping: without this, orbax
         # could keep a later epoch of the same score and delete the one early stopping calls the best.
-        try:
+        with _no_space_as_diskfull(self.directory):
             self.manager.save(epoch, args=args, metrics={"score": float(score) + epoch * TIE_BREAK})
-        except (OSError, ValueError, RuntimeError) as e:
-            if out_of_space(e):
-                raise DiskFull(f"no space to save the checkpoint in {self.directory}: {KEPT}") from None
-            raise
+            if several:
+                self.manager.wait_until_finished()
+
+    def wait(self) -> None:
+        """Returns once the last save is written."""
+        with _no_space_as_diskfull(self.directory):
+            self.manager.wait_until_finished()
 
     def restore(self, epoch: int, template: Any) -> tuple[Any, dict[str, Any]]:
         """The state (shaped like `template`) and metadata saved as `epoch`."""
+        self.wait()
         args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(epoch, args=args)
         return restored["state"], restored["meta"]
@@ -90,5 +106,18 @@ class Checkpoints:
         return state["params"], state.get("batch_stats"), restored["meta"]
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+@contextlib.contextmanager
+def _no_space_as_diskfull(directory: Path) -> Iterator[None]:
+    """A full disk met while saving (now, or in the background by an earlier save) as `DiskFull`."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as e:
+        if out_of_space(e):
+            raise DiskFull(f"no space to save the checkpoint in {directory}: {KEPT}") from None
+        raise

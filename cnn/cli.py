@@ -1,4 +1,5 @@
-"""Command line: `python -m cnn train | summary | bench | viz | sweep`. Parsing only; logic in the library."""
+"""Command line: `python -m cnn train | summary | bench | viz | sweep | tune`. Parsing only; the logic is in
+the library."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, config_from_args, json_object
+from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, config_from_args, json_object, recipes
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_RUNTIME, EXIT_NO_SPACE = 2, 3, 4, 5
 EXIT_CODES = {  # shown by `python -m cnn train --help`
@@ -42,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
         help="train a model on a data set (resumes a run found in --workdir)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
+    train.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME",
+        help="start from a named recipe (the flags given override its fields): "
+        + "; ".join(f"{name}: {text}" for name, text in recipes().items())
+        + "; or a .json file of the same form",
     )
     add_config_flags(train.add_argument_group("the run's config (every TrainConfig field)"))
     train.add_argument("--workdir", type=Path, default=None, help="default: runs/MODEL-seedSEED")
@@ -181,26 +190,28 @@ def _train(args: argparse.Namespace) -> None:
     parallel.initialize(parallel.distributed_settings(args.coordinator, args.num_processes, args.process_id))
     import jax
 
-    from cnn.datasets import is_plain_fashion_mnist, load_dataset, with_data
-    from cnn.train import check_workdir, fit
+    from cnn import costs
+    from cnn.datasets import load_dataset
+    from cnn.models import check_model_args, model_for
+    from cnn.run_folder import check_workdir
+    from cnn.train import fit
 
     config = config_from_args(args)
+    check_model_args(config)  # the model's name and arguments, before any data is read
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
     mesh = parallel.data_mesh(args.devices)
     parallel.check_batch_size(config.batch_size, mesh)
-    splits = None
-    if not is_plain_fashion_mnist(config):  # the model's input shape and classes come from the data
-        splits = load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
-        config = with_data(config, splits)
-    check_workdir(workdir, config, args.overwrite)  # before Fashion-MNIST is loaded
+    check_workdir(workdir, config, args.overwrite)
     if parallel.is_parallel(mesh):
         print(f"Data parallel over {mesh.size} devices ({jax.process_count()} process(es)): {mesh.devices}")
-    splits = splits or load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
+    with costs.phase("data"):
+        splits = load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
+    model_for(config, splits.spec)  # the network's own checks against the data's shape
+    spec = splits.spec
     used = min(len(splits.train), config.limit_train or len(splits.train))
     more = used < (config.limit_train or 0)  # --limit-train beyond the set: say that all are used
     print(
-        f"Data: {splits.info['name']} {'×'.join(map(str, splits.info['image_shape']))}, "
-        f"{len(splits.info['class_names'])} classes; {used} train"
+        f"Data: {spec.name} {'×'.join(map(str, spec.image_shape))}, {spec.num_classes} classes; {used} train"
         + (f" (of {len(splits.train)})" if used < len(splits.train) else "")
         + (f" (all: --limit-train {config.limit_train} asks for more)" if more else "")
         + f", {len(splits.val)} validation, {len(splits.test)} test images"
@@ -224,7 +235,7 @@ def _summary(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from cnn.bench import benchmark, format_table, parse_peers
     from cnn.models import check_model_name
-    from cnn.rundir import write_json
+    from cnn.run_folder import write_json
 
     for model in args.models:
         check_model_name(model)
@@ -272,7 +283,7 @@ def _sweep(args: argparse.Namespace) -> None:
     variants = grid_variants(grid, "zip" if args.zip else "product")
     base = {**data_fields(args), **args.base}
     resolve(base, variants)  # every error before the data is loaded
-    base, splits = sweep_data(base, args.data_dir, args.source_dir)
+    splits = sweep_data(base, args.data_dir, args.source_dir)
     rows = run_sweep(base, variants, list(range(args.seeds)), splits, args.out, together=args.together)
     print(markdown_table(rows))
 
@@ -296,7 +307,7 @@ def _tune(args: argparse.Namespace) -> None:
         raise TuneError(f"--trials and --workers: expected at least 1, got {args.trials} and {args.workers}")
     base = {**data_fields(args), **args.base}
     check_search(base, dims)  # every error before the data is loaded
-    base, splits = sweep_data(base, args.data_dir, args.source_dir)
+    splits = sweep_data(base, args.data_dir, args.source_dir)
     direction = "minimize" if TrainConfig(**base).monitor == "val_loss" else "maximize"
     study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed)
     workers = start_workers(without_workers(args.argv), args.workers, args.seed) if args.workers > 1 else []
@@ -316,7 +327,7 @@ def _tune(args: argparse.Namespace) -> None:
 
 def _viz(args: argparse.Namespace) -> None:
     from cnn.datasets import load_dataset
-    from cnn.train import restore_run
+    from cnn.results import restore_run
     from cnn.viz import write_all
 
     config, _, _ = restore_run(args.workdir)  # a missing run fails here, before the data is loaded
@@ -332,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cnn.data import DataError
     from cnn.disk import DiskFull, out_of_space
-    from cnn.train import Interrupted, TrainingDiverged, TrainingFailed, WorkdirError
+    from cnn.run_folder import WorkdirError
+    from cnn.train import Interrupted, TrainingDiverged, TrainingFailed
 
     try:
         args = _parser().parse_args(argv)

@@ -1,4 +1,6 @@
-"""The typed training configuration: every field validated, with the help text the CLI shows."""
+"""The typed training configuration: plain settings, every field validated, with the help text the CLI
+shows; named recipes (`cnn/recipes/NAME.json`) as starting points. Nothing here knows a network or a data
+set: the model is built from these settings and the data's description (`cnn.models.model_for`)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-from cnn.models import build_model
 
 
 class ConfigError(ValueError):
@@ -94,54 +95,15 @@ class TrainConfig:
         "the output: one unit per class (softmax) or, for two classes, one sigmoid unit",
         choices=("softmax", "sigmoid"),
     )
-    input_shape: tuple[int, int, int] | None = _field(
-        None, "the model's input H W C, set from the data set (28 28 1 when unset)", derived=True
-    )
-    num_classes: int | None = _field(
-        None, "classes of the data set, set from it (10 when unset)", derived=True
-    )
 
     def __post_init__(self):
-        for name in ("image_size", "input_shape"):  # JSON gives lists
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.image_size, list):  # JSON gives lists
+            object.__setattr__(self, "image_size", tuple(self.image_size))
         _check(self, "model_args", isinstance(self.model_args, dict), "a dict of the model's fields")
         _check_numbers(self)
-        try:
-            build_model(self.model, input_shape=_expected_shape(self), **self.model_kwargs())
-        except ValueError as e:  # names, arguments and shapes, before any work
-            raise ConfigError(str(e)) from None
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """The (H, W, C) of the images the model takes."""
-        return tuple(self.input_shape) if self.input_shape else (28, 28, 1)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """`model_args` plus the number of outputs the data set and head ask for."""
-        if self.head == "sigmoid":
-            return {**self.model_args, "num_classes": 1}
-        if self.num_classes is not None:
-            return {**self.model_args, "num_classes": self.num_classes}
-        return dict(self.model_args)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# The shapes of the named data sets as they come, so a model is checked against its input before any data
-# is loaded; an image folder without --image-size is checked once loaded (`cnn.datasets.dataset_config`).
-NATIVE_SHAPES = {"fashion_mnist": (28, 28, 1), "lfw_faces": (25, 25, 1)}
-
-
-def _expected_shape(c: TrainConfig) -> tuple[int, int, int] | None:
-    if c.input_shape:
-        return tuple(c.input_shape)
-    native = NATIVE_SHAPES.get(c.dataset)
-    size = c.image_size or (native[:2] if native else None)
-    if size is None:
-        return None
-    return (*size, c.channels or (native[2] if native else 3))
 
 
 def _check_numbers(c: TrainConfig) -> None:
@@ -173,13 +135,7 @@ def _check_numbers(c: TrainConfig) -> None:
     _check(c, "channels", c.channels in (None, 1, 3), "None, 1 or 3")
     _check(c, "head", c.head in HEADS, f"one of {HEADS}")
     _check(c, "data_placement", c.data_placement in PLACEMENTS, f"one of {PLACEMENTS}")
-    shape_ok = c.input_shape is None or (
-        len(c.input_shape) == 3 and all(_is_int(v) and v >= 1 for v in c.input_shape)
-    )
-    _check(c, "input_shape", shape_ok, "None or three integers >= 1 (H W C)")
-    classes_ok = c.num_classes is None or (_is_int(c.num_classes) and c.num_classes >= 2)
-    _check(c, "num_classes", classes_ok, "None or an integer >= 2")
-    _check(c, "head", c.head == "softmax" or c.num_classes in (None, 2), "softmax for more than two classes")
+    _check(c, "model", isinstance(c.model, str) and bool(c.model), "a model name (python -m cnn summary)")
 
 
 def _is_int(v: Any) -> bool:
@@ -211,9 +167,10 @@ ADDED_FIELDS = {
     "epoch_loop": "auto",
     "precision": "float32",
     "tensorboard": True,
-    "input_shape": None,
-    "num_classes": None,
 }
+# Fields older runs saved that are no longer settings: the image shape and classes are the data's, recorded
+# in config.json's `data` (see `cnn.data.DataSpec`).
+REMOVED_FIELDS = ("input_shape", "num_classes")
 # Fields that may change when a run resumes in the same workdir: training longer is still the same run;
 # `steps_per_call`, `epoch_loop` and `data_placement` only change how the same steps are run, and
 # `tensorboard` only what is logged.
@@ -228,7 +185,7 @@ def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Fields (other than the resumable ones) whose saved value differs from `config`, as 'field: a -> b'."""
     current = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, as saved
-    saved = {**ADDED_FIELDS, **saved}
+    saved = {**ADDED_FIELDS, **without_removed(saved)}
     # A learning-rate schedule spans `epochs`, so only a constant one lets a resumed run train longer.
     resumable = RESUMABLE_FIELDS - ({"epochs"} if config.schedule != "constant" else set())
     return [
@@ -250,6 +207,11 @@ DATA_FIELDS = (
 )
 
 
+def without_removed(fields: dict[str, Any]) -> dict[str, Any]:
+    """Saved config fields less those that are no longer settings (`REMOVED_FIELDS`)."""
+    return {k: v for k, v in fields.items() if k not in REMOVED_FIELDS}
+
+
 def json_object(text: str) -> dict:
     """An argparse type: a JSON object (`--model-args '{\"hidden\": [512]}'`)."""
     try:
@@ -262,14 +224,18 @@ def json_object(text: str) -> dict:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
-    """One flag per `TrainConfig` field (or per field of `only`), with its type, default, choices and help
-    taken from the field itself: nothing is typed twice."""
+    """One flag per `TrainConfig` field (or per field of `only`), with its type, choices and help taken from
+    the field itself: nothing is typed twice. A flag not given is left out of the parsed arguments (its
+    default comes from the recipe, if any, else from `TrainConfig`; see `config_from_args`)."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.metadata.get("derived") or (only is not None and f.name not in only):
+        if only is not None and f.name not in only:
             continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kwargs: dict[str, Any] = {"default": default, "help": f"{f.metadata['help']} (default: {default})"}
+        default = field_default(f.name)
+        kwargs: dict[str, Any] = {
+            "default": argparse.SUPPRESS,
+            "help": f"{f.metadata['help']} (default: {default})",
+        }
         kind = hints[f.name]
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if kind is bool:
@@ -285,17 +251,66 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
         else:
             kwargs["type"] = args[0] if args else kind
         if "choices" in f.metadata:  # validated by TrainConfig, whose message names the field
-            choices = ",".join(map(str, f.metadata["choices"]))
-            kwargs.update(help=f"{f.metadata['help']} (default: {default})", metavar=f"{{{choices}}}")
+            kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
         if "metavar" in f.metadata:
             kwargs["metavar"] = f.metadata["metavar"]
         parser.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    """The TrainConfig of parsed flags (see `add_config_flags`)."""
-    names = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
-    fields = {name: getattr(args, name) for name in names}
+def field_default(name: str) -> Any:
+    """The default of the `TrainConfig` field `name`."""
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def given_fields(args: argparse.Namespace, only: Sequence[str] | None = None) -> dict[str, Any]:
+    """The `TrainConfig` fields set by flags (see `add_config_flags`), optionally only those of `only`."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if only is None or f.name in only]
+    fields = {name: getattr(args, name) for name in names if hasattr(args, name)}
     if fields.get("image_size") is not None:
         fields["image_size"] = tuple(fields["image_size"])
-    return TrainConfig(**{**fields, **overrides})
+    return fields
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of parsed flags: the fields of `--recipe` (if any), then every flag given, then
+    `overrides`."""
+    fields = recipe(args.recipe) if getattr(args, "recipe", None) else {}
+    return config_from_fields({**fields, **given_fields(args), **overrides})
+
+
+def config_from_fields(fields: dict[str, Any]) -> TrainConfig:
+    """`TrainConfig(**fields)`, an unknown field named in a ConfigError (with the fields there are)."""
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+        raise ConfigError(f"{', '.join(unknown)}: not a TrainConfig field; the fields are {known}")
+    return TrainConfig(**fields)
+
+
+# ------------------------------------------------------------------------------------------ recipes
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipes() -> dict[str, str]:
+    """Every named recipe (`cnn/recipes/NAME.json`) and its description."""
+    return {p.stem: json.loads(p.read_text())["description"] for p in sorted(RECIPES.glob("*.json"))}
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """The config fields of the recipe `name` (a file of `cnn/recipes/`, or the path of a JSON file of the
+    same form: {"description": ..., "config": {FIELD: VALUE}}), checked as a TrainConfig."""
+    path = Path(name) if name.endswith(".json") else RECIPES / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"recipe: no recipe {name!r}; choose one of {sorted(recipes())} or give a .json file"
+        )
+    try:
+        fields = json.loads(path.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f'recipe {path}: expected {{"config": {{FIELD: VALUE}}}} ({e})') from None
+    try:
+        config_from_fields(fields)
+    except ConfigError as e:
+        raise ConfigError(f"recipe {path}: {e}") from None
+    return dict(fields)

@@ -1,11 +1,14 @@
-"""The networks, built by name through one registry (every model maps NHWC images to logits), and the
-surgery that cuts a network at a named layer for transfer learning (`Cut`, `TransferNet`)."""
+"""The networks, built by name through one registry (every model maps NHWC images to logits and takes
+`train=`), for the image shape and classes of a data description (`model_for`): the sources' networks, the
+configurable `ConvNet` of the experiments, a network cut for transfer learning (built with `cnn.surgery`),
+and the famous ImageNet networks of `cnn.applications` trained from scratch."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import inspect
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +17,9 @@ import flax.linen as nn
 import jax
 
 from cnn.applications import application
+from cnn.config import TrainConfig
 from cnn.conv import output_size
-from cnn.data import NUM_CLASSES
+from cnn.data import FASHION_MNIST, DataSpec
 from cnn.layers import (
     AvgPool,
     Conv2D,
@@ -30,13 +34,13 @@ from cnn.layers import (
     activation,
 )
 from cnn.summary import format_summary, layer_rows
-from cnn.surgery import Cut, TransferNet  # noqa: F401  (re-exported: the surgery, with the registry)
+from cnn.surgery import TransferNet
 
 
 class SeedCNN(nn.Module):
     """The sources' main network: two conv + max-pool blocks, a 100-unit dense layer, dropout, 10 logits."""
 
-    num_classes: int = NUM_CLASSES
+    num_classes: int = 10
     dropout_rate: float = 0.4
 
     @nn.compact
@@ -54,7 +58,7 @@ class SeedCNN(nn.Module):
 class HomlCNN(nn.Module):
     """A deeper network: 64 7×7, two 128 and two 256 3×3 convolutions, three max pools, two dense layers."""
 
-    num_classes: int = NUM_CLASSES
+    num_classes: int = 10
     dropout_rate: float = 0.5
 
     @nn.compact
@@ -78,7 +82,7 @@ class HomlCNN(nn.Module):
 class LectureCNN(nn.Module):
     """The lecture's network: conv 64, 32, 16 (no activation in the source), two max pools, dense 256, 128."""
 
-    num_classes: int = NUM_CLASSES
+    num_classes: int = 10
     conv_activation: str | None = None
 
     @nn.compact
@@ -97,7 +101,7 @@ class LectureCNN(nn.Module):
 class LeNet5(nn.Module):
     """LeNet-5 (LeCun et al. 1998): tanh convolutions 6@5×5 and 16@5×5 with average pooling, dense 120, 84."""
 
-    num_classes: int = NUM_CLASSES
+    num_classes: int = 10
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -114,7 +118,7 @@ class LeNet5(nn.Module):
 class MLP(nn.Module):
     """The dense baseline: flatten the image, hidden ReLU layers, 10 logits."""
 
-    num_classes: int = NUM_CLASSES
+    num_classes: int = 10
     hidden: Sequence[int] = (300, 100)
     dropout_rate: float = 0.0
 
@@ -173,13 +177,8 @@ def as_blocks(blocks: Sequence[ConvBlock | Mapping[str, Any]]) -> tuple[ConvBloc
     return tuple(out)
 
 
-def convnet_shapes(
-    blocks: Sequence[ConvBlock],
-    input_shape: tuple[int, int, int] = (28, 28, 1),
-) -> list[tuple[int, int, int]]:
-    """The (H, W, C) after each block, by arithmetic alone; raises `ArchitectureError` naming the block."""
-    h, w, c = input_shape
-    shapes = []
+def check_blocks(blocks: Sequence[ConvBlock]) -> None:
+    """Each block's own settings (whatever the input): names, paddings, sizes and activations."""
     for i, b in enumerate(blocks, start=1):
         where = f"block {i}"
         if b.downsample not in DOWNSAMPLE:
@@ -189,6 +188,18 @@ def convnet_shapes(
         if min(b.filters, b.kernel, b.stride, b.pool, b.convs) < 1:
             raise ArchitectureError(f"{where}: filters, kernel, stride, pool and convs must be >= 1 ({b})")
         activation(b.activation)  # an unknown name raises here
+
+
+def convnet_shapes(
+    blocks: Sequence[ConvBlock],
+    input_shape: tuple[int, int, int] = FASHION_MNIST.image_shape,
+) -> list[tuple[int, int, int]]:
+    """The (H, W, C) after each block, by arithmetic alone; raises `ArchitectureError` naming the block."""
+    check_blocks(blocks)
+    h, w, c = input_shape
+    shapes = []
+    for i, b in enumerate(blocks, start=1):
+        where = f"block {i}"
         for j in range(1, b.convs + 1):
             stride = b.pool if (b.downsample == "strided_conv" and j == b.convs) else b.stride
             if b.padding.lower() == "valid" and b.kernel > min(h, w):
@@ -235,7 +246,7 @@ class ConvNet(nn.Module):
     dropout_rate: float = 0.4
     augment: bool = False
     rotate: float = 0.0
-    num_classes: int = NUM_CLASSES
+    num_classes: int = 10
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -283,21 +294,24 @@ class ConvNet(nn.Module):
         return x
 
 
-def validate_convnet(model: ConvNet, input_shape: tuple[int, int, int] = (28, 28, 1)) -> None:
-    """Checks a `ConvNet`'s configuration and shapes before anything is compiled."""
+def validate_convnet(model: ConvNet, input_shape: tuple[int, int, int] | None = None) -> None:
+    """Checks a `ConvNet`'s configuration and, given an `input_shape`, its shapes, before anything is
+    compiled."""
     if model.head not in HEADS:
         raise ArchitectureError(f"head: {model.head!r} is not one of {HEADS}")
     if not 0 <= model.dropout_rate < 1:
         raise ArchitectureError(f"dropout_rate: {model.dropout_rate} is not in [0, 1)")
     if not model.blocks:
         raise ArchitectureError("blocks: a ConvNet needs at least one block")
-    convnet_shapes(model.blocks, tuple(input_shape))
+    check_blocks(model.blocks)
+    if input_shape is not None:
+        convnet_shapes(model.blocks, tuple(input_shape))
 
 
 def convnet(
     blocks: Sequence[ConvBlock | Mapping[str, Any]] | None = None,
     dense: Sequence[int] = (100,),
-    input_shape: tuple[int, int, int] = (28, 28, 1),
+    input_shape: tuple[int, int, int] | None = None,
     **kwargs: Any,
 ) -> ConvNet:
     """The configurable network, validated for `input_shape` images; its defaults are the seed CNN's
@@ -305,12 +319,12 @@ def convnet(
     model = ConvNet(
         blocks=as_blocks(blocks) if blocks is not None else ConvNet.blocks, dense=tuple(dense), **kwargs
     )
-    validate_convnet(model, tuple(input_shape))
+    validate_convnet(model, input_shape)
     return model
 
 
 def vgg_bn(
-    widths: Sequence[int] = (32, 64, 128), input_shape: tuple[int, int, int] = (28, 28, 1), **kwargs: Any
+    widths: Sequence[int] = (32, 64, 128), input_shape: tuple[int, int, int] | None = None, **kwargs: Any
 ) -> ConvNet:
     """The strong model: three VGG blocks of two 3×3 convolutions with batch norm (32, 64, 128 filters),
     max pooling, a global-average head with dense 128, dropout 0.3, and random shift/flip augmentation.
@@ -328,13 +342,15 @@ def transfer_model(
     head: Sequence[int] = (64,),
     outputs: int = 10,
     base_args: dict[str, Any] | None = None,
-    input_shape: tuple[int, int, int] = (28, 28, 1),
+    input_shape: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
 ) -> TransferNet:
     """A zoo model cut at `cut` with a new head of `outputs` logits (`num_classes`, when given, wins: it is
-    what a data set asks for); the error for an unknown cut lists the model's layers."""
-    model = build_model(base, input_shape=input_shape, **(base_args or {}))
-    names = [row.name for row in layer_rows(model, tuple(input_shape))]
+    what a data set asks for); the error for an unknown cut lists the model's layers (at `input_shape`, or
+    the base's default shape)."""
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(base)
+    model = build_model(base, input_shape=shape, **(base_args or {}))
+    names = [row.name for row in layer_rows(model, shape)]
     if cut not in names:
         raise ValueError(f"cut: {base} has no layer {cut!r}; its layers are {names}")
     return TransferNet(model, cut, tuple(head), outputs if num_classes is None else num_classes)
@@ -378,8 +394,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def default_input_shape(name: str) -> tuple[int, int, int]:
-    """The input shape a zoo model is shown at when none is given: 28×28×1, or a famous network's minimum."""
-    return getattr(MODELS[name], "default_input_shape", (28, 28, 1))
+    """The input shape a zoo model is shown at when none is given: Fashion-MNIST's, or a famous network's
+    minimum."""
+    return getattr(MODELS[name], "default_input_shape", FASHION_MNIST.image_shape)
 
 
 def check_model_name(name: str) -> None:
@@ -390,9 +407,38 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"model: unknown model {name!r}; choose one of {sorted(MODELS)}.{hint}")
 
 
+def model_for(config: TrainConfig, spec: DataSpec) -> nn.Module:
+    """The network `config` trains on data described by `spec`: its input shape, and one output per class
+    (one sigmoid unit for `head="sigmoid"`); the network's own checks (a map shrinking to nothing, an input
+    below a famous network's minimum) run here."""
+    return build_model(
+        config.model,
+        input_shape=spec.image_shape,
+        **{**config.model_args, "num_classes": spec.outputs(config.head)},
+    )
+
+
+def check_model_args(config: TrainConfig) -> None:
+    """The model's name, arguments and their kinds checked before any data is loaded (ValueError naming
+    the problem); the checks that need the image shape run when the model is built (`model_for`)."""
+    build_model(config.model, **{**config.model_args, "num_classes": 2 if config.head == "sigmoid" else 10})
+
+
 def build_model(name: str, input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
     """The model registered as `name`, `kwargs` overriding its fields (e.g. `hidden=(512,)` for `mlp`).
-    With `input_shape` (H, W, C), a network whose layers depend on it is checked against it."""
+    With `input_shape` (H, W, C), a network whose layers depend on it is checked against it. Equal requests
+    return the same module, so the runs of a process share their compiled programs."""
+    shape = None if input_shape is None else tuple(input_shape)
+    key = (name, shape, json.dumps(kwargs, sort_keys=True, default=repr))
+    if key not in BUILT:
+        BUILT[key] = _build(name, shape, kwargs)
+    return BUILT[key]
+
+
+BUILT: dict[tuple[str, tuple[int, ...] | None, str], nn.Module] = {}  # see `build_model`
+
+
+def _build(name: str, input_shape: tuple[int, ...] | None, kwargs: dict[str, Any]) -> nn.Module:
     check_model_name(name)
     factory = MODELS[name]
     kwargs = {k: tuple(v) if isinstance(v, list) and k != "blocks" else v for k, v in kwargs.items()}
@@ -440,7 +486,7 @@ def _field_problem(field: str, default: Any, value: Any) -> str | None:
 
 
 def model_summary(
-    model_or_name: nn.Module | str, input_shape: tuple[int, ...] = (28, 28, 1), **model_args
+    model_or_name: nn.Module | str, input_shape: tuple[int, ...] = FASHION_MNIST.image_shape, **model_args
 ) -> str:
     """The summary table of a model or of a zoo model by name: `print(model_summary("lenet5"))`."""
     if isinstance(model_or_name, str):

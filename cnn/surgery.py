@@ -14,13 +14,14 @@ class _Reached(Exception):
 
 
 class Cut(nn.Module):
-    """A model run up to (and including) its top-level layer `cut`, always in evaluation mode."""
+    """A model run up to (and including) its top-level layer `cut`; it takes `train=` as every model does
+    (evaluation mode by default) and hands it to the model."""
 
     base: nn.Module
     cut: str
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         found: dict[str, jax.Array] = {}
         depth = [0]  # a layer calling its parent class's __call__ runs twice: keep the outermost output
 
@@ -42,7 +43,7 @@ class Cut(nn.Module):
 
         try:
             with nn.intercept_methods(stop_after_cut):
-                self.base(x, train=False)
+                self.base(x, train=train)
         except _Reached:
             pass
         if "out" not in found:
@@ -63,7 +64,7 @@ class TransferNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = Cut(self.base, self.cut, name="backbone")(x)
+        x = Cut(self.base, self.cut, name="backbone")(x, train=False)
         if self.frozen:
             x = jax.lax.stop_gradient(x)
         x = Flatten(name="flatten")(x)

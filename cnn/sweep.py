@@ -27,12 +27,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from cnn.config import DATA_FIELDS, ConfigError, TrainConfig, add_config_flags
-from cnn.data import Splits
-from cnn.datasets import load_dataset, with_data
+from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, field_default
+from cnn.data import DataSpec, Splits
+from cnn.datasets import load_dataset
+from cnn.models import check_model_args, model_for
 from cnn.plots import plot_sweep
-from cnn.rundir import write_json
-from cnn.steps import config_model
+from cnn.run_folder import write_json
 from cnn.summary import layer_rows, totals
 from cnn.train import Interrupted, fit, fit_seeds
 
@@ -129,9 +129,11 @@ def resolve(base: dict[str, Any], variants: Sequence[Variant]) -> list[TrainConf
                 else {**fields, "model_args": {**fields.get("model_args", {}), **value}}
             )
         try:
-            configs.append(TrainConfig(**fields))
-        except (ConfigError, TypeError) as e:
+            config = TrainConfig(**fields)
+            check_model_args(config)
+        except (ValueError, TypeError) as e:
             raise SweepError(f"variant {variant.name}: {e}") from None
+        configs.append(config)
     return configs
 
 
@@ -171,6 +173,11 @@ def run_sweep(
     configs = resolve(base, variants)  # every error before any training
     if not seeds:
         raise SweepError("seeds: expected at least one seed")
+    for variant, config in zip(variants, configs, strict=True):
+        try:
+            model_for(config, splits.spec)  # the shapes, now that the data is known
+        except ValueError as e:
+            raise SweepError(f"variant {variant.name}: {e}") from None
     mode = seeds_mode(together)
     out.mkdir(parents=True, exist_ok=True)
     for variant, config in zip(variants, configs, strict=True):
@@ -194,7 +201,7 @@ def run_sweep(
                 {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
             )
             print(f"[{variant.name}] FAILED: {type(e).__name__}: {e} (recorded in {vdir / 'error.json'})")
-    rows = collect(out, variants, configs, seeds)
+    rows = collect(out, variants, configs, seeds, splits.spec)
     rows += earlier_rows(out, {r["variant"] for r in rows})
     write_tables(rows, out)
     plot_sweep(rows, out)
@@ -244,15 +251,19 @@ def _train_seconds(results: list[dict[str, Any]]) -> float:
     )
 
 
-def final_feature_map(config: TrainConfig) -> str:
+def final_feature_map(config: TrainConfig, spec: DataSpec) -> str:
     """The last spatial output of the network, e.g. '7×7×64' ('none' for a network without one)."""
-    rows = layer_rows(config_model(config), config.image_shape)
+    rows = layer_rows(model_for(config, spec), spec.image_shape)
     spatial = [r.output_shape[1:] for r in rows if len(r.output_shape) == 4]
     return "×".join(map(str, spatial[-1])) if spatial else "none"
 
 
 def collect(
-    out: Path, variants: Sequence[Variant], configs: Sequence[TrainConfig], seeds: Sequence[int]
+    out: Path,
+    variants: Sequence[Variant],
+    configs: Sequence[TrainConfig],
+    seeds: Sequence[int],
+    spec: DataSpec,
 ) -> list[dict[str, Any]]:
     """One row per variant: size, cost and mean ± std of the results over the seeds that finished."""
     rows = []
@@ -267,7 +278,7 @@ def collect(
             for s in seeds
             if (p := out / variant.name / f"seed{s}" / "history.json").is_file()
         ]
-        model_totals = totals(layer_rows(config_model(config), config.image_shape))
+        model_totals = totals(layer_rows(model_for(config, spec), spec.image_shape))
         test, val = (_mean_std([r[k] for r in results]) for k in ("test_accuracy", "val_accuracy"))
         error = out / variant.name / "error.json"
         rows.append(
@@ -276,7 +287,7 @@ def collect(
                 "model": config.model,
                 "params": model_totals.trainable,
                 "macs": model_totals.macs,
-                "feature_map": final_feature_map(config),
+                "feature_map": final_feature_map(config, spec),
                 "test_accuracy_mean": test[0],
                 "test_accuracy_std": test[1],
                 "val_accuracy_mean": val[0],
@@ -389,21 +400,15 @@ def experiment_parser(
 
 def data_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The data-set fields of parsed flags (see `cnn.config.DATA_FIELDS`), as JSON-able config fields."""
-    fields = {name: getattr(args, name) for name in DATA_FIELDS}
+    fields = {name: getattr(args, name, field_default(name)) for name in DATA_FIELDS}
     fields["image_size"] = fields["image_size"] and list(fields["image_size"])
     return fields
 
 
-def sweep_data(
-    base: dict[str, Any], data_dir: Any = None, source_dir: Any = None
-) -> tuple[dict[str, Any], Splits]:
-    """The data set of a sweep's `base` fields, loaded once, and `base` with its image shape and classes
-    (so every run builds its model for that data)."""
-    splits = load_dataset(TrainConfig(**base), data_dir=data_dir, source_dir=source_dir)
-    config = with_data(TrainConfig(**base), splits)
-    if config.input_shape is not None:
-        base = {**base, "input_shape": list(config.input_shape), "num_classes": config.num_classes}
-    return base, splits
+def sweep_data(base: dict[str, Any], data_dir: Any = None, source_dir: Any = None) -> Splits:
+    """The data set of a sweep's `base` fields (loaded once per process: every variant and seed shares
+    it), each variant's model checked against its description before any training."""
+    return load_dataset(TrainConfig(**base), data_dir=data_dir, source_dir=source_dir)
 
 
 def run_experiment(
@@ -415,7 +420,7 @@ def run_experiment(
     base = {**data_fields(args), "epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
     resolve(base, variants)  # fail on a bad definition before loading any data
     out = args.out or Path(__file__).resolve().parent.parent / "experiments" / "results" / name
-    base, splits = sweep_data(base, args.data_dir, args.source_dir)
+    splits = sweep_data(base, args.data_dir, args.source_dir)
     rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
     print(markdown_table(rows))
     return rows, splits, out

@@ -1,15 +1,19 @@
-"""The training loops: `fit` for one run and `fit_seeds` for several seeds trained together in one
-compiled program (`jax.vmap`). Both run the same epoch loop, with one NaN/Inf guard, one signal handler,
-one kind of checkpoint (`cnn.checkpoints.Checkpoints`, one folder per run) and `steps_per_call` honoured.
+"""Training, top to bottom: `fit` trains one run; `fit_together` trains several runs that differ only in
+their seed, learning rate or weight decay as one compiled program (`fit_seeds`: seeds). Both are the same
+loop: the step functions of `cnn.steps` are written for one run, and `cnn.members.Members` runs them plain
+for one run and under `jax.vmap` for several.
 
-The device side lives in `cnn.steps`, a run's folder (resume, results, `restore_run`) in `cnn.rundir`; their
-public names are re-exported here, where notebooks have always found them.
+One epoch: a fresh shuffle per run, the training steps in compiled calls of `steps_per_call` (or the whole
+epoch in one call on accelerators), one host transfer of the epoch's metrics and the validation sums, the
+NaN/Inf guard, then per run the bookkeeping: early stopping, history, an asynchronous checkpoint, the
+TensorBoard log and the epoch's line. A signal stops the loop after the epoch in progress is saved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import signal
 import threading
 import time
@@ -19,60 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from cnn import costs
 from cnn.checkpoints import Checkpoints
 from cnn.config import TrainConfig
 from cnn.data import Split, Splits
+from cnn.evaluation import mean_metrics, metric_sums
 from cnn.events import EventLog
+from cnn.members import Members
 from cnn.parallel import batch_sharding, check_batch_size, is_parallel, is_primary, replicate
-from cnn.rundir import (  # noqa: F401  (re-exported)
-    EarlyStopping,
-    RunNotFoundError,
-    RunState,
-    WorkdirBusy,
-    WorkdirError,
-    check_workdir,
-    finish_run,
-    monitored,
-    prepare_workdir,
-    restore_run,
-    resume,
-    workdir_lock,
-    write_json,
-)
-from cnn.steps import (  # noqa: F401  (re-exported)
-    HostData,
-    InputError,
-    TrainState,
-    add_metrics,
-    config_model,
-    count_params,
-    create_train_state,
-    device_data,
-    eval_step,
-    evaluate,
-    initial_state,
-    learning_rate,
-    make_optimizer,
-    mean_metrics,
-    member_metrics,
-    metric_sums,
-    model_variables,
-    predict,
-    run_keys,
-    stack_trees,
-    stacked_train_steps,
-    steps_per_epoch,
-    take_batch,
-    train_batches,
-    train_step,
-    train_steps,
-    training_data,
-    unstack_tree,
-)
+from cnn.placement import HostData, training_data
+from cnn.results import run_results, write_results
+from cnn.resume import RunState, monitored, resume
+from cnn.run_folder import prepare_workdir, workdir_lock, write_json
+from cnn.state import TrainState, initial_state, learning_rate, make_optimizer, run_keys, steps_per_epoch
+from cnn.steps import train_batches, train_chunk
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,38 +64,7 @@ class Interrupted(Exception):
         )
 
 
-def training_split(config: TrainConfig, splits: Splits) -> Split:
-    """The training examples a run uses (the first `limit_train`), checked against the batch size."""
-    train = splits.train
-    if config.limit_train is not None:
-        train = Split(train.images[: config.limit_train], train.labels[: config.limit_train])
-    if config.batch_size > len(train):
-        raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
-    return train
-
-
-@dataclass
-class Member:
-    """One run of the loop: its config, folder, checkpoints and run state (one of several seeds when they
-    train together)."""
-
-    config: TrainConfig
-    workdir: Path
-    checkpoints: Checkpoints
-    run: RunState
-    events: EventLog | None = None  # TensorBoard (None: --no-tensorboard, or not process 0)
-
-    def close(self) -> None:
-        self.checkpoints.close()
-        if self.events is not None:
-            self.events.close()
-
-    @property
-    def training(self) -> bool:
-        return self.run.epoch < self.config.epochs and not self.run.stopping.stopped
-
-
-# ------------------------------------------------------------------------------------------ the loops
+# ---------------------------------------------------------------------------------------------- the API
 def fit(
     config: TrainConfig,
     splits: Splits,
@@ -142,7 +78,7 @@ def fit(
 
     Args:
       config: the run's configuration.
-      splits: train / validation / test data (see `cnn.data.load_dataset`).
+      splits: train / validation / test data and their description (see `cnn.datasets.load_dataset`).
       workdir: folder for config.json, history.json, results.json, curves.png and checkpoints/.
       overwrite: delete a run with a different config found in `workdir` instead of refusing.
       on_epoch_end: called after each epoch (and its checkpoint) with the epoch and its metrics.
@@ -157,34 +93,16 @@ def fit(
       TrainingDiverged: on a NaN or Inf loss or gradient (the earlier checkpoints are kept).
       TrainingFailed: on an XLA runtime error or out-of-memory (the earlier checkpoints are kept).
     """
-    workdir = Path(workdir)
-    train = training_split(config, splits)
-    check_batch_size(config.batch_size, mesh)
-    with workdir_lock(workdir):  # one run per workdir; a second process is refused, writing nothing
-        prepare_workdir(workdir, config, overwrite, data=getattr(splits, "info", None))
-        keys = run_keys(config)
-        fresh = init_state is None
-        state = initial_state(config, steps_per_epoch(len(train), config.batch_size)) if fresh else init_state
-        if is_parallel(mesh):
-            state, keys = replicate(state, mesh), replicate(keys, mesh)
-        state, member = _open(config, workdir, state)
-        try:
-            state = _train_members(
-                state, [member], train, splits.val, keys, mesh, on_epoch_end, stacked=False
-            )
-            best, _ = member.checkpoints.restore(member.run.stopping.best_epoch, state)
-            return _finish(member, best, splits)
-        finally:
-            member.close()
+    states = None if init_state is None else [init_state]
+    return train_runs([config], splits, [workdir], overwrite, on_epoch_end, states, mesh)[0]
 
 
 def fit_seeds(
     config: TrainConfig, seeds: Sequence[int], splits: Splits, workdir: str | Path, mesh: Any = None
 ) -> list[dict[str, Any]]:
-    """Trains `config` once per seed, all seeds stacked in one vmapped program, each with its own
-    shuffling, dropout, early stopping and run folder `workdir/seed{S}` (a normal run: `restore_run`, `viz`
-    and `fit` itself can open it). The same results as `fit` per seed, within float tolerance; resumes
-    every seed from its own checkpoints. Raises `TrainingDiverged` naming the seed that diverged."""
+    """Trains `config` once per seed, all seeds as one program, each with its own shuffling, dropout, early
+    stopping and run folder `workdir/seed{S}` (a normal run: `restore_run`, `viz` and `fit` itself can
+    open it). Raises `TrainingDiverged` naming the seed that diverged."""
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     return fit_together(configs, splits, [Path(workdir) / f"seed{s}" for s in seeds], mesh)
 
@@ -201,15 +119,8 @@ def fit_together(
     weight decay (the optimizer keeps those two in its state, `optax.inject_hyperparams`), e.g. 4 learning
     rates × 8 seeds on one GPU. Each run has its own folder, shuffling, dropout and early stopping, and
     ends as it would alone, within float tolerance (a test checks 1e-5 on the CPU)."""
-    configs, workdirs = list(configs), [Path(w) for w in workdirs]
-    check_together(configs, workdirs)
-    train = training_split(configs[0], splits)
-    check_batch_size(configs[0].batch_size, mesh)
-    with contextlib.ExitStack() as locks:
-        for c, w in zip(configs, workdirs, strict=True):
-            locks.enter_context(workdir_lock(w))
-            prepare_workdir(w, c, data=getattr(splits, "info", None))
-        return _fit_stacked(configs, train, splits, workdirs, mesh)
+    check_together(configs, [Path(w) for w in workdirs])
+    return train_runs(configs, splits, workdirs, mesh=mesh)
 
 
 def check_together(configs: Sequence[TrainConfig], workdirs: Sequence[Path]) -> None:
@@ -227,171 +138,256 @@ def check_together(configs: Sequence[TrainConfig], workdirs: Sequence[Path]) -> 
             )
 
 
-def _fit_stacked(configs, train, splits, workdirs, mesh) -> list[dict[str, Any]]:
-    """The runs of `fit_together` trained as one program, their folders already locked and prepared."""
-    config = configs[0]
-    # One model and one optimizer for every run: static parts of the state, shared by the vmap. Where the
-    # runs' learning rates or weight decays differ, each run's own values live in its optimizer state.
-    model, steps = config_model(config), steps_per_epoch(len(train), config.batch_size)
+def training_split(config: TrainConfig, splits: Splits) -> Split:
+    """The training examples a run uses (the first `limit_train`), checked against the batch size."""
+    train = splits.train
+    if config.limit_train is not None:
+        train = Split(train.images[: config.limit_train], train.labels[: config.limit_train])
+    if config.batch_size > len(train):
+        raise ValueError(f"batch_size: {config.batch_size} is larger than the {len(train)} training examples")
+    return train
+
+
+# ------------------------------------------------------------------------------------------- the runs
+@dataclass
+class Run:
+    """One run of the loop: its config, folder, checkpoints, run state (epoch, history, early stopping)
+    and TensorBoard log (None: `--no-tensorboard`, or not process 0)."""
+
+    config: TrainConfig
+    workdir: Path
+    checkpoints: Checkpoints
+    record: RunState
+    events: EventLog | None = None
+
+    @property
+    def training(self) -> bool:
+        return self.record.epoch < self.config.epochs and not self.record.stopping.stopped
+
+    @property
+    def name(self) -> str:
+        """How the run's lines name it when it trains beside others: its seed."""
+        return f"seed {self.config.seed}"
+
+    def close(self) -> None:
+        self.checkpoints.close()
+        if self.events is not None:
+            self.events.close()
+
+
+def train_runs(
+    configs: Sequence[TrainConfig],
+    splits: Splits,
+    workdirs: Sequence[str | Path],
+    overwrite: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    init_states: Sequence[TrainState] | None = None,
+    mesh: Any = None,
+) -> list[dict[str, Any]]:
+    """The runs of `configs` (one, or several sharing one program) trained on `splits`, each in its folder
+    (locked, checked and prepared before any work), resumed where they stopped; returns their results."""
+    config, workdirs, members = configs[0], [Path(w) for w in workdirs], Members(len(configs))
+    train = training_split(config, splits)
+    check_batch_size(config.batch_size, mesh)
+    with contextlib.ExitStack() as stack:
+        for c, w in zip(configs, workdirs, strict=True):
+            stack.enter_context(workdir_lock(w))  # one run per workdir; a second process is refused
+            prepare_workdir(w, c, splits.spec, overwrite)
+        fresh = init_states or start_states(configs, splits, len(train))
+        opened = [open_run(c, w, s) for c, w, s in zip(configs, workdirs, fresh, strict=True)]
+        runs = [run for _, run in opened]
+        for run in runs:
+            stack.callback(run.close)
+        state, keys = members.stack([s for s, _ in opened]), members.stack([run_keys(c) for c in configs])
+        if is_parallel(mesh):
+            state, keys = replicate(state, mesh), replicate(keys, mesh)
+        state = epoch_loop(state, runs, train, splits.val, keys, members, mesh, on_epoch_end)
+        together = {"trained_with_seeds": [c.seed for c in configs]} if members.count > 1 else {}
+        return [finish(run, members.member(state, i), splits, together) for i, run in enumerate(runs)]
+
+
+def start_states(configs: Sequence[TrainConfig], splits: Splits, examples: int) -> list[TrainState]:
+    """Each run's fresh state: one model and one optimizer shared by all (static parts of the program);
+    where the runs' learning rates or weight decays differ, each run's own values live in its optimizer
+    state (`optax.inject_hyperparams`)."""
+    steps = steps_per_epoch(examples, configs[0].batch_size)
     varying = len({(c.lr, c.weight_decay) for c in configs}) > 1
-    tx = make_optimizer(config, steps, injectable=varying)
-
-    def start(c: TrainConfig) -> TrainState:
-        own = make_optimizer(c, steps, injectable=True) if varying else tx
-        state = create_train_state(model, own, run_keys(c)["init"], c.image_shape, c.precision, c.micro_batch)
-        return state.replace(tx=tx)
-
-    opened = [_open(c, w, start(c)) for c, w in zip(configs, workdirs, strict=True)]
-    state, members = stack_trees([s for s, _ in opened]), [m for _, m in opened]
-    keys = stack_trees([run_keys(c) for c in configs])
-    if is_parallel(mesh):
-        state, keys = replicate(state, mesh), replicate(keys, mesh)
-    try:
-        state = _train_members(state, members, train, splits.val, keys, mesh, None, stacked=True)
-        best = [
-            m.checkpoints.restore(m.run.stopping.best_epoch, unstack_tree(state, i))[0]
-            for i, m in enumerate(members)
-        ]
-        return [
-            _finish(m, b, splits, extra={"trained_with_seeds": [c.seed for c in configs]})
-            for m, b in zip(members, best, strict=True)
-        ]
-    finally:
-        for m in members:
-            m.close()
+    shared = make_optimizer(configs[0], steps, injectable=varying)
+    return [initial_state(c, splits.spec, steps, injectable=varying).replace(tx=shared) for c in configs]
 
 
-def _finish(member: Member, best: TrainState, splits: Splits, extra: dict[str, Any] | None = None):
-    """The run's results (see `finish_run`), also written to its TensorBoard log as hparams."""
-    results = finish_run(member.config, best, member.run, splits, member.workdir, extra=extra)
-    if member.events is not None:
-        member.events.hparams(member.config.to_dict(), results)
-    return results
-
-
-def _open(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[TrainState, Member]:
+def open_run(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[TrainState, Run]:
     """The run in `workdir` resumed from its latest good checkpoint (or `state`, fresh)."""
-    state, run, checkpoints = resume(Checkpoints(workdir / "checkpoints"), state, config, workdir)
-    if run.history and is_primary():  # a run killed between its checkpoint and its history file
-        write_json(workdir / "history.json", run.history)
-    return state, Member(config, workdir, checkpoints, run, _events(config, workdir, run))
+    state, record, checkpoints = resume(Checkpoints(workdir / "checkpoints"), state, config, workdir)
+    if record.history and is_primary():  # a run killed between its checkpoint and its history file
+        write_json(workdir / "history.json", record.history)
+    return state, Run(config, workdir, checkpoints, record, open_events(config, workdir, record))
 
 
-def _events(config: TrainConfig, workdir: Path, run: RunState) -> EventLog | None:
+def open_events(config: TrainConfig, workdir: Path, record: RunState) -> EventLog | None:
     """The run's TensorBoard log; a resumed run's is rewritten from its history up to where it resumes
     (purging whatever a killed process wrote after its last checkpoint: no duplicate or missing epoch)."""
     if not (config.tensorboard and is_primary()):
         return None
-    events = EventLog(workdir, purge=bool(run.history))
-    for record, timing in zip(run.history, run.timing, strict=False):
+    events = EventLog(workdir, purge=bool(record.history))
+    for epoch, timing in zip(record.history, record.timing, strict=False):
         steps = steps_per_epoch(timing["images"], config.batch_size)
-        events.epoch(record | _extras(config, timing, record["epoch"] * steps))
+        events.epoch(epoch | scalars_of(config, timing, epoch["epoch"] * steps))
     return events
 
 
-def _extras(config: TrainConfig, timing: dict[str, float], step: int) -> dict[str, float]:
-    """The learning rate after `step` steps and the images/s of an epoch, for TensorBoard."""
+def scalars_of(config: TrainConfig, timing: dict[str, float], step: int) -> dict[str, float]:
+    """The learning rate after `step` steps and the training images/s of an epoch, for TensorBoard."""
     steps = steps_per_epoch(timing["images"], config.batch_size)
-    rate = timing["images"] / max(timing["seconds"] - timing["compile_seconds"], 1e-9)
-    return {"lr": learning_rate(config, step, steps), "images_per_second": rate}
+    return {"lr": learning_rate(config, step, steps), "images_per_second": images_per_second(timing)}
 
 
-def _train_members(state, members, train, val, keys, mesh, on_epoch_end, stacked):
-    """The epoch loop of one run or of seeds stacked together; returns the last state."""
-    config = members[0].config
+def finish(run: Run, state: TrainState, splits: Splits, extra: dict[str, Any]) -> dict[str, Any]:
+    """The run's results from its best epoch's checkpoint (see `cnn.results`), also written to its
+    TensorBoard log as hparams."""
+    run.checkpoints.wait()  # the last asynchronous save
+    with costs.phase("evaluate"):
+        best, _ = run.checkpoints.restore(run.record.stopping.best_epoch, state)
+        results = run_results(run.config, best, run.record, splits, extra)
+    with costs.phase("results"):
+        write_results(run.workdir, results, run.record)
+        if run.events is not None:
+            run.events.hparams(run.config.to_dict(), results)
+    return results
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def epoch_loop(state, runs, train, val, keys, members, mesh, on_epoch_end):
+    """Epochs until every run has finished or stopped early; returns the last state."""
+    config = runs[0].config
     data = training_data(train, config.data_placement, mesh)
     if isinstance(data, HostData):
-        if stacked:
+        if members.count > 1:
             raise ValueError(
-                "data_placement: seeds trained together keep the data on the device; "
+                "data_placement: runs trained together keep the data on the device; "
                 "train them one after another (--together sequential)"
             )
         print(f"Streaming the training images from the host ({data.images.nbytes / 2**20:,.0f} MiB)")
-    with _stop_on_signals() as stop:
-        announce = True
-        while any(m.training for m in members):
-            epochs = [m.run.epoch + 1 for m in members]
-            active = [m.training for m in members]
+    plan = EpochPlan.of(len(train), config, rolled_epoch(config, data))
+    with stop_on_signals() as stop:
+        while any(run.training for run in runs):
+            epochs, active = [r.record.epoch + 1 for r in runs], [r.training for r in runs]
             try:
-                state, totals, timing = train_epoch(
-                    state, data, config, epochs, keys, mesh, active=active, stacked=stacked, announce=announce
+                state, calls, timing = train_epoch(
+                    state, data, config, plan, epochs, keys, members, mesh, active
                 )
-            except jax.errors.JaxRuntimeError as e:
-                raise TrainingFailed(_xla_message(e, max(epochs))) from e
-            announce = False
-            _check_finite(totals, members, epochs, active, len(train), stacked)
-            sums = metric_sums(state, val, config.eval_batch_size, stacked=stacked)
-            val_metrics = member_metrics(sums) if stacked else [mean_metrics(sums)]
-            train_metrics = member_metrics(totals) if stacked else [mean_metrics(totals)]
-            for i, m in enumerate(members):
-                if active[i]:
-                    metrics = train_metrics[i] | {
-                        "val_loss": val_metrics[i]["loss"],
-                        "val_accuracy": val_metrics[i]["accuracy"],
-                    }
-                    member_state = unstack_tree(state, i) if stacked else state
-                    _record(
-                        m,
-                        member_state,
-                        epochs[i],
-                        metrics,
-                        timing | {"group_images": timing["images"] * sum(active)} if stacked else timing,
+                with costs.phase("evaluate"):
+                    start = costs.snapshot()
+                    train_sums, val_sums = jax.device_get(
+                        (calls, metric_sums(state, val, config.eval_batch_size, members))
                     )
+            except jax.errors.JaxRuntimeError as e:
+                raise TrainingFailed(xla_message(e, max(epochs))) from e
+            timing["compile_seconds"] += costs.since(start).seconds
+            train_metrics = members.per_run(sum_on_host(train_sums, plan))
+            check_finite(train_metrics, runs, epochs, active, plan.steps)
+            for i, run in enumerate(runs):
+                if active[i]:
+                    metrics = mean_metrics(train_metrics[i]) | validation(members.per_run(val_sums)[i])
+                    record_epoch(run, members.member(state, i), epochs[i], metrics, timing, members.count)
                     if on_epoch_end is not None:
                         on_epoch_end(epochs[i], metrics)
-            if stacked:
-                _group_line(members, active, timing)
-            if stop["signum"] is not None and any(m.training for m in members):
-                raise Interrupted(
-                    stop["signum"], max(epochs), members[0].workdir.parent if stacked else members[0].workdir
-                )
+            if members.count > 1:
+                rate = timing["images"] * sum(active) / max(timing["seconds"], 1e-9)
+                print(f"  {sum(active)} runs together: {rate:.0f} img/s", flush=True)
+            if stop["signum"] is not None and any(run.training for run in runs):
+                where = runs[0].workdir.parent if members.count > 1 else runs[0].workdir
+                raise Interrupted(stop["signum"], max(epochs), where)
     return state
 
 
-def _record(
-    member: Member, state: TrainState, epoch: int, metrics: dict[str, float], timing: dict[str, float]
+def validation(sums: dict[str, Any]) -> dict[str, float]:
+    means = mean_metrics(sums)
+    return {"val_loss": means["loss"], "val_accuracy": means["accuracy"]}
+
+
+def sum_on_host(calls: list[dict[str, np.ndarray]], plan: EpochPlan) -> dict[str, np.ndarray]:
+    """The epoch's metric sums from each call's per-step metrics (the last axis; `first_nonfinite`: the
+    first), added on the host in float32: a call whose every step counts as its own sum, then the rest
+    step by step. (That is the order in which the earlier code added them; the pinned histories of
+    `tests/test_histories.py` depend on it to the last bit.)"""
+    totals = None
+    for call, metrics in zip(plan.calls, calls, strict=True):
+        if call.steps == 1:
+            parts = [metrics]
+        elif call.active == call.steps:
+            parts = [{k: _fold(v, call.active, k) for k, v in metrics.items()}]
+        else:
+            parts = [{k: v[..., i] for k, v in metrics.items()} for i in range(call.active)]
+        for part in parts:
+            totals = part if totals is None else add_on_host(totals, part)
+    return totals
+
+
+def _fold(values: np.ndarray, count: int, key: str) -> np.ndarray:
+    """The first `count` values of the last axis, folded left to right (as XLA reduces a short axis)."""
+    total = values[..., 0]
+    for i in range(1, count):
+        total = np.minimum(total, values[..., i]) if key == "first_nonfinite" else total + values[..., i]
+    return total
+
+
+def add_on_host(totals: dict[str, np.ndarray], metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        k: np.minimum(v, metrics[k]) if k == "first_nonfinite" else v + metrics[k] for k, v in totals.items()
+    }
+
+
+def record_epoch(
+    run: Run,
+    state: TrainState,
+    epoch: int,
+    metrics: dict[str, float],
+    timing: dict[str, float],
+    together: int,
 ) -> None:
     """One finished epoch of one run: early stopping, history, checkpoint, history file, the epoch line."""
-    config, run = member.config, member.run
+    config, record = run.config, run.record
     score = monitored(metrics, config.monitor)
-    run.stopping.update(epoch, score)
-    run.epoch = epoch
-    run.history.append({"epoch": epoch, **metrics})
-    run.timing.append({"epoch": epoch, **timing})
-    member.checkpoints.save(epoch, state, run.to_dict(), score)
-    if is_primary():
-        write_json(member.workdir / "history.json", run.history)
-    if member.events is not None:
-        member.events.epoch(run.history[-1] | _extras(config, timing, int(state.step)))
-    print(_epoch_line(config, epoch, metrics, timing), flush=True)
-    if run.stopping.stopped:
+    record.stopping.update(epoch, score)
+    record.epoch = epoch
+    record.history.append({"epoch": epoch, **metrics})
+    record.timing.append(
+        {"epoch": epoch, **timing, **({"group_images": timing["images"] * together} if together > 1 else {})}
+    )
+    with costs.phase("checkpoint"):
+        run.checkpoints.save(epoch, state, json.loads(json.dumps(record.to_dict())), score)
+        if is_primary():
+            write_json(run.workdir / "history.json", record.history)
+        if run.events is not None:
+            run.events.epoch(record.history[-1] | scalars_of(config, timing, int(state.step)))
+    print(epoch_line(config, epoch, metrics, timing, run.name if together > 1 else ""), flush=True)
+    if record.stopping.stopped:
+        who = f" ({run.name})" if together > 1 else ""
         print(
-            f"Early stopping{_who(member)}: no better {config.monitor} for {config.patience} epochs; "
-            f"restoring epoch {run.stopping.best_epoch}"
+            f"Early stopping{who}: no better {config.monitor} for {config.patience} epochs; "
+            f"restoring epoch {record.stopping.best_epoch}"
         )
 
 
-def _who(member: Member) -> str:
-    return f" (seed {member.config.seed})" if member.workdir.name.startswith("seed") else ""
-
-
-def _check_finite(totals, members, epochs, active, examples, stacked) -> None:
+def check_finite(
+    metrics: list[dict[str, Any]], runs: list[Run], epochs: list[int], active: list[bool], per_epoch: int
+) -> None:
     """Raises TrainingDiverged for the first run whose loss or gradient was NaN or Inf this epoch."""
-    first = np.atleast_1d(np.asarray(jax.device_get(totals["first_nonfinite"])))
-    per_epoch = steps_per_epoch(examples, members[0].config.batch_size)
-    for i, m in enumerate(members):
-        if active[i] and np.isfinite(first[i]):
-            step = int(first[i]) - (epochs[i] - 1) * per_epoch + 1
-            seed = f"seed {m.config.seed}: " if stacked else ""
+    for i, run in enumerate(runs):
+        first = float(metrics[i]["first_nonfinite"])
+        if active[i] and np.isfinite(first):
+            step = int(first) - (epochs[i] - 1) * per_epoch + 1
+            who = f"{run.name}: " if len(runs) > 1 else ""
             raise TrainingDiverged(
-                f"training diverged: {seed}a NaN or Inf loss or gradient at epoch {epochs[i]}, step {step} "
+                f"training diverged: {who}a NaN or Inf loss or gradient at epoch {epochs[i]}, step {step} "
                 f"of {per_epoch}. The checkpoints of the earlier epochs are kept and nothing of this epoch "
                 "was saved; lower --lr (or check the data) and train again, in a new --workdir or with "
                 "--overwrite."
             )
 
 
-def _xla_message(error: Exception, epoch: int) -> str:
+def xla_message(error: Exception, epoch: int) -> str:
     first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
     if "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower():
         return (
@@ -402,82 +398,44 @@ def _xla_message(error: Exception, epoch: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------- one epoch
-def _orders(keys, epochs: list[int], n: int, stacked: bool, data: Any, mesh: Any) -> Any:
-    """Each run's permutation of the training data for its epoch, where the batches are gathered: on the
-    host for `HostData`, else on the device (replicated over a mesh)."""
-    if stacked:
-        permute = jax.vmap(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), n))
-        order = permute(keys["shuffle"], jnp.asarray(epochs))
-    else:
-        order = jax.random.permutation(jax.random.fold_in(keys["shuffle"], epochs[0]), n)
-    if isinstance(data, HostData):
-        return np.asarray(order)
-    return replicate(order, mesh) if is_parallel(mesh) else order
+@dataclass(frozen=True)
+class Call:
+    """One compiled call of an epoch: `steps` steps of `batch` examples from example `start` of the
+    epoch's order, of which the first `active` count (an epoch's last, shorter chunk runs in the chunks'
+    program); `rolled`: a rolled loop (the whole epoch's full batches at once)."""
+
+    start: int
+    steps: int
+    active: int
+    batch: int
+    rolled: bool = False
 
 
-def train_epoch(
-    state: TrainState,
-    data: tuple[jax.Array, jax.Array] | HostData,
-    config: TrainConfig,
-    epoch: int | list[int],
-    keys: dict[str, jax.Array],
-    mesh: Any = None,
-    *,
-    active: list[bool] | None = None,
-    stacked: bool = False,
-    announce: bool = False,
-) -> tuple[TrainState, dict[str, jax.Array], dict[str, float]]:
-    """One pass over the training data in a fresh permutation per run, `steps_per_call` steps per compiled
-    call; returns the state, the summed metrics (on the device; per run when `stacked`) and the timing.
-    With a `mesh` (see `cnn.parallel`), every batch is split over its devices; `data` on the host
-    (`HostData`) is streamed batch by batch. `announce`: say that the first call compiles, and time it
-    apart (`compile_seconds`)."""
-    n, bs, chunk = (
-        len(data) if isinstance(data, HostData) else len(data[1]),
-        config.batch_size,
-        config.steps_per_call,
-    )
-    epochs = epoch if isinstance(epoch, list) else [epoch]
-    order = _orders(keys, epochs, n, stacked, data, mesh)
-    live = jnp.asarray(active if active is not None else [True] * len(epochs))
-    total, full = steps_per_epoch(n, bs), n // bs
-    bar = tqdm(
-        total=total, desc=f"Epoch {max(epochs)}/{config.epochs}", unit="step", leave=False, disable=None
-    )
-    totals, compile_seconds, t0, i = None, 0.0, time.perf_counter(), 0
-    rolled = rolled_epoch(config, data)
-    while i < total:
-        if announce and i == 0:
-            tqdm.write("Compiling the train step (first call only)...")
-        t = time.perf_counter()
-        steps, size = _steps_at(i, full, chunk, rolled), min(bs, n - i * bs)
-        state, metrics = _call(
-            state, data, order, keys["dropout"], live, i * bs, size, (steps, rolled), mesh, stacked
-        )
-        i += steps
-        if announce and i == steps:
-            jax.block_until_ready(metrics)
-            compile_seconds = time.perf_counter() - t
-            tqdm.write(f"Compiled and ran the first call in {compile_seconds:.1f} s")
-        totals = add_metrics(totals, metrics)
-        if bar.disable is False and (i % 50 < max(chunk, 1) or i == total):
-            bar.set_postfix(img_s=f"{min(n, i * bs) / (time.perf_counter() - t0):.0f}")
-            bar.update(i - bar.n)
-    jax.block_until_ready(totals)
-    bar.close()
-    return (
-        state,
-        totals,
-        {"seconds": time.perf_counter() - t0, "compile_seconds": compile_seconds, "images": n},
-    )
+@dataclass(frozen=True)
+class EpochPlan:
+    """An epoch of `examples` as compiled calls: the full batches in chunks of `steps_per_call` (or all in
+    one rolled call), then the last, partial batch on its own (never dropped)."""
 
+    examples: int
+    batch_size: int
+    calls: tuple[Call, ...]
 
-def _steps_at(i: int, full: int, chunk: int, rolled: bool) -> int:
-    """How many steps the call starting at step `i` runs: with `rolled`, every full batch in one call (a
-    last partial batch after it); else chunks of `chunk`, the remainder one by one."""
-    if rolled:
-        return full if i == 0 and full > 1 else 1
-    return chunk if chunk > 1 and full - i >= chunk else 1
+    @property
+    def steps(self) -> int:
+        return steps_per_epoch(self.examples, self.batch_size)
+
+    @classmethod
+    def of(cls, examples: int, config: TrainConfig, rolled: bool) -> EpochPlan:
+        bs = config.batch_size
+        full, rest = divmod(examples, bs)
+        if rolled and full > 1:
+            calls = [Call(0, full, full, bs, rolled=True)]
+        else:
+            chunk = max(1, min(config.steps_per_call, full))
+            calls = [Call(i * bs, chunk, min(chunk, full - i), bs) for i in range(0, full, chunk)]
+        if rest:
+            calls.append(Call(full * bs, 1, 1, rest))
+        return cls(examples, bs, tuple(calls))
 
 
 def rolled_epoch(config: TrainConfig, data: Any) -> bool:
@@ -489,41 +447,106 @@ def rolled_epoch(config: TrainConfig, data: Any) -> bool:
     return config.epoch_loop == "scan" or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
 
 
-def _call(state, data, order, rng, live, start, size, loop, mesh, stacked):
-    """One compiled call of `steps` train steps from position `start` (batches of `size`); `loop` is
-    (steps, rolled)."""
-    steps, rolled = loop
+@jax.jit
+def _shuffle(key: jax.Array, epoch: jax.Array, order: jax.Array) -> jax.Array:
+    return jax.random.permutation(jax.random.fold_in(key, epoch), order)
+
+
+def epoch_orders(
+    keys: dict[str, jax.Array], epochs: list[int], n: int, members: Members, data: Any, mesh: Any
+):
+    """Each run's permutation of the training data for its epoch (one compiled program), where the batches
+    are gathered: on the host for `HostData`, else on the device (replicated over a mesh)."""
+    shuffle = members.program(_shuffle, member_args=(0, 1), donate=False)
+    epoch = np.asarray(epochs if members.count > 1 else epochs[0], np.uint32)
+    order = shuffle(keys["shuffle"], epoch, np.arange(n, dtype=np.int32))
     if isinstance(data, HostData):
-        return train_batches(state, *data.batches(order, start, size, steps), rng)
+        return np.asarray(order)
+    return replicate(order, mesh) if is_parallel(mesh) else order
+
+
+def train_epoch(
+    state, data, config: TrainConfig, plan: EpochPlan, epochs, keys, members: Members, mesh, active
+):
+    """One pass over the training data in a fresh permutation per run: the plan's compiled calls, each
+    run's metrics left on the device (one list per epoch, fetched once by the caller). Returns the state,
+    the calls' metrics and the timing: training seconds without compiling, compile seconds and programs."""
+    n = len(data) if isinstance(data, HostData) else len(data[1])
+    start, t0 = costs.snapshot(), time.perf_counter()
+    with costs.phase("train"):
+        order = epoch_orders(keys, epochs, n, members, data, mesh)
+        live = np.asarray(active) if members.count > 1 else None
+        bar = tqdm(
+            total=plan.steps,
+            desc=f"Epoch {max(epochs)}/{config.epochs}",
+            unit="step",
+            leave=False,
+            disable=None,
+        )
+        calls = []
+        for call in plan.calls:
+            state, metrics = run_call(state, data, order, keys["dropout"], live, call, members, mesh)
+            calls.append(metrics)
+            if not bar.disable:
+                done = call.start // plan.batch_size + call.active
+                seconds = time.perf_counter() - t0 - costs.since(start).seconds
+                bar.set_postfix(img_s=f"{min(n, done * plan.batch_size) / max(seconds, 1e-9):.0f}")
+                bar.update(done - bar.n)
+        jax.block_until_ready(calls)
+        bar.close()
+    compiled = costs.since(start)
+    seconds = time.perf_counter() - t0 - compiled.seconds
+    timing = {
+        "seconds": seconds,
+        "compile_seconds": compiled.seconds,
+        "compilations": compiled.compilations,
+        "images": n,
+    }
+    return state, calls, timing
+
+
+def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):
+    """One compiled call: `call.steps` train steps from position `call.first` (see `Call`)."""
+    if isinstance(data, HostData):
+        program = members.program(train_batches)
+        return program(state, *data.batches(order, call.start, call.batch, call.active), rng)  # K = active
     images, labels = data
-    sharding = batch_sharding(mesh) if is_parallel(mesh) and size % mesh.size == 0 else None
-    shape = {"batch_size": size, "steps": steps, "sharding": sharding, "unroll": not rolled}
-    if stacked:
-        return stacked_train_steps(state, images, labels, order, start, rng, live, **shape)
-    if steps > 1:
-        return train_steps(state, images, labels, order, start, rng, **shape)
-    return train_step(state, take_batch(images, labels, order, start, size, sharding), rng)
+    sharding = batch_sharding(mesh) if is_parallel(mesh) and call.batch % mesh.size == 0 else None
+    program = members.program(
+        train_chunk, member_args=(0, 3, 5), static_argnames=("batch_size", "steps", "sharding", "unroll")
+    )
+    # One program for every chunk of a run: the last, shorter chunk masks the steps it leaves out. Runs
+    # trained together mask only that chunk: under vmap XLA:CPU rounds a masked chunk's steps differently
+    # (measured), and their histories are pinned to those of the unmasked program.
+    masked = not call.rolled and (members.count == 1 or call.active < call.steps)
+    active = call.active if masked else None
+    return program(
+        state, images, labels, order, call.start, rng, active, live=live,
+        batch_size=call.batch, steps=call.steps, sharding=sharding, unroll=not call.rolled,
+    )  # fmt: skip
 
 
-def _epoch_line(config: TrainConfig, epoch: int, metrics: dict[str, float], timing: dict[str, float]) -> str:
+def images_per_second(timing: dict[str, float]) -> float:
+    """An epoch's training images/s, its compiling left out."""
+    return timing["images"] / max(timing["seconds"], 1e-9)
+
+
+def epoch_line(
+    config: TrainConfig, epoch: int, metrics: dict[str, float], timing: dict[str, float], who: str
+) -> str:
     steps = steps_per_epoch(timing["images"], config.batch_size)
-    rate = timing["images"] / max(timing["seconds"] - timing["compile_seconds"], 1e-9)
-    seed = f"seed {config.seed} - " if "group_images" in timing else ""
+    compiled = f" + {timing['compile_seconds']:.1f}s compiling" if timing["compile_seconds"] >= 0.05 else ""
+    who = f"{who} - " if who else ""
     return (
-        f"Epoch {epoch}/{config.epochs} - {seed}{steps} steps - {timing['seconds']:.1f}s "
-        f"({rate:.0f} img/s) - "
+        f"Epoch {epoch}/{config.epochs} - {who}{steps} steps - {timing['seconds']:.1f}s"
+        f"{compiled} ({images_per_second(timing):.0f} img/s) - "
         f"loss: {metrics['loss']:.4f} - accuracy: {metrics['accuracy']:.4f} - "
         f"val_loss: {metrics['val_loss']:.4f} - val_accuracy: {metrics['val_accuracy']:.4f}"
     )
 
 
-def _group_line(members: list[Member], active: list[bool], timing: dict[str, float]) -> None:
-    seconds = max(timing["seconds"] - timing["compile_seconds"], 1e-9)
-    print(f"  {sum(active)} seeds together: {timing['images'] * sum(active) / seconds:.0f} img/s", flush=True)
-
-
 @contextlib.contextmanager
-def _stop_on_signals():
+def stop_on_signals():
     """Turns the first SIGTERM or SIGINT into a request to stop at the end of the epoch in progress (a
     second one stops at once, losing only that epoch). Only in the main thread (signals go there)."""
     stop: dict[str, int | None] = {"signum": None}

@@ -6,7 +6,7 @@ trains itself, or on any Flax/orbax checkpoint of a matching architecture that a
 
     backbone = load_backbone("runs/pretrain")                  # a run's best checkpoint
     config = transfer_config("seed_cnn", cut="pool2", outputs=2)
-    state, labels = transfer_state(config, backbone, freeze="backbone")  # head-only training
+    state, labels = transfer_state(config, splits.spec, backbone, freeze="backbone")  # head-only training
     fit(config, splits, "runs/head", init_state=state)
 """
 
@@ -24,10 +24,13 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from cnn import applications
 from cnn.config import TrainConfig
-from cnn.data import Split, Splits
-from cnn.models import Cut, TransferNet, transfer_model  # noqa: F401  (the surgery, re-exported)
+from cnn.data import FASHION_MNIST, DataSpec, Split, Splits, describe_arrays
+from cnn.models import model_for
+from cnn.results import restore_run
+from cnn.state import TrainState, create_train_state, make_optimizer
 from cnn.summary import layer_rows
-from cnn.train import TrainState, config_model, create_train_state, fit, make_optimizer, restore_run
+from cnn.surgery import TransferNet
+from cnn.train import fit
 
 FREEZE = ("none", "backbone", "backbone_except_top")
 
@@ -112,7 +115,9 @@ def parameter_labels(params: Any, freeze: str, top: set[str] | None = None) -> A
     return unflatten_dict({path: label(path) for path in flatten_dict(params)})
 
 
-def top_block(model: TransferNet, params: Any, input_shape: tuple[int, ...] = (28, 28, 1)) -> set[str]:
+def top_block(
+    model: TransferNet, params: Any, input_shape: tuple[int, ...] = FASHION_MNIST.image_shape
+) -> set[str]:
     """The backbone's last layer with parameters before the cut, in call order, with the rest of its block
     (`blockN_*` layers of a ConvNet): what fine-tuning unfreezes."""
     names = [row.name for row in layer_rows(model.base, input_shape)]
@@ -126,18 +131,27 @@ def top_block(model: TransferNet, params: Any, input_shape: tuple[int, ...] = (2
 
 def transfer_state(
     config: TrainConfig,
+    spec: DataSpec,
     backbone: dict[str, Any] | None,
     freeze: str = "backbone",
     finetune_lr_scale: float = 0.1,
 ) -> tuple[TrainState, Any]:
-    """A train state of `config`'s transfer model with the backbone's weights from `backbone` (None: random,
-    i.e. training from scratch), and an optimizer that leaves frozen parameters untouched
-    (`optax.set_to_zero`) and trains the top backbone layer at `finetune_lr_scale` × lr when asked.
-    Returns the state and the label ('trainable', 'finetune' or 'frozen') of every parameter."""
-    model = config_model(config)
+    """A train state of `config`'s transfer model for data described by `spec` (its image shape and
+    classes), with the backbone's weights from `backbone` (None: random, i.e. training from scratch), and
+    an optimizer that leaves frozen parameters untouched (`optax.set_to_zero`) and trains the top backbone
+    layer at `finetune_lr_scale` × lr when asked. Returns the state and the label ('trainable', 'finetune'
+    or 'frozen') of every parameter."""
+    outputs = config.model_args.get("outputs")
+    if outputs is not None and outputs != spec.outputs(config.head):
+        raise ValueError(
+            f"outputs: the transfer head has {outputs} outputs, but the data ({spec.name}, "
+            f"{spec.num_classes} classes, head {config.head}) needs {spec.outputs(config.head)}"
+        )
+    model = model_for(config, spec)
     if freeze == "backbone":
         model = model.clone(frozen=True)
-    fresh = create_train_state(model, optax.identity(), jax.random.PRNGKey(config.seed), config.image_shape)
+    shape = spec.image_shape
+    fresh = create_train_state(model, optax.identity(), jax.random.PRNGKey(config.seed), shape)
     params, batch_stats = fresh.params, fresh.batch_stats
     if backbone is not None:
         params = {**params, "base": _graft(params["base"], backbone["params"], "parameters")}
@@ -147,7 +161,7 @@ def transfer_state(
     labels = parameter_labels(
         params,
         freeze,
-        top_block(model, params, config.image_shape) if freeze == "backbone_except_top" else None,
+        top_block(model, params, shape) if freeze == "backbone_except_top" else None,
     )
     base_tx = make_optimizer(config)
     finetune = make_optimizer(TrainConfig(**{**config.to_dict(), "lr": config.lr * finetune_lr_scale}))
@@ -159,7 +173,7 @@ def transfer_state(
         params=params,
         tx=tx,
         batch_stats=batch_stats,
-        input_shape=tuple(config.image_shape),
+        input_shape=shape,
         compute_dtype=config.precision,
     )
     return state, labels
@@ -230,14 +244,14 @@ def train_few_shot(
     shape). Returns `fit`'s results with the trainable and non-trainable parameter counts."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
-    outputs = int(train.labels.max()) + 1
+    splits = Splits(
+        train=train, val=train, test=test, spec=describe_arrays(train, train, test, name="few-shot")
+    )
     head_units, base_args = fields.pop("head_units", (64,)), fields.pop("base_args", None)
-    if "input_shape" in fields:
-        fields.setdefault("num_classes", max(outputs, 2))
     config = transfer_config(
         base,
         cut,
-        outputs,
+        splits.spec.outputs(fields.get("head", "softmax")),
         head_units=head_units,
         base_args=base_args,
         epochs=epochs,
@@ -248,24 +262,27 @@ def train_few_shot(
         steps_per_call=1,  # a few steps per epoch: one compiled step is all it needs
         **fields,
     )
-    state, labels = transfer_state(config, None if method == "scratch" else backbone, METHODS[method])
-    results = fit(config, Splits(train=train, val=train, test=test), workdir, init_state=state)
+    state, labels = transfer_state(
+        config, splits.spec, None if method == "scratch" else backbone, METHODS[method]
+    )
+    results = fit(config, splits, workdir, init_state=state)
     return {**results, **parameter_counts(state.params, labels, state.batch_stats)}
 
 
 # ------------------------------------------------------------------- the sources' ImageNet workflow
 SOURCES_NETWORK = {"base": "inception_v3", "cut": "mixed7", "base_args": {"include_top": False}}
+# What the sources' transfer model is built for: Fashion-MNIST resized to 75×75 colour.
+SOURCES_DATA = DataSpec("fashion_mnist", (75, 75, 3), FASHION_MNIST.class_names, FASHION_MNIST.source)
 
 
 def sources_config(**fields: Any) -> TrainConfig:
     """The sources' transfer model: InceptionV3 at 75×75×3 cut at `mixed7`, Flatten → Dense 64 ReLU →
-    Dense 10, RMSprop at 5e-4, on Fashion-MNIST resized to colour (`fields` override any of it)."""
+    Dense 10, RMSprop at 5e-4, on Fashion-MNIST resized to colour (`SOURCES_DATA`; `fields` override any of
+    it)."""
     defaults = {
         "dataset": "fashion_mnist",
         "image_size": (75, 75),
         "channels": 3,
-        "input_shape": (75, 75, 3),
-        "num_classes": 10,
         "optimizer": "rmsprop",
         "lr": 5e-4,
     }

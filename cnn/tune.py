@@ -157,7 +157,7 @@ def recover(study: Any, storage: Any) -> list[int]:
     as complete, and their parameters queued for the next trial. Returns their numbers."""
     from optuna.trial import TrialState
 
-    from cnn.rundir import process_alive
+    from cnn.run_folder import process_alive
 
     lost = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

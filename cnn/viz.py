@@ -15,11 +15,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn import conv
-from cnn.data import CLASS_NAMES, to_float
+from cnn.data import FASHION_MNIST_CLASSES, Splits, to_float
 from cnn.disk import read_json
+from cnn.evaluation import predict
 from cnn.plots import plot_curves
-from cnn.rundir import read_config, restore_run
-from cnn.steps import TrainState, model_variables, predict
+from cnn.results import restore_run
+from cnn.state import TrainState, model_variables
 
 
 def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -169,7 +170,7 @@ def plot_predictions(
     probabilities: np.ndarray | None = None,
     n: int = 25,
     path: str | Path | None = None,
-    class_names: tuple[str, ...] = CLASS_NAMES,
+    class_names: tuple[str, ...] = FASHION_MNIST_CLASSES,
 ) -> plt.Figure:
     """A grid of images (colour ones in colour) titled with their class names; with `probabilities`, the
     predicted name and its confidence, wrong predictions in red."""
@@ -200,7 +201,7 @@ def plot_predictions(
 
 
 def confusion_matrix(
-    labels: np.ndarray, predictions: np.ndarray, classes: int = len(CLASS_NAMES)
+    labels: np.ndarray, predictions: np.ndarray, classes: int = len(FASHION_MNIST_CLASSES)
 ) -> np.ndarray:
     """Counts `[true, predicted]`."""
     return np.bincount(classes * np.asarray(labels) + np.asarray(predictions), minlength=classes**2).reshape(
@@ -212,7 +213,7 @@ def plot_confusion(
     labels: np.ndarray,
     predictions: np.ndarray,
     path: str | Path | None = None,
-    class_names: tuple[str, ...] = CLASS_NAMES,
+    class_names: tuple[str, ...] = FASHION_MNIST_CLASSES,
 ) -> plt.Figure:
     """The confusion matrix twice: counts, and normalised by the true class (each row sums to 1)."""
     counts = confusion_matrix(labels, predictions, len(class_names))
@@ -252,7 +253,7 @@ def plot_mistakes(
     probabilities: np.ndarray,
     k: int = 16,
     path: str | Path | None = None,
-    class_names: tuple[str, ...] = CLASS_NAMES,
+    class_names: tuple[str, ...] = FASHION_MNIST_CLASSES,
 ) -> plt.Figure:
     """The most confident mistakes, titled with the predicted and the true class."""
     idx = most_confident_mistakes(labels, probabilities, k)
@@ -294,16 +295,12 @@ def first_conv(params: Any) -> str:
     raise ValueError("layer: the model has no convolution")
 
 
-def write_all(workdir: str | Path, splits, out: str | Path | None = None) -> list[Path]:
+def write_all(workdir: str | Path, splits: Splits, out: str | Path | None = None) -> list[Path]:
     """Every picture of a run, from its best checkpoint, into `out` (default `workdir/viz`), with the data
     set's own class names and colours. A model without convolutions gets every picture but the filters
     and feature maps."""
     _, state, _ = restore_run(workdir)
-    names = tuple(
-        getattr(splits, "class_names", None)
-        or read_config(workdir)[1].get("data", {}).get("class_names")
-        or CLASS_NAMES
-    )
+    names = splits.class_names
     out = Path(out or Path(workdir) / "viz")
     out.mkdir(parents=True, exist_ok=True)
     test = splits.test

@@ -22,7 +22,8 @@ jax.config.update("jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) /
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-from cnn import data  # noqa: E402
+from cnn.data import Splits  # noqa: E402
+from cnn.datasets import fashion_mnist  # noqa: E402
 
 TRAIN_SIZE, TEST_SIZE = 600, 200
 
@@ -53,9 +54,9 @@ def write_dataset(
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for split, n in (("train", train_size), ("test", test_size)):
-        labels = rng.integers(0, data.NUM_CLASSES, size=n).astype(np.uint8)
+        labels = rng.integers(0, fashion_mnist.NUM_CLASSES, size=n).astype(np.uint8)
         images = synthetic_images(labels, rng)
-        image_file, label_file = data.SPLIT_FILES[split]
+        image_file, label_file = fashion_mnist.SPLIT_FILES[split]
         write_idx(directory / image_file, images)
         write_idx(directory / label_file, labels)
         written[split] = (images, labels)
@@ -76,9 +77,9 @@ def _release_compiled_programs():
 @pytest.fixture(autouse=True)
 def _no_real_sources(monkeypatch, tmp_path):
     """Keeps tests off the real dataset and the network unless a test asks for them."""
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "no-system-dir")
-    monkeypatch.setattr(data, "OFFICIAL_URL", (tmp_path / "no-server").as_uri() + "/")
+    monkeypatch.delenv(fashion_mnist.ENV_VAR, raising=False)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-dir")
+    monkeypatch.setattr(fashion_mnist, "OFFICIAL_URL", (tmp_path / "no-server").as_uri() + "/")
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +90,9 @@ def idx_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_splits(idx_dir, tmp_path_factory) -> data.Splits:
+def tiny_splits(idx_dir, tmp_path_factory) -> Splits:
     """The tiny dataset through the real builder: 480 train, 120 validation, 200 test."""
-    return data.load_fashion_mnist(data_dir=tmp_path_factory.mktemp("tfds"), source_dir=idx_dir)
+    return fashion_mnist.load_fashion_mnist(data_dir=tmp_path_factory.mktemp("tfds"), source_dir=idx_dir)
 
 
 @pytest.fixture(scope="session")
@@ -99,5 +100,5 @@ def prepared(idx_dir, tmp_path_factory) -> Path:
     """A tfds data dir with the tiny dataset already prepared, for the processes tests start (they only
     read it)."""
     data_dir = tmp_path_factory.mktemp("tfds-prepared")
-    data.load_fashion_mnist(data_dir=data_dir, source_dir=idx_dir)
+    fashion_mnist.load_fashion_mnist(data_dir=data_dir, source_dir=idx_dir)
     return data_dir

@@ -1,18 +1,23 @@
-"""Data sets by name or by path, all through tensorflow-datasets builders (no TensorFlow), with the
-transforms applied once at load time (resize, grayscale ↔ colour) and the train/validation/test splits.
+"""Data sets by name or by path, all prepared once through tensorflow-datasets builders (no TensorFlow) and
+read back as whole arrays, with the transforms applied at load time (resize, grayscale ↔ colour), the
+train/validation/test splits, and the data description (`cnn.data.DataSpec`) resolved from the data.
 
 | name | what |
 |---|---|
-| `fashion_mnist` | the default: 70,000 28×28 grayscale clothes, 10 classes (`cnn.data`) |
+| `fashion_mnist` | the default: 70,000 28×28 grayscale clothes, 10 classes (`fashion_mnist.py`) |
 | `lfw_faces` | 200 real 25×25 grayscale photos shipped by scikit-image: 100 faces, 100 non-faces |
 | a folder path | one sub-folder per class of PNG/JPEG/BMP/GIF files, optional train/ val/ test/ folders |
 
-    config = dataset_config(TrainConfig(dataset="lfw_faces", image_size=(32, 32)))   # shape and classes
-    splits = load_dataset(config)                                                   # uint8 NHWC images
+    splits = load_dataset(TrainConfig(dataset="lfw_faces", image_size=(32, 32)))  # uint8 NHWC images
+    splits.spec.image_shape, splits.spec.class_names  # (32, 32, 1), ('face', 'not_face')
+
+A process loads each data set once: every run, seed and variant of a sweep, experiment or study asking for
+the same data (the same fields of `DATA_FIELDS`, the same folder contents) shares the same arrays.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from collections.abc import Callable
@@ -21,54 +26,57 @@ from typing import Any
 
 import numpy as np
 
-from cnn.config import TrainConfig
-from cnn.data import CLASS_NAMES, DataError, Split, Splits, load_fashion_mnist, split_indices
-from cnn.datasets import image_folder, lfw_faces
+from cnn.config import DATA_FIELDS, TrainConfig
+from cnn.data import DataError, DataSpec, Split, Splits
+from cnn.datasets import fashion_mnist, image_folder, lfw_faces
+from cnn.datasets.splits import split_indices, stratified_split
 from cnn.datasets.transforms import transform
 
 
 @dataclasses.dataclass(frozen=True)
-class Raw:
-    """A data set as prepared: uint8 NHWC images per split (`val`/`test` may be None: split off `train`),
-    its class names and where it came from."""
+class SourceData:
+    """A data set as its source gives it: uint8 NHWC images with labels per split (`val`/`test` None where
+    the source has no such split: they are split off `train`), its class names, where it came from and the
+    fingerprint of its data."""
 
     name: str
     source: str
     class_names: tuple[str, ...]
+    fingerprint: str
     train: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray] | None = None
     test: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _fashion_mnist(config: TrainConfig, data_dir: Any, source_dir: Any) -> Raw:
+def _fashion_mnist(config: TrainConfig, data_dir: Any, source_dir: Any) -> SourceData:
     c = config
-    splits = load_fashion_mnist(data_dir, source_dir, c.val_fraction, c.split_seed, c.val_split)
-    as_uint8 = {
-        k: (np.rint(getattr(splits, k).images * 255).astype(np.uint8), getattr(splits, k).labels)
-        for k in ("train", "val", "test")
-    }
-    return Raw("fashion_mnist", "Fashion-MNIST IDX files", CLASS_NAMES, **as_uint8)
-
-
-def _lfw_faces(config: TrainConfig, data_dir: Any, source_dir: Any) -> Raw:
-    images, labels, names = lfw_faces.load(data_dir)
-    return Raw("lfw_faces", "skimage.data.lfw_subset()", names, (images, labels))
-
-
-def _folder(config: TrainConfig, data_dir: Any, source_dir: Any) -> Raw:
-    parts, names = image_folder.load(
-        Path(config.dataset), config.image_size, config.channels, config.skip_bad_images, data_dir
+    splits = fashion_mnist.load_fashion_mnist(data_dir, source_dir, c.val_fraction, c.split_seed, c.val_split)
+    parts = {k: (getattr(splits, k).images, getattr(splits, k).labels) for k in ("train", "val", "test")}
+    return SourceData(
+        "fashion_mnist", splits.spec.source, splits.class_names, splits.spec.fingerprint, **parts
     )
-    return Raw(str(Path(config.dataset).resolve().name), str(Path(config.dataset).resolve()), names, **parts)
 
 
-DATASETS: dict[str, Callable[[TrainConfig, Any, Any], Raw]] = {
+def _lfw_faces(config: TrainConfig, data_dir: Any, source_dir: Any) -> SourceData:
+    images, labels, names, stamp = lfw_faces.load(data_dir)
+    return SourceData("lfw_faces", "skimage.data.lfw_subset()", names, stamp, (images, labels))
+
+
+def _folder(config: TrainConfig, data_dir: Any, source_dir: Any) -> SourceData:
+    root = Path(config.dataset).expanduser().resolve()
+    parts, names, stamp = image_folder.load(
+        root, config.image_size, config.channels, config.skip_bad_images, data_dir
+    )
+    return SourceData(root.name, str(root), names, stamp, **parts)
+
+
+DATASETS: dict[str, Callable[[TrainConfig, Any, Any], SourceData]] = {
     "fashion_mnist": _fashion_mnist,
     "lfw_faces": _lfw_faces,
 }
 
 
-def _reader(config: TrainConfig) -> Callable[[TrainConfig, Any, Any], Raw]:
+def _reader(config: TrainConfig) -> Callable[[TrainConfig, Any, Any], SourceData]:
     if config.dataset in DATASETS:
         return DATASETS[config.dataset]
     path = Path(config.dataset).expanduser()
@@ -84,25 +92,12 @@ def _reader(config: TrainConfig) -> Callable[[TrainConfig, Any, Any], Raw]:
     )
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out): `round(fraction × n_c)` of every class c held out, at least one where a
-    class has two or more examples, drawn with `seed`."""
-    rng = np.random.default_rng(seed)
-    kept, held = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
-        held.append(idx[:k])
-        kept.append(idx[k:])
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
-
-
-def _split_off(raw: Raw, config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """train/val/test from the prepared parts, splitting off what the data set does not have itself."""
-    parts = {"train": raw.train, "val": raw.val, "test": raw.test}
+def _split_off(data: SourceData, config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """train/val/test from the source's parts, splitting off what the data set does not have itself."""
+    parts = {"train": data.train, "val": data.val, "test": data.test}
     if parts["test"] is None:
-        keep, held = stratified_split(raw.train[1], config.test_fraction, config.split_seed)
-        parts["train"], parts["test"] = _take(raw.train, keep), _take(raw.train, held)
+        keep, held = stratified_split(data.train[1], config.test_fraction, config.split_seed)
+        parts["train"], parts["test"] = _take(data.train, keep), _take(data.train, held)
     if parts["val"] is None and config.val_split == "last":
         keep, held = split_indices(len(parts["train"][1]), config.val_fraction, 0, last=True)
         parts["train"], parts["val"] = _take(parts["train"], keep), _take(parts["train"], held)
@@ -116,58 +111,56 @@ def _take(part: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> tuple[np.ndar
     return part[0][idx], part[1][idx]
 
 
+LOADED: collections.OrderedDict[tuple, Splits] = collections.OrderedDict()
+KEEP_LOADED = 4  # data sets a process keeps in memory for the next run that asks for one of them
+
+
 def load_dataset(
     config: TrainConfig,
     data_dir: str | os.PathLike | None = None,
     source_dir: str | os.PathLike | None = None,
 ) -> Splits:
-    """The data set `config.dataset` as train/validation/test `Splits` of uint8 NHWC images (compact: the
-    train step converts them to [0, 1] on the device), resized to `config.image_size` and converted to
-    `config.channels` where asked, with `info` (name, source, image shape, class names)."""
-    raw = _reader(config)(config, data_dir, source_dir)
-    parts = _split_off(raw, config)
+    """The data set `config.dataset` as train/validation/test `Splits` of uint8 NHWC images (the train step
+    turns them into [0, 1] on the device), resized to `config.image_size` and converted to
+    `config.channels` where asked, with the data description `spec` (name, source, fingerprint, image
+    shape, class names, sizes). Loaded once per process: a second call for the same data returns the same
+    (read-only) arrays."""
+    reader = _reader(config)
+    key = (
+        *(repr(getattr(config, f)) for f in DATA_FIELDS),
+        str(data_dir),
+        str(source_dir),
+        image_folder.fingerprint(Path(config.dataset).expanduser(), None, None, False)
+        if reader is _folder
+        else "",
+    )
+    if key not in LOADED:
+        LOADED[key] = _load(reader, config, data_dir, source_dir)
+        while len(LOADED) > KEEP_LOADED:
+            LOADED.popitem(last=False)
+    LOADED.move_to_end(key)
+    return LOADED[key]
+
+
+def _load(reader: Callable, config: TrainConfig, data_dir: Any, source_dir: Any) -> Splits:
+    data = reader(config, data_dir, source_dir)
+    parts = _split_off(data, config)
     for name, (images, _) in parts.items():
         if len(images) == 0:
             raise DataError(
-                f"dataset {raw.name}: its {name} split is empty; give more images or other fractions"
+                f"dataset {data.name}: its {name} split is empty; give more images or other fractions"
             )
-    parts = {
-        k: (transform(x, config.image_size, config.channels), y.astype(np.int32))
-        for k, (x, y) in parts.items()
-    }
-    info = {
-        "name": raw.name,
-        "source": raw.source,
-        "image_shape": list(parts["train"][0].shape[1:]),
-        "class_names": list(raw.class_names),
-        "sizes": {k: len(y) for k, (_, y) in parts.items()},
-    }
-    return Splits(**{k: Split(x, y) for k, (x, y) in parts.items()}, info=info)
-
-
-def dataset_config(
-    config: TrainConfig,
-    data_dir: str | os.PathLike | None = None,
-    source_dir: str | os.PathLike | None = None,
-) -> TrainConfig:
-    """`config` with `input_shape` and `num_classes` taken from its data set (preparing it once if needed),
-    so the model is built for that data; Fashion-MNIST without transforms leaves them unset (28×28×1, 10)."""
-    if is_plain_fashion_mnist(config):
-        return config
-    return with_data(config, load_dataset(config, data_dir, source_dir))
-
-
-def is_plain_fashion_mnist(config: TrainConfig) -> bool:
-    """Fashion-MNIST as it comes (28×28×1, 10 classes): the models' defaults, no data needed to know it."""
-    return config.dataset == "fashion_mnist" and config.image_size is None and config.channels in (None, 1)
-
-
-def with_data(config: TrainConfig, splits: Splits) -> TrainConfig:
-    """`config` with the image shape and number of classes of `splits` (what `fit` trains on)."""
-    if splits.info is None or (
-        splits.info["name"] == "fashion_mnist" and tuple(splits.info["image_shape"]) == (28, 28, 1)
-    ):
-        return config
-    return dataclasses.replace(
-        config, input_shape=tuple(splits.info["image_shape"]), num_classes=len(splits.info["class_names"])
+    splits = {}
+    for k, (x, y) in parts.items():
+        x, y = transform(x, config.image_size, config.channels), y.astype(np.int32)
+        x.flags.writeable = y.flags.writeable = False  # shared by every run of the process
+        splits[k] = Split(x, y)
+    spec = DataSpec(
+        name=data.name,
+        image_shape=splits["train"].images.shape[1:],
+        class_names=data.class_names,
+        source=data.source,
+        fingerprint=data.fingerprint,
+        sizes={k: len(s) for k, s in splits.items()},
     )
+    return Splits(**splits, spec=spec)

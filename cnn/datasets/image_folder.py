@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cnn.data import DataError, download_and_prepare, read_prepared
+from cnn.data import DataError
+from cnn.datasets.prepared import download_and_prepare, keep_arrays, read_arrays
 from cnn.datasets.transforms import resize, to_channels
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -174,8 +175,9 @@ def load(
     channels: int | None,
     skip_bad: bool = False,
     data_dir: str | os.PathLike | None = None,
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
-    """The folder's splits as uint8 NHWC arrays with labels, and its class names (folder names, sorted).
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...], str]:
+    """The folder's splits as uint8 NHWC arrays with labels, its class names (folder names, sorted) and the
+    fingerprint of the arrays.
     Prepared with tfds on first use: every file is read and checked first, so bad input fails before
     anything is written, and tfds writes to a temporary folder that it renames only when complete."""
     root = Path(root).expanduser()
@@ -208,7 +210,8 @@ def load(
             config=config, data_dir=data_dir, arrays=arrays, shape=shapes.pop(), names=names
         )
         print(f"Preparing {root} into {builder.data_dir} (once; later runs reuse it)", flush=True)
-        tfds.disable_progress_bar()
         download_and_prepare(builder)
-        return {s: (x, y.astype(np.int32)) for s, (x, y) in arrays.items()}, names
-    return {s: read_prepared(builder, s) for s in folders}, names
+        stamp = keep_arrays(builder, arrays)
+        return {s: (x, y.astype(np.int32)) for s, (x, y) in arrays.items()}, names, stamp
+    arrays, stamp = read_arrays(builder, list(folders))
+    return arrays, names, stamp

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnn.data import DataError, download_and_prepare, read_prepared
+from cnn.data import DataError
+from cnn.datasets.prepared import download_and_prepare, keep_arrays, read_arrays
 
 CLASS_NAMES = ("face", "not_face")
 SHAPE = (25, 25, 1)
@@ -63,13 +64,16 @@ class LfwFaces(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": image, "label": int(i >= 100), "index": i}
 
 
-def load(data_dir: str | os.PathLike | Path | None = None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The 200 images, their labels (0 face, 1 not_face) and the class names, prepared once with tfds."""
+def load(
+    data_dir: str | os.PathLike | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], str]:
+    """The 200 images, their labels (0 face, 1 not_face), the class names and the data's fingerprint,
+    prepared once with tfds."""
     builder = LfwFaces(data_dir=data_dir)
     if not builder.is_prepared():
-        lfw_subset()  # a missing extra fails before tfds writes anything
+        images = lfw_subset()  # a missing extra fails before tfds writes anything
         print(f"Preparing lfw_faces into {builder.data_dir} (once; later runs reuse it)", flush=True)
-        tfds.disable_progress_bar()
         download_and_prepare(builder)
-    images, labels = read_prepared(builder, "train")
-    return images, labels, CLASS_NAMES
+        keep_arrays(builder, {"train": (images, (np.arange(len(images)) >= 100).astype(np.int32))})
+    arrays, stamp = read_arrays(builder, ["train"])
+    return *arrays["train"], CLASS_NAMES, stamp

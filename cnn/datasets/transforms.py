@@ -1,5 +1,6 @@
 """Transforms applied once at load time, uint8 in and out: resizing (Pillow's bilinear, antialiased) and
-grayscale ↔ colour (repetition, or the ITU-R 601-2 luma Pillow's `convert("L")` uses)."""
+grayscale ↔ colour (repetition, or the ITU-R 601-2 luma Pillow's `convert("L")` uses); and `shift`, which
+moves images for the robustness experiments."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def transform(images: np.ndarray, size: Sequence[int] | None, channels: int | No
     return to_channels(resize(images, size), channels)
 
 
-def device_bytes(count: int, shape: Sequence[int]) -> int:
-    """Bytes `count` uint8 images of `shape` take on the device (how the training data is kept there)."""
-    return int(count * np.prod(shape))
+def shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """NHWC images moved `dy` pixels down and `dx` right (negative: up, left), the uncovered border zero."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    src_y, dst_y = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
+    src_x, dst_x = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
+    out[:, dst_y, dst_x] = images[:, src_y, src_x]
+    return out

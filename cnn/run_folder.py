@@ -1,5 +1,6 @@
-"""A run's folder: its checks, the early-stopping and run state saved with every checkpoint, resuming (with
-the fall-back past a damaged checkpoint), the results, `restore_run`, and atomic, strictly valid JSON."""
+"""A run's folder: what a run writes there and nothing else (`--overwrite` deletes only that), the lock that
+keeps one run per folder, the checks that the run asked for is the run found there (its config and its data),
+`config.json` with the data description and the machine's metadata, and atomic, strictly valid JSON."""
 
 from __future__ import annotations
 
@@ -13,21 +14,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from cnn.checkpoints import Checkpoints
-from cnn.config import ConfigError, TrainConfig, config_differences
-from cnn.data import Splits
+from cnn.config import ConfigError, TrainConfig, config_differences, without_removed
+from cnn.data import FASHION_MNIST, DataSpec
 from cnn.host_memory import keep_freed_memory
 from cnn.parallel import is_primary
-from cnn.plots import plot_curves
-from cnn.steps import TrainState, evaluate, initial_state, steps_per_epoch
-from cnn.summary import count_params
 
 
 class WorkdirError(ValueError):
@@ -287,168 +282,52 @@ def process_alive(pid: int) -> bool:
     return pid > 0
 
 
-def prepare_workdir(
-    workdir: Path, config: TrainConfig, overwrite: bool = False, data: dict[str, Any] | None = None
-) -> None:
-    """Creates `workdir`, or checks that the run already in it has the same config (before any work).
-    `data` (the data set's name, source, shape and classes) is recorded in config.json. With `overwrite`,
-    what an earlier run wrote there is deleted (and only that; see `clear_run`)."""
+def prepare_workdir(workdir: Path, config: TrainConfig, spec: DataSpec, overwrite: bool = False) -> None:
+    """Creates `workdir`, or checks that the run already in it has the same config and data (before any
+    work). config.json records the config, the data description `spec` and the machine's metadata. With
+    `overwrite`, what an earlier run wrote there is deleted (and only that; see `clear_run`)."""
     config_file = workdir / "config.json"
     make_workdir(workdir)
     if not is_primary():  # process 0 of a multi-process run checks and writes; the others only train
         return
     saved = check_workdir(workdir, config, overwrite)
+    if saved is not None:
+        check_data(workdir, saved, spec)
     if overwrite:
         clear_run(workdir)
     if saved is not None:
         # The metadata stays that of the run's start; only a resumable field (epochs) may change.
-        write_json(config_file, {**saved, "config": config.to_dict()})
+        write_json(config_file, {**saved, "config": config.to_dict(), "data": spec.to_dict()})
         return
-    write_json(
-        config_file, {"config": config.to_dict(), **({"data": data} if data else {}), **run_metadata()}
-    )
+    write_json(config_file, {"config": config.to_dict(), "data": spec.to_dict(), **run_metadata()})
 
 
-def monitored(metrics: dict[str, float], monitor: str = "val_loss") -> float:
-    """The score early stopping and the best checkpoint minimise: the validation loss, or the negated
-    validation accuracy."""
-    return metrics[monitor] if monitor == "val_loss" else -metrics[monitor]
-
-
-@dataclass
-class EarlyStopping:
-    """Keras' EarlyStopping: stop after `patience` epochs without a new minimum of the score (see
-    `monitored`)."""
-
-    patience: int
-    best: float = float("inf")
-    best_epoch: int = 0
-    wait: int = 0
-    stopped: bool = False
-
-    def update(self, epoch: int, score: float) -> bool:
-        """Records one epoch's score (lower is better); returns True when this epoch is the best so far."""
-        if score < self.best:
-            self.best, self.best_epoch, self.wait = score, epoch, 0
-            return True
-        self.wait += 1
-        self.stopped = self.wait >= self.patience
-        return False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "stopped": self.stopped}
-
-
-@dataclass
-class RunState:
-    """Everything the fit loop carries from epoch to epoch besides the train state (saved with it)."""
-
-    epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    timing: list[dict[str, float]] = field(default_factory=list)
-    stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "history": self.history,
-            "timing": self.timing,
-            "stopping": self.stopping.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], patience: int) -> RunState:
-        stopping = EarlyStopping(patience=patience, **{k: v for k, v in d["stopping"].items()})
-        return cls(epoch=d["epoch"], history=d["history"], timing=d["timing"], stopping=stopping)
-
-
-def resume(
-    checkpoints: Checkpoints, state: TrainState, config: TrainConfig, workdir: Path
-) -> tuple[TrainState, RunState, Checkpoints]:
-    """The state and run of the latest checkpoint that restores, newest first. A damaged one (a truncated
-    file, a missing item) is moved to `workdir/damaged/` with a warning, never deleted; with none left the
-    run starts afresh. Unfinished temporary directories of an interrupted save are ignored by orbax."""
-    for unfinished in sorted(checkpoints.directory.glob("*.orbax-checkpoint-tmp*")):
-        print(f"Warning: ignoring {unfinished}, an unfinished checkpoint save (the run was interrupted)")
-    for epoch in sorted(checkpoints.epochs(), reverse=True):
-        try:
-            restored, meta = checkpoints.restore(epoch, state)
-            run = RunState.from_dict(meta, config.patience)
-        except Exception as error:  # orbax, tensorstore and json raise many kinds
-            checkpoints = _set_aside(checkpoints, epoch, workdir, error)
-            continue
-        print(f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})")
-        return restored, run, checkpoints
-    return state, RunState(stopping=EarlyStopping(config.patience)), checkpoints
-
-
-def _set_aside(checkpoints: Checkpoints, epoch: int, workdir: Path, error: Exception) -> Checkpoints:
-    aside = workdir / "damaged" / f"epoch-{epoch}-{int(time.time())}"
-    checkpoints.close()
-    aside.parent.mkdir(exist_ok=True)
-    shutil.move(str(checkpoints.directory / str(epoch)), aside)
-    checkpoints = Checkpoints(checkpoints.directory)
-    left = checkpoints.epochs()
-    reason = str(error).splitlines()[0][:200] if str(error) else ""
-    fallback = f"Falling back to epoch {max(left)}." if left else "No other checkpoint: starting afresh."
-    print(
-        f"Warning: the checkpoint of epoch {epoch} in {workdir} is damaged ({type(error).__name__}: "
-        f"{reason}); moved to {aside}. {fallback}",
-        flush=True,
-    )
-    return checkpoints
-
-
-def finish_run(
-    config: TrainConfig,
-    best_state: TrainState,
-    run: RunState,
-    splits: Splits,
-    workdir: Path,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluates the best epoch's weights on validation and test, writes results.json and curves.png, and
-    returns the results."""
-    val = evaluate(best_state, splits.val, config.eval_batch_size)
-    test = evaluate(best_state, splits.test, config.eval_batch_size)
-    train_seconds = sum(t["seconds"] for t in run.timing)
-    compile_seconds = sum(t["compile_seconds"] for t in run.timing)
-    results = {
-        "model": config.model,
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "best_epoch": run.stopping.best_epoch,
-        "epochs_run": run.epoch,
-        "stopped_early": run.stopping.stopped,
-        "params": count_params(best_state.params),
-        "non_trainable_params": count_params(best_state.batch_stats),
-        "steps": sum(steps_per_epoch(t["images"], config.batch_size) for t in run.timing),
-        "train_seconds": train_seconds,
-        "compile_seconds": compile_seconds,
-        "images_per_second": sum(t["images"] for t in run.timing)
-        / max(train_seconds - compile_seconds, 1e-9),
-        **(extra or {}),
-    }
-    if all("group_images" in t for t in run.timing):  # trained together with other seeds
-        results["group_images_per_second"] = sum(t["group_images"] for t in run.timing) / max(
-            train_seconds, 1e-9
+def check_data(workdir: Path, saved: dict[str, Any], spec: DataSpec) -> None:
+    """Refuses to resume the run in `workdir` on data that differs from the data it trained on (its size,
+    classes, shape or fingerprint), naming what changed."""
+    differences = saved_spec(saved).differences(spec)
+    if differences:
+        raise WorkdirError(
+            f"workdir {workdir} holds a run trained on other data ({'; '.join(differences)}). Use another "
+            "--workdir, or pass --overwrite to delete that run and start fresh."
         )
-    if is_primary():
-        write_json(workdir / "results.json", results)
-        plot_curves(run.history, workdir / "curves.png", best_epoch=run.stopping.best_epoch)
-    print(
-        f"Best epoch {results['best_epoch']}: "
-        f"val_loss {val['loss']:.4f}, val_accuracy {val['accuracy']:.4f}; "
-        f"test_loss {test['loss']:.4f}, test_accuracy {test['accuracy']:.4f}. Results in {workdir}"
-    )
-    return results
 
 
-def read_config(workdir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config of the run in `workdir` and its whole config.json; RunNotFoundError naming the file when
-    there is none or it cannot be read."""
+def saved_spec(saved: dict[str, Any]) -> DataSpec:
+    """The data description in a config.json: its `data`, or for runs saved before it was recorded, the
+    image shape and classes their config held (else Fashion-MNIST's)."""
+    config = saved.get("config", {})
+    if "data" in saved and "image_shape" in saved["data"]:
+        return DataSpec.from_dict(saved["data"])
+    if config.get("input_shape"):
+        classes = config.get("num_classes") or 10
+        return DataSpec(config.get("dataset", "?"), config["input_shape"], [str(i) for i in range(classes)])
+    return FASHION_MNIST
+
+
+def read_run(workdir: str | Path) -> tuple[TrainConfig, DataSpec, dict[str, Any]]:
+    """The config of the run in `workdir`, its data description and its whole config.json;
+    RunNotFoundError naming the file when there is none or it cannot be read."""
     config_file = Path(workdir) / "config.json"
     if not config_file.is_file():
         raise RunNotFoundError(
@@ -457,39 +336,9 @@ def read_config(workdir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
         )
     try:
         saved = json.loads(config_file.read_text())
-        return TrainConfig(**saved["config"]), saved
-    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
+        return TrainConfig(**without_removed(saved["config"])), saved_spec(saved), saved
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, ConfigError) as e:
         raise RunNotFoundError(
             f"{config_file} is unreadable ({type(e).__name__}: {e}); the checkpoints beside it are kept. "
             "Restore the file from a backup, or train again in another --workdir."
         ) from None
-
-
-def restore_run(
-    workdir: str | Path, epoch: int | None = None
-) -> tuple[TrainConfig, TrainState, dict[str, Any]]:
-    """The config, the train state of the best epoch (or of `epoch`) and the metadata of a run's workdir.
-    The model is rebuilt from config.json alone (its data set's shape and classes included)."""
-    workdir = Path(workdir)
-    config, _ = read_config(workdir)
-    checkpoints = Checkpoints(workdir / "checkpoints")
-    try:
-        latest = checkpoints.latest_epoch()
-        if latest is None:
-            raise RunNotFoundError(
-                f"workdir {workdir} has no checkpoint yet; train one first: "
-                f"python -m cnn train --workdir {workdir}"
-            )
-        chosen = epoch or checkpoints.restore_meta(latest)["stopping"]["best_epoch"]
-        if chosen not in checkpoints.epochs():
-            raise RunNotFoundError(f"epoch {chosen} is not saved in {workdir}; saved: {checkpoints.epochs()}")
-        params, batch_stats, meta = checkpoints.restore_variables(chosen)
-        # The variables into a fresh state of the run's model: any optimizer it was trained with (a frozen
-        # backbone's, say) restores, and the optimizer state, needed only to resume, starts anew.
-        state = initial_state(config).replace(
-            params=jax.tree.map(jnp.asarray, params),
-            batch_stats=None if batch_stats is None else jax.tree.map(jnp.asarray, batch_stats),
-        )
-    finally:
-        checkpoints.close()
-    return config, state, meta

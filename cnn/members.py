@@ -1,0 +1,90 @@
+"""Several runs trained as one program: their states stacked along a leading member axis, and the step
+functions of `cnn.steps` (written for one run) under `jax.vmap`. One run is the same code without the axis:
+its programs are the plain compiled functions. Everything a loop needs to treat one run and many alike is
+here, so no other module asks how many runs there are."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Members:
+    """`count` runs sharing one compiled program (1: a plain run, no member axis)."""
+
+    count: int
+
+    def program(
+        self,
+        fn: Callable[..., Any],
+        member_args: Sequence[int] = (0,),
+        static_argnames: Sequence[str] = (),
+        donate: bool = True,
+    ) -> Callable[..., Any]:
+        """`fn` compiled for these runs, called as `program(*args, live=..., **static)`. The positional
+        arguments at `member_args` carry one value per run (a leading member axis), the others are shared;
+        with several runs, those whose `live` is False keep their state (argument 0) unchanged.
+        `donate`: the state's buffers are reused for the result. Equal requests return the same program."""
+        return _program(fn, self.count > 1, tuple(member_args), tuple(static_argnames), donate)
+
+    def stack(self, trees: Sequence[Any]) -> Any:
+        """One tree per run as the program's argument (stacked leaf by leaf; one run: its own tree)."""
+        if self.count == 1:
+            return trees[0]
+        return _stack(list(trees))
+
+    def member(self, tree: Any, i: int) -> Any:
+        """Run `i`'s part of a tree the program returned."""
+        if self.count == 1:
+            return tree
+        return _member(tree, i)
+
+    def per_run(self, tree: Any) -> list[Any]:
+        """A tree of results on the host (numbers, NumPy arrays) as one tree per run."""
+        if self.count == 1:
+            return [tree]
+        return [jax.tree.map(lambda x, i=i: np.asarray(x)[i], tree) for i in range(self.count)]
+
+
+@functools.cache
+def _program(
+    fn: Callable[..., Any],
+    vmapped: bool,
+    member_args: tuple[int, ...],
+    static_argnames: tuple[str, ...],
+    donate: bool,
+) -> Callable[..., Any]:
+    def run(*args: Any, live: Any = None, **static: Any) -> Any:
+        one = functools.partial(fn, **static)
+        if not vmapped:
+            return one(*args)
+        axes = tuple(0 if i in member_args else None for i in range(len(args)))
+        out = jax.vmap(one, in_axes=axes)(*args)
+        if live is None:
+            return out
+        new, metrics = out
+        return select_members(live, new, args[0]), metrics
+
+    return jax.jit(run, donate_argnums=(0,) if donate else (), static_argnames=static_argnames)
+
+
+def select_members(mask: jax.Array, new: Any, old: Any) -> Any:
+    """Stacked trees: the members of `new` where `mask` holds, those of `old` elsewhere."""
+    return jax.tree.map(lambda n, o: jnp.where(mask.reshape(-1, *[1] * (n.ndim - 1)), n, o), new, old)
+
+
+@jax.jit
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+@jax.jit
+def _member(tree: Any, i: jax.Array) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)

@@ -1,0 +1,113 @@
+"""A run's results: the best epoch's weights evaluated on validation and test, `results.json` (with the
+training time, its compile time kept apart) and `curves.png`; and `restore_run`, which opens a finished run
+from its folder alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cnn.checkpoints import Checkpoints
+from cnn.config import TrainConfig
+from cnn.data import DataSpec, Splits
+from cnn.evaluation import mean_metrics, metric_sums
+from cnn.parallel import is_primary
+from cnn.plots import plot_curves
+from cnn.resume import RunState
+from cnn.run_folder import RunNotFoundError, read_run, write_json
+from cnn.state import TrainState, initial_state, steps_per_epoch
+from cnn.summary import count_params
+
+
+def run_results(
+    config: TrainConfig,
+    best_state: TrainState,
+    run: RunState,
+    splits: Splits,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The results of a run: the best epoch's weights on validation and test, when it stopped, its size,
+    and its training time (`train_seconds`, without compiling), the compiling (`compilations`,
+    `compile_seconds`) and the training images/s."""
+    totals = jax.device_get(
+        [metric_sums(best_state, split, config.eval_batch_size) for split in (splits.val, splits.test)]
+    )
+    val, test = (mean_metrics(t) for t in totals)
+    train_seconds = sum(t["seconds"] for t in run.timing)
+    results = {
+        "model": config.model,
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "best_epoch": run.stopping.best_epoch,
+        "epochs_run": run.epoch,
+        "stopped_early": run.stopping.stopped,
+        "params": count_params(best_state.params),
+        "non_trainable_params": count_params(best_state.batch_stats),
+        "steps": sum(steps_per_epoch(t["images"], config.batch_size) for t in run.timing),
+        "train_seconds": train_seconds,
+        "compile_seconds": sum(t["compile_seconds"] for t in run.timing),
+        "compilations": sum(t.get("compilations", 0) for t in run.timing),
+        "images_per_second": sum(t["images"] for t in run.timing) / max(train_seconds, 1e-9),
+        **(extra or {}),
+    }
+    if all("group_images" in t for t in run.timing):  # trained together with other runs
+        results["group_images_per_second"] = sum(t["group_images"] for t in run.timing) / max(
+            train_seconds, 1e-9
+        )
+    return results
+
+
+def write_results(workdir: Path, results: dict[str, Any], run: RunState) -> None:
+    """results.json and curves.png in `workdir` (by process 0), and the line that says where they are."""
+    if is_primary():
+        write_json(workdir / "results.json", results)
+        plot_curves(run.history, workdir / "curves.png", best_epoch=run.stopping.best_epoch)
+    print(
+        f"Best epoch {results['best_epoch']}: "
+        f"val_loss {results['val_loss']:.4f}, val_accuracy {results['val_accuracy']:.4f}; "
+        f"test_loss {results['test_loss']:.4f}, test_accuracy {results['test_accuracy']:.4f}. "
+        f"Results in {workdir}"
+    )
+
+
+def restore_run(
+    workdir: str | Path, epoch: int | None = None
+) -> tuple[TrainConfig, TrainState, dict[str, Any]]:
+    """The config, the train state of the best epoch (or of `epoch`) and the metadata of a run's workdir.
+    The model is rebuilt from config.json alone (its data description: image shape and classes)."""
+    workdir = Path(workdir)
+    config, spec, _ = read_run(workdir)
+    state, meta = restore_state(workdir, config, spec, epoch)
+    return config, state, meta
+
+
+def restore_state(
+    workdir: Path, config: TrainConfig, spec: DataSpec, epoch: int | None = None
+) -> tuple[TrainState, dict[str, Any]]:
+    """The train state of the run's best epoch (or of `epoch`), and the metadata saved with it."""
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    try:
+        latest = checkpoints.latest_epoch()
+        if latest is None:
+            raise RunNotFoundError(
+                f"workdir {workdir} has no checkpoint yet; train one first: "
+                f"python -m cnn train --workdir {workdir}"
+            )
+        chosen = epoch or checkpoints.restore_meta(latest)["stopping"]["best_epoch"]
+        if chosen not in checkpoints.epochs():
+            raise RunNotFoundError(f"epoch {chosen} is not saved in {workdir}; saved: {checkpoints.epochs()}")
+        params, batch_stats, meta = checkpoints.restore_variables(chosen)
+        # The variables into a fresh state of the run's model: any optimizer it was trained with (a frozen
+        # backbone's, say) restores, and the optimizer state, needed only to resume, starts anew.
+        state = initial_state(config, spec).replace(
+            params=jax.tree.map(jnp.asarray, params),
+            batch_stats=None if batch_stats is None else jax.tree.map(jnp.asarray, batch_stats),
+        )
+    finally:
+        checkpoints.close()
+    return state, meta

@@ -1,0 +1,187 @@
+"""A run's train state: Flax's `TrainState` with the batch-norm statistics, the optimizer (optax, Keras'
+defaults), the random keys, and the model applied in the run's precision. Equal settings give the same
+optimizer and model objects, so equal runs of a process share their compiled programs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from cnn.config import TrainConfig
+from cnn.data import FASHION_MNIST, DataSpec, to_float
+from cnn.models import model_for
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the batch-norm statistics (None for models without batch norm) and the
+    (H, W, C) shape of the images the model takes (static: not an array, never checkpointed)."""
+
+    batch_stats: Any = None
+    input_shape: tuple[int, ...] = struct.field(pytree_node=False, default=FASHION_MNIST.image_shape)
+    compute_dtype: str = struct.field(pytree_node=False, default="float32")  # see `apply_model`
+    micro_batch: int = struct.field(pytree_node=False, default=0)  # see `micro_batch_size`
+
+
+# Measured on a 2-core AMD EPYC (seed CNN, one step per call, glibc set by `cnn.host_memory`): batch 128
+# took 24 ms in one piece, 18 ms as two micro-batches of 64, 16 ms as four of 32 (but 19 ms against 16 with
+# ten steps per call); batch 256 78-81 ms whole, 42-44 ms as 128s, 33-35 ms as 64s. XLA:CPU's per-image cost
+# grows with the batch, so on a one-device CPU large batches are split.
+AUTO_MICRO_BATCH = 64
+
+
+def micro_batch_size(state: TrainState, batch_size: int) -> int:
+    """The micro-batch a training batch of `batch_size` is split into inside the compiled step (the batch
+    size itself: not split). `state.micro_batch` > 0 asks for that size; 0 (auto) splits into
+    `AUTO_MICRO_BATCH` on a one-device CPU. Models with batch norm (whose statistics need the whole batch)
+    and sizes that do not divide the batch leave it whole."""
+    if state.batch_stats is not None:
+        return batch_size
+    size = state.micro_batch
+    if not size:
+        one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+        size = AUTO_MICRO_BATCH if one_cpu else batch_size
+    return size if size < batch_size and batch_size % size == 0 else batch_size
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Batches in one pass over `examples`: the last, partial one counts (it is never dropped)."""
+    return -(-examples // batch_size)
+
+
+def make_optimizer(
+    config: TrainConfig, steps: int = 1, injectable: bool = False
+) -> optax.GradientTransformation:
+    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8), AdamW when `weight_decay` > 0, or
+    RMSprop as Keras has it (rho 0.9, eps 1e-7 added outside the square root, decoupled weight decay when
+    asked); the learning rate constant or cosine-decayed to zero over `epochs` of `steps` steps.
+
+    `injectable`: the same updates with the learning rate and weight decay kept in the optimizer's state
+    (`optax.inject_hyperparams`), so runs that differ in them can be stacked and trained as one program.
+    Equal settings return the same object (a new one would be a new program to compile)."""
+    schedule_steps = config.epochs * steps if config.schedule == "cosine" else 0
+    return _optimizer(
+        config.optimizer, config.lr, config.weight_decay, config.schedule, schedule_steps, injectable
+    )
+
+
+@functools.cache
+def _optimizer(
+    kind: str, lr: float, weight_decay: float, schedule: str, schedule_steps: int, injectable: bool
+) -> optax.GradientTransformation:
+    if injectable:
+        return _injectable_optimizer(kind, lr, weight_decay, schedule, schedule_steps)
+    rate: float | optax.Schedule = lr
+    if schedule == "cosine":
+        rate = optax.cosine_decay_schedule(lr, schedule_steps)
+    if kind == "rmsprop":
+        rmsprop = optax.rmsprop(rate, decay=0.9, eps=1e-7, eps_in_sqrt=False)
+        if weight_decay:
+            return optax.chain(optax.add_decayed_weights(weight_decay), rmsprop)
+        return rmsprop
+    if weight_decay:
+        return optax.adamw(rate, eps=1e-7, weight_decay=weight_decay)
+    return optax.adam(rate, eps=1e-7)
+
+
+def _injectable_optimizer(
+    kind: str, lr: float, weight_decay: float, schedule: str, schedule_steps: int
+) -> optax.GradientTransformation:
+    decay = optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay)
+    if kind == "rmsprop":
+        parts = [decay, optax.scale_by_rms(decay=0.9, eps=1e-7, eps_in_sqrt=False)]
+    else:
+        parts = [optax.scale_by_adam(eps=1e-7), decay]
+    if schedule == "cosine":
+        parts.append(optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, schedule_steps)))
+    return optax.chain(*parts, optax.inject_hyperparams(optax.scale)(step_size=-lr))
+
+
+def learning_rate(config: TrainConfig, step: int, steps: int = 1) -> float:
+    """The learning rate `make_optimizer(config, steps)` applies after `step` steps."""
+    if config.schedule == "cosine":
+        return float(optax.cosine_decay_schedule(config.lr, config.epochs * steps)(step))
+    return float(config.lr)
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    input_shape: Sequence[int] = FASHION_MNIST.image_shape,
+    precision: str = "float32",
+    micro_batch: int = 0,
+) -> TrainState:
+    """Initialises the model's variables on a dummy batch of `input_shape` images (one compiled program per
+    model and shape) and pairs them with `tx`; `precision` 'bfloat16' computes in bfloat16 (the parameters
+    and optimizer state stay float32); `micro_batch` as in `micro_batch_size`."""
+    variables = _init(model, tuple(input_shape))(rng)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats"),
+        input_shape=tuple(input_shape),
+        compute_dtype=precision,
+        micro_batch=micro_batch,
+    )
+
+
+@functools.cache
+def _init(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    return jax.jit(lambda rng: dict(model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)))
+
+
+def run_keys(config: TrainConfig) -> dict[str, jax.Array]:
+    """The run's random keys, all derived from `config.seed`: initialisation, dropout and shuffling."""
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    return dict(zip(("init", "dropout", "shuffle"), keys, strict=True))
+
+
+def initial_state(
+    config: TrainConfig, spec: DataSpec, steps: int = 1, injectable: bool = False
+) -> TrainState:
+    """The freshly initialised train state of `config` for data described by `spec` (also the template to
+    restore a checkpoint into); `steps` per epoch sets the length of a cosine schedule."""
+    return create_train_state(
+        model_for(config, spec),
+        make_optimizer(config, steps, injectable),
+        run_keys(config)["init"],
+        spec.image_shape,
+        config.precision,
+        config.micro_batch,
+    )
+
+
+def model_variables(state: TrainState, params: Any = None) -> dict[str, Any]:
+    """The variables to apply the model with: parameters, plus batch statistics when the model has them."""
+    variables = {"params": state.params if params is None else params}
+    if state.batch_stats is not None:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def apply_model(
+    state: TrainState, images: jax.Array, params: Any = None, exact_pixels: bool = False, **kwargs: Any
+) -> Any:
+    """The model on `images` (uint8, or floats in [0, 1]) in the state's precision. With 'bfloat16' (mixed
+    precision, as in Flax's ImageNet example) the parameters and images are cast to bfloat16 for the
+    computation and the logits come back in float32, so the loss and the float32 parameters' gradients
+    and updates stay float32; batch norm keeps float32 statistics. `exact_pixels`: see
+    `cnn.data.to_float`. `kwargs` go to `apply_fn`."""
+    variables, x = model_variables(state, params), to_float(images, exact_pixels)
+    if state.compute_dtype == "float32":
+        return state.apply_fn(variables, x, **kwargs)
+    half = jnp.dtype(state.compute_dtype)
+    cast = {**variables, "params": jax.tree.map(lambda p: p.astype(half), variables["params"])}
+    out = state.apply_fn(cast, x.astype(half), **kwargs)
+    if isinstance(out, tuple):  # (logits, mutated collections)
+        return (out[0].astype(jnp.float32), *out[1:])
+    return out.astype(jnp.float32)
