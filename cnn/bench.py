@@ -305,47 +305,14 @@ def measure_seeds(
     """Training images/s of `seeds` runs trained together (`cnn.members.Members`: the train step under
     `jax.vmap`) against the same runs one after another, after compilation; medians of `windows`
     windows."""
-    config = TrainConfig(model=model, batch_size=batch_size)
-    images, labels = _synthetic(data_size)
-    tx, net = make_optimizer(config), model_for(config, FASHION_MNIST)
-    states = [create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)]
-    group = Members(seeds)
-    stacked = group.stack([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])
-    orders = [jax.random.permutation(jax.random.PRNGKey(100 + s), data_size) for s in range(seeds)]
-    rngs = [jax.random.PRNGKey(200 + s) for s in range(seeds)]
-    stacked_orders, stacked_rngs, active = jnp.stack(orders), jnp.stack(rngs), np.ones(seeds, bool)
-    per_epoch = data_size // batch_size
-    one, many = _chunk_program(Members(1)), _chunk_program(group)
-
-    def sequential(states, count, offset):
-        for s in range(seeds):
-            for i in range(count):
-                start = ((offset + i) % per_epoch) * batch_size
-                states[s], m = one(
-                    states[s], images, labels, orders[s], start, rngs[s], 1, batch_size=batch_size, steps=1
-                )
-        jax.block_until_ready(m)
-        return states
-
-    def together(stacked, count, offset):
-        for i in range(count):
-            start = ((offset + i) % per_epoch) * batch_size
-            stacked, m = many(
-                stacked, images, labels, stacked_orders, start, stacked_rngs, 1, live=active,
-                batch_size=batch_size, steps=1,
-            )  # fmt: skip
-        jax.block_until_ready(m)
-        return stacked
-
-    rates = {"sequential": [], "vmapped": []}
-    states, stacked = sequential(states, 10, 0), together(stacked, 10, 0)  # compile and warm up
+    runners = _seed_runners(model, batch_size, seeds, data_size)
+    for run in runners.values():
+        run(10, 0)  # compile and warm up
+    rates: dict[str, list[float]] = {name: [] for name in runners}
     for w in range(windows):
-        for name in rates:
+        for name, run in runners.items():
             t = time.perf_counter()
-            if name == "sequential":
-                states = sequential(states, steps, w * steps)
-            else:
-                stacked = together(stacked, steps, w * steps)
+            run(steps, w * steps)
             rates[name].append(seeds * steps * batch_size / (time.perf_counter() - t))
     seq, vm = statistics.median(rates["sequential"]), statistics.median(rates["vmapped"])
     return {
@@ -357,3 +324,38 @@ def measure_seeds(
         "speedup": vm / seq,
         "windows": rates,
     }
+
+
+def _seed_runners(model: str, batch_size: int, seeds: int, data_size: int) -> dict[str, Any]:
+    """Two ways to train `seeds` runs `count` steps from step `offset`: one after another, and together."""
+    config = TrainConfig(model=model, batch_size=batch_size)
+    images, labels = _synthetic(data_size)
+    tx, net = make_optimizer(config), model_for(config, FASHION_MNIST)
+    states = [create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)]
+    group = Members(seeds)
+    stacked = [group.stack([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])]
+    orders = [jax.random.permutation(jax.random.PRNGKey(100 + s), data_size) for s in range(seeds)]
+    rngs = [jax.random.PRNGKey(200 + s) for s in range(seeds)]
+    stacked_orders, stacked_rngs, live = jnp.stack(orders), jnp.stack(rngs), np.ones(seeds, bool)
+    per_epoch = data_size // batch_size
+    one, many = _chunk_program(Members(1)), _chunk_program(group)
+
+    def sequential(count: int, offset: int) -> None:
+        for s in range(seeds):
+            for i in range(count):
+                start = ((offset + i) % per_epoch) * batch_size
+                states[s], m = one(
+                    states[s], images, labels, orders[s], start, rngs[s], 1, batch_size=batch_size, steps=1
+                )
+        jax.block_until_ready(m)
+
+    def together(count: int, offset: int) -> None:
+        for i in range(count):
+            start = ((offset + i) % per_epoch) * batch_size
+            stacked[0], m = many(
+                stacked[0], images, labels, stacked_orders, start, stacked_rngs, 1, live=live,
+                batch_size=batch_size, steps=1,
+            )  # fmt: skip
+        jax.block_until_ready(m)
+
+    return {"sequential": sequential, "vmapped": together}

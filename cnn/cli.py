@@ -173,7 +173,12 @@ def _viz_and_summary_parsers(sub: Any) -> None:
     summary.add_argument("--model", default=TrainConfig.model)
     summary.add_argument("--model-args", type=json_object, default={}, metavar="JSON")
     summary.add_argument(
-        "--input-shape", type=int, nargs=3, default=(28, 28, 1), metavar=("H", "W", "C"), help="image shape"
+        "--input-shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("H", "W", "C"),
+        help="image shape (default: Fashion-MNIST's 28 28 1, or a famous network's smallest)",
     )
     summary.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the diagram")
 
@@ -220,11 +225,12 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from cnn.models import build_model
+    from cnn.models import build_model, check_model_name, default_input_shape
     from cnn.plots import plot_architecture
     from cnn.summary import format_summary, layer_rows
 
-    shape = tuple(args.input_shape)
+    check_model_name(args.model)
+    shape = tuple(args.input_shape) if args.input_shape else default_input_shape(args.model)
     rows = layer_rows(build_model(args.model, input_shape=shape, **args.model_args), shape)
     print(format_summary(rows, title=args.model))
     if args.plot:

@@ -56,6 +56,12 @@ def write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
+def write_history(workdir: Path, history: list[dict[str, Any]]) -> None:
+    """The run's `history.json` (by process 0): every epoch's metrics so far."""
+    if is_primary():
+        write_json(Path(workdir) / "history.json", history)
+
+
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, or None outside a git checkout."""
     try:

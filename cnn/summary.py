@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn.conv import pair
+from cnn.data import FASHION_MNIST
 from cnn.layers import Conv2D, Dense, DepthwiseConv2D
 
 
@@ -43,7 +44,7 @@ def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...
     return 0
 
 
-def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (28, 28, 1)) -> list[LayerRow]:
+def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = FASHION_MNIST.image_shape) -> list[LayerRow]:
     """The model's top-level layers in call order, from shapes alone (`jax.eval_shape`, no computation)."""
     calls: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = {}
     macs: dict[tuple[str, ...], int] = {}  # of every layer at any depth, counted under its top-level layer

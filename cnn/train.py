@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import signal
 import threading
 import time
@@ -27,18 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 from cnn import costs
-from cnn.checkpoints import Checkpoints
+from cnn.bookkeeping import Run
 from cnn.config import TrainConfig
 from cnn.data import Split, Splits
 from cnn.evaluation import mean_metrics, metric_sums
-from cnn.events import EventLog
 from cnn.members import Members
-from cnn.parallel import batch_sharding, check_batch_size, is_parallel, is_primary, replicate
+from cnn.parallel import batch_sharding, check_batch_size, is_parallel, replicate
 from cnn.placement import HostData, training_data
-from cnn.results import run_results, write_results
-from cnn.resume import RunState, monitored, resume
-from cnn.run_folder import prepare_workdir, workdir_lock, write_json
-from cnn.state import TrainState, initial_state, learning_rate, make_optimizer, run_keys, steps_per_epoch
+from cnn.run_folder import prepare_workdir, workdir_lock
+from cnn.state import TrainState, initial_state, make_optimizer, run_keys, steps_per_epoch
 from cnn.steps import train_batches, train_chunk
 
 
@@ -149,32 +145,6 @@ def training_split(config: TrainConfig, splits: Splits) -> Split:
 
 
 # ------------------------------------------------------------------------------------------- the runs
-@dataclass
-class Run:
-    """One run of the loop: its config, folder, checkpoints, run state (epoch, history, early stopping)
-    and TensorBoard log (None: `--no-tensorboard`, or not process 0)."""
-
-    config: TrainConfig
-    workdir: Path
-    checkpoints: Checkpoints
-    record: RunState
-    events: EventLog | None = None
-
-    @property
-    def training(self) -> bool:
-        return self.record.epoch < self.config.epochs and not self.record.stopping.stopped
-
-    @property
-    def name(self) -> str:
-        """How the run's lines name it when it trains beside others: its seed."""
-        return f"seed {self.config.seed}"
-
-    def close(self) -> None:
-        self.checkpoints.close()
-        if self.events is not None:
-            self.events.close()
-
-
 def train_runs(
     configs: Sequence[TrainConfig],
     splits: Splits,
@@ -189,12 +159,13 @@ def train_runs(
     config, workdirs, members = configs[0], [Path(w) for w in workdirs], Members(len(configs))
     train = training_split(config, splits)
     check_batch_size(config.batch_size, mesh)
+    start = costs.snapshot()
     with contextlib.ExitStack() as stack:
         for c, w in zip(configs, workdirs, strict=True):
             stack.enter_context(workdir_lock(w))  # one run per workdir; a second process is refused
             prepare_workdir(w, c, splits.spec, overwrite)
         fresh = init_states or start_states(configs, splits, len(train))
-        opened = [open_run(c, w, s) for c, w, s in zip(configs, workdirs, fresh, strict=True)]
+        opened = [Run.open(c, w, s, members.count) for c, w, s in zip(configs, workdirs, fresh, strict=True)]
         runs = [run for _, run in opened]
         for run in runs:
             stack.callback(run.close)
@@ -202,8 +173,14 @@ def train_runs(
         if is_parallel(mesh):
             state, keys = replicate(state, mesh), replicate(keys, mesh)
         state = epoch_loop(state, runs, train, splits.val, keys, members, mesh, on_epoch_end)
-        together = {"trained_with_seeds": [c.seed for c in configs]} if members.count > 1 else {}
-        return [finish(run, members.member(state, i), splits, together) for i, run in enumerate(runs)]
+        compiled = costs.since(start)  # setting up and training, every run of the program together
+        extra = {
+            "compilations": compiled.compilations,
+            "compile_seconds": compiled.seconds,
+            "compile_cache_hits": compiled.cache_hits,
+            **({"trained_with_seeds": [c.seed for c in configs]} if members.count > 1 else {}),
+        }
+        return [run.finish(members.member(state, i), splits, extra) for i, run in enumerate(runs)]
 
 
 def start_states(configs: Sequence[TrainConfig], splits: Splits, examples: int) -> list[TrainState]:
@@ -214,46 +191,6 @@ def start_states(configs: Sequence[TrainConfig], splits: Splits, examples: int) 
     varying = len({(c.lr, c.weight_decay) for c in configs}) > 1
     shared = make_optimizer(configs[0], steps, injectable=varying)
     return [initial_state(c, splits.spec, steps, injectable=varying).replace(tx=shared) for c in configs]
-
-
-def open_run(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[TrainState, Run]:
-    """The run in `workdir` resumed from its latest good checkpoint (or `state`, fresh)."""
-    state, record, checkpoints = resume(Checkpoints(workdir / "checkpoints"), state, config, workdir)
-    if record.history and is_primary():  # a run killed between its checkpoint and its history file
-        write_json(workdir / "history.json", record.history)
-    return state, Run(config, workdir, checkpoints, record, open_events(config, workdir, record))
-
-
-def open_events(config: TrainConfig, workdir: Path, record: RunState) -> EventLog | None:
-    """The run's TensorBoard log; a resumed run's is rewritten from its history up to where it resumes
-    (purging whatever a killed process wrote after its last checkpoint: no duplicate or missing epoch)."""
-    if not (config.tensorboard and is_primary()):
-        return None
-    events = EventLog(workdir, purge=bool(record.history))
-    for epoch, timing in zip(record.history, record.timing, strict=False):
-        steps = steps_per_epoch(timing["images"], config.batch_size)
-        events.epoch(epoch | scalars_of(config, timing, epoch["epoch"] * steps))
-    return events
-
-
-def scalars_of(config: TrainConfig, timing: dict[str, float], step: int) -> dict[str, float]:
-    """The learning rate after `step` steps and the training images/s of an epoch, for TensorBoard."""
-    steps = steps_per_epoch(timing["images"], config.batch_size)
-    return {"lr": learning_rate(config, step, steps), "images_per_second": images_per_second(timing)}
-
-
-def finish(run: Run, state: TrainState, splits: Splits, extra: dict[str, Any]) -> dict[str, Any]:
-    """The run's results from its best epoch's checkpoint (see `cnn.results`), also written to its
-    TensorBoard log as hparams."""
-    run.checkpoints.wait()  # the last asynchronous save
-    with costs.phase("evaluate"):
-        best, _ = run.checkpoints.restore(run.record.stopping.best_epoch, state)
-        results = run_results(run.config, best, run.record, splits, extra)
-    with costs.phase("results"):
-        write_results(run.workdir, results, run.record)
-        if run.events is not None:
-            run.events.hparams(run.config.to_dict(), results)
-    return results
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -289,7 +226,7 @@ def epoch_loop(state, runs, train, val, keys, members, mesh, on_epoch_end):
             for i, run in enumerate(runs):
                 if active[i]:
                     metrics = mean_metrics(train_metrics[i]) | validation(members.per_run(val_sums)[i])
-                    record_epoch(run, members.member(state, i), epochs[i], metrics, timing, members.count)
+                    run.record_epoch(members.member(state, i), epochs[i], metrics, timing)
                     if on_epoch_end is not None:
                         on_epoch_end(epochs[i], metrics)
             if members.count > 1:
@@ -336,38 +273,6 @@ def add_on_host(totals: dict[str, np.ndarray], metrics: dict[str, np.ndarray]) -
     return {
         k: np.minimum(v, metrics[k]) if k == "first_nonfinite" else v + metrics[k] for k, v in totals.items()
     }
-
-
-def record_epoch(
-    run: Run,
-    state: TrainState,
-    epoch: int,
-    metrics: dict[str, float],
-    timing: dict[str, float],
-    together: int,
-) -> None:
-    """One finished epoch of one run: early stopping, history, checkpoint, history file, the epoch line."""
-    config, record = run.config, run.record
-    score = monitored(metrics, config.monitor)
-    record.stopping.update(epoch, score)
-    record.epoch = epoch
-    record.history.append({"epoch": epoch, **metrics})
-    record.timing.append(
-        {"epoch": epoch, **timing, **({"group_images": timing["images"] * together} if together > 1 else {})}
-    )
-    with costs.phase("checkpoint"):
-        run.checkpoints.save(epoch, state, json.loads(json.dumps(record.to_dict())), score)
-        if is_primary():
-            write_json(run.workdir / "history.json", record.history)
-        if run.events is not None:
-            run.events.epoch(record.history[-1] | scalars_of(config, timing, int(state.step)))
-    print(epoch_line(config, epoch, metrics, timing, run.name if together > 1 else ""), flush=True)
-    if record.stopping.stopped:
-        who = f" ({run.name})" if together > 1 else ""
-        print(
-            f"Early stopping{who}: no better {config.monitor} for {config.patience} epochs; "
-            f"restoring epoch {record.stopping.best_epoch}"
-        )
 
 
 def check_finite(
@@ -506,7 +411,7 @@ def train_epoch(
 
 
 def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):
-    """One compiled call: `call.steps` train steps from position `call.first` (see `Call`)."""
+    """One compiled call: `call.steps` train steps from example `call.start` of the order (see `Call`)."""
     if isinstance(data, HostData):
         program = members.program(train_batches)
         return program(state, *data.batches(order, call.start, call.batch, call.active), rng)  # K = active
@@ -524,25 +429,6 @@ def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):
         state, images, labels, order, call.start, rng, active, live=live,
         batch_size=call.batch, steps=call.steps, sharding=sharding, unroll=not call.rolled,
     )  # fmt: skip
-
-
-def images_per_second(timing: dict[str, float]) -> float:
-    """An epoch's training images/s, its compiling left out."""
-    return timing["images"] / max(timing["seconds"], 1e-9)
-
-
-def epoch_line(
-    config: TrainConfig, epoch: int, metrics: dict[str, float], timing: dict[str, float], who: str
-) -> str:
-    steps = steps_per_epoch(timing["images"], config.batch_size)
-    compiled = f" + {timing['compile_seconds']:.1f}s compiling" if timing["compile_seconds"] >= 0.05 else ""
-    who = f"{who} - " if who else ""
-    return (
-        f"Epoch {epoch}/{config.epochs} - {who}{steps} steps - {timing['seconds']:.1f}s"
-        f"{compiled} ({images_per_second(timing):.0f} img/s) - "
-        f"loss: {metrics['loss']:.4f} - accuracy: {metrics['accuracy']:.4f} - "
-        f"val_loss: {metrics['val_loss']:.4f} - val_accuracy: {metrics['val_accuracy']:.4f}"
-    )
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn import conv
-from cnn.data import FASHION_MNIST_CLASSES, Splits, to_float
+from cnn.data import FASHION_MNIST, FASHION_MNIST_CLASSES, Splits, to_float
 from cnn.disk import read_json
 from cnn.evaluation import predict
 from cnn.plots import plot_curves
@@ -74,7 +74,7 @@ def plot_filters(
     return _finish(fig, path)
 
 
-def _as_batch(image: np.ndarray, shape: tuple[int, ...] = (28, 28, 1)) -> jax.Array:
+def _as_batch(image: np.ndarray, shape: tuple[int, ...] = FASHION_MNIST.image_shape) -> jax.Array:
     image = np.asarray(image)
     if image.shape == shape[:2] and shape[2] == 1:
         image = image[..., None]

@@ -16,11 +16,12 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cnn.data import shift
+from cnn.datasets.transforms import shift
 from cnn.layers import rotate
 from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
-from cnn.train import predict, restore_run
-from cnn.viz import model_variables
+from cnn.evaluation import predict
+from cnn.results import restore_run
+from cnn.state import model_variables
 
 ANGLES = (0, 15, 30, 45, 90, 135, 180)
 SHIFTS = (1, 2, 3, 4)

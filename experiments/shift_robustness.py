@@ -5,9 +5,10 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cnn.data import shift
+from cnn.datasets.transforms import shift
 from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
-from cnn.train import predict, restore_run
+from cnn.evaluation import predict
+from cnn.results import restore_run
 
 SHIFTS = range(5)
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # down, up, right, left

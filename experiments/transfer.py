@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn import TrainConfig, fit
-from cnn.data import load_fashion_mnist
+from cnn.datasets.fashion_mnist import load_fashion_mnist
 from cnn.sweep import experiment_parser
 from cnn.transfer import METHODS, class_subset, few_shot, load_backbone, train_few_shot
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn.bench import matmul_peak, measure, seconds_per_call
-from cnn.rundir import run_metadata
+from cnn.run_folder import run_metadata
 
 DN = ("NHWC", "HWIO", "NHWC")
 

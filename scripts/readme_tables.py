@@ -5,6 +5,7 @@ python scripts/readme_tables.py results --append RUN_DIR...   # rows added below
 python scripts/readme_tables.py zoo                  # the model zoo and the famous networks: parameters, MACs
 python scripts/readme_tables.py placement RUN_DIR...  # data on the device vs streamed from the host
 python scripts/readme_tables.py bench FILE [BLOCK]   # a benchmark report (block: bench or bench-gpu)
+python scripts/readme_tables.py layout               # every module of cnn/, lowest layer first, and its job
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def results_row(workdir: Path) -> str:
     model = f"`{config['model']}`" + (f" `{json.dumps(args, separators=(',', ':'))}`" if args else "")
     data = config.get("dataset", "fashion_mnist")
     if data != "fashion_mnist" or config.get("image_size") or config.get("channels") not in (None, 1):
-        shape = "×".join(map(str, config.get("input_shape") or ()))
+        shape = "×".join(map(str, meta.get("data", {}).get("image_shape") or config.get("input_shape") or ()))
         model += f" on `{Path(data).name if '/' in data else data}`" + (f" {shape}" if shape else "")
     return (
         f"| {model} | {results['test_accuracy']:.4f} | {results['val_accuracy']:.4f} | "
@@ -178,6 +179,30 @@ def bench_table(path: str) -> str:
     )
 
 
+def module_job(path: Path) -> str:
+    """The first sentence of a module's docstring: what it is for."""
+    import ast
+
+    doc = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split())
+    end = re.search(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.(\s|$)", doc)
+    return (doc[: end.start()] if end else doc).replace("|", "\\|")
+
+
+def layout_table() -> str:
+    """Every module of `cnn/`, layer by layer from the bottom (the order `tests/test_layering.py` holds:
+    a module imports only modules of lower layers), with its job."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_layering import LAYERS, module_paths
+
+    paths = module_paths()
+    lines = ["| layer | module | what it is for |", "|---|---|---|"]
+    for rank, layer in enumerate(LAYERS):
+        for name in sorted(n for n in layer if n in paths):
+            shown = str(paths[name].relative_to(ROOT))
+            lines.append(f"| {rank} | `{shown}` | {module_job(paths[name])} |")
+    return "\n".join(lines)
+
+
 def replace_block(block: str, table: str, readme: Path = README) -> None:
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     text = readme.read_text()
@@ -215,6 +240,8 @@ if __name__ == "__main__":
         ):
             if (table := experiment_block(name)) is not None:
                 replace_block(name, table, EXPERIMENTS / "README.md")
+    elif command == "layout":
+        replace_block("layout", layout_table())
     elif command == "bench" and args:  # bench FILE [BLOCK]
         replace_block(args[1] if len(args) > 1 else "bench", bench_table(args[0]))
     else:

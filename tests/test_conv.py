@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cnn import conv
+from cnn import conv, receptive_field
 from cnn.models import build_model
 
 PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -226,13 +226,13 @@ def test_filters_on_a_real_photo_per_channel():
 
 # --------------------------------------------------------------------------------------- receptive field
 def test_seed_cnn_receptive_field_analytic_and_empirical():
-    layers = conv.spatial_layers(build_model("seed_cnn"))
+    layers = receptive_field.spatial_layers(build_model("seed_cnn"))
     assert [layer.name for layer in layers] == ["conv1", "pool1", "conv2", "pool2"]
-    fields = conv.receptive_field(build_model("seed_cnn"))
+    fields = receptive_field.receptive_field(build_model("seed_cnn"))
     assert [(f.size, f.jump, f.output) for f in fields] == [(3, 1, 28), (4, 2, 14), (8, 2, 14), (10, 4, 7)]
     for depth, field in enumerate(fields, start=1):
         unit = field.output // 2
-        first, last = conv.empirical_receptive_field(layers[:depth], 28, unit)
+        first, last = receptive_field.empirical_receptive_field(layers[:depth], 28, unit)
         assert last - first + 1 == field.size
         assert (first + last) / 2 == field.start + unit * field.jump
 
@@ -250,7 +250,7 @@ def test_seed_cnn_receptive_field_analytic_and_empirical():
 def test_receptive_field_analytic_equals_empirical_for_random_stacks(stack):
     size = 96
     try:
-        fields = conv.receptive_field(stack, input_size=size)
+        fields = receptive_field.receptive_field(stack, input_size=size)
     except ValueError:
         assume(False)  # the stack shrinks the input to nothing: nothing to measure
     field = fields[-1]
@@ -258,8 +258,8 @@ def test_receptive_field_analytic_equals_empirical_for_random_stacks(stack):
     centre = field.start + unit * field.jump
     first, last = centre - (field.size - 1) / 2, centre + (field.size - 1) / 2
     assume(first >= 0 and last <= size - 1)  # zero padding hides any part outside the image
-    layers = [conv.SpatialLayer(f"layer{i}", *spec) for i, spec in enumerate(stack)]
-    assert conv.empirical_receptive_field(layers, size, unit) == (first, last)
+    layers = [receptive_field.SpatialLayer(f"layer{i}", *spec) for i, spec in enumerate(stack)]
+    assert receptive_field.empirical_receptive_field(layers, size, unit) == (first, last)
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -1,15 +1,19 @@
-"""The tfds builder over IDX files: splits, dtypes, reuse, and every bad-input path."""
+"""The tfds builder over IDX files: splits, dtypes, the data description, reuse as whole arrays, and every
+bad-input path."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cnn import data
+from cnn.datasets import fashion_mnist as data
+from cnn.datasets import prepared
+from cnn.datasets.splits import split_indices
 from tests.conftest import TEST_SIZE, TRAIN_SIZE, write_dataset, write_idx
 
 
@@ -19,26 +23,28 @@ def test_splits_sizes_dtypes_and_range(tiny_splits):
     assert len(tiny_splits.test) == TEST_SIZE
     for split in (tiny_splits.train, tiny_splits.val, tiny_splits.test):
         assert split.images.shape[1:] == (28, 28, 1)
-        assert split.images.dtype == np.float32 and split.labels.dtype == np.int32
-        assert split.images.min() >= 0.0 and split.images.max() <= 1.0
-        assert split.images.max() > 0.5  # the bright squares survived the round trip
+        assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+        assert split.images.max() > 180  # the bright squares survived the round trip
+    spec = tiny_splits.spec
+    assert spec.name == "fashion_mnist" and spec.image_shape == (28, 28, 1) and spec.num_classes == 10
+    assert spec.sizes == {"train": 480, "val": 120, "test": TEST_SIZE} and len(spec.fingerprint) == 16
 
 
 def test_test_split_keeps_the_file_order_and_values(idx_dir, tiny_splits):
     images, labels = data.read_split(idx_dir, "test")
     np.testing.assert_array_equal(tiny_splits.test.labels, labels)
-    np.testing.assert_array_equal(np.rint(tiny_splits.test.images * 255).astype(np.uint8), images)
+    np.testing.assert_array_equal(tiny_splits.test.images, images)
 
 
 def test_train_and_validation_partition_the_train_file(idx_dir, tiny_splits):
     images, labels = data.read_split(idx_dir, "train")
-    train_idx, val_idx = data.split_indices(len(labels), 0.2, seed=42)
+    train_idx, val_idx = split_indices(len(labels), 0.2, seed=42)
     assert not set(train_idx) & set(val_idx) and len(train_idx) + len(val_idx) == len(labels)
     np.testing.assert_array_equal(tiny_splits.val.labels, labels[val_idx])
     np.testing.assert_array_equal(tiny_splits.train.labels, labels[train_idx])
     # A fixed seed: the same partition every time; another seed, another partition.
-    np.testing.assert_array_equal(data.split_indices(len(labels), 0.2, seed=42)[1], val_idx)
-    assert not np.array_equal(data.split_indices(len(labels), 0.2, seed=7)[1], val_idx)
+    np.testing.assert_array_equal(split_indices(len(labels), 0.2, seed=42)[1], val_idx)
+    assert not np.array_equal(split_indices(len(labels), 0.2, seed=7)[1], val_idx)
 
 
 def test_prepared_once_then_reused_without_the_source_files(tmp_path):
@@ -48,6 +54,40 @@ def test_prepared_once_then_reused_without_the_source_files(tmp_path):
     shutil.rmtree(source)  # a second load must not need the files any more
     second = data.load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=source)
     np.testing.assert_array_equal(first.test.images, second.test.images)
+    assert first.spec == second.spec
+
+
+def test_read_back_as_whole_arrays_not_record_by_record(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    write_dataset(source, train_size=50, test_size=20)
+    first = data.load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=source)
+    folder = data.FashionMnistIdx(data_dir=tmp_path / "tfds").data_dir
+    assert (Path(folder) / prepared.ARRAYS).is_file()
+
+    def no_records(*args):
+        raise AssertionError("decoded record by record")
+
+    monkeypatch.setattr(prepared, "read_records", no_records)
+    second = data.load_fashion_mnist(data_dir=tmp_path / "tfds")
+    np.testing.assert_array_equal(first.train.images, second.train.images)
+    assert second.spec.fingerprint == first.spec.fingerprint
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing info"])
+def test_damaged_whole_arrays_are_decoded_again_from_the_records(tmp_path, damage):
+    source = tmp_path / "src"
+    write_dataset(source, train_size=50, test_size=20)
+    first = data.load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=source)
+    folder = Path(data.FashionMnistIdx(data_dir=tmp_path / "tfds").data_dir)
+    if damage == "truncated":
+        raw = (folder / prepared.ARRAYS).read_bytes()
+        (folder / prepared.ARRAYS).write_bytes(raw[: len(raw) // 2])
+    else:
+        (folder / prepared.ARRAYS_INFO).unlink()
+    second = data.load_fashion_mnist(data_dir=tmp_path / "tfds")
+    np.testing.assert_array_equal(first.test.images, second.test.images)
+    assert second.spec.fingerprint == first.spec.fingerprint
+    assert (folder / prepared.ARRAYS_INFO).is_file()  # written again
 
 
 def test_no_files_anywhere_names_the_three_ways(tmp_path):
@@ -189,6 +229,6 @@ REAL_DIR = data.SYSTEM_DIR  # taken at import, before the autouse fixture points
 def test_real_fashion_mnist_splits(tmp_path):
     splits = data.load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=REAL_DIR)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (48_000, 12_000, 10_000)
-    assert splits.train.images.shape == (48_000, 28, 28, 1) and splits.test.images.dtype == np.float32
+    assert splits.train.images.shape == (48_000, 28, 28, 1) and splits.test.images.dtype == np.uint8
     assert splits.test.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the official file's order
     assert np.bincount(splits.test.labels).tolist() == [1000] * 10

@@ -12,12 +12,15 @@ import optax
 import pytest
 from PIL import Image
 
-from cnn import TrainConfig, dataset_config, fit, load_dataset, restore_run
-from cnn.config import ConfigError
-from cnn.data import DataError, Split, Splits, load_fashion_mnist, split_indices
-from cnn.datasets import image_folder, stratified_split
+from cnn import TrainConfig, fit, load_dataset, restore_run
+from cnn.data import DataError, DataSpec, Split, Splits
+from cnn.datasets import image_folder
+from cnn.datasets.fashion_mnist import load_fashion_mnist
+from cnn.datasets.splits import split_indices, stratified_split
 from cnn.datasets.transforms import resize, to_channels
-from cnn.steps import losses_and_correct, predict
+from cnn.evaluation import predict
+from cnn.models import model_for
+from cnn.steps import losses_and_correct
 
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "emu": (40, 40, 200)}
 
@@ -54,7 +57,8 @@ def test_folder_classes_counts_splits_shapes(tmp_path):
     np.testing.assert_array_equal(again.test.images, splits.test.images)
     other_seed = load_dataset(_config(root, image_size=(16, 16), split_seed=1), data_dir=tmp_path / "tfds")
     assert not np.array_equal(other_seed.test.images, splits.test.images)
-    assert splits.info["image_shape"] == [16, 16, 3] and splits.info["source"] == str(root.resolve())
+    assert splits.spec.image_shape == (16, 16, 3) and splits.spec.source == str(root.resolve())
+    assert splits.spec.sizes == {"train": 18, "val": 6, "test": 6} and len(splits.spec.fingerprint) == 16
     # the colour of a class survives decoding and resizing (a class is its colour)
     cat = splits.train.images[splits.train.labels == 0].reshape(-1, 3).mean(0)
     assert cat[0] > 150 > 80 > cat[1]
@@ -162,10 +166,10 @@ def test_lfw_faces_are_the_real_200_photos(tmp_path):
     labels = np.concatenate([splits.train.labels, splits.val.labels, splits.test.labels])
     assert np.bincount(labels).tolist() == [100, 100] and splits.train.images.shape[1:] == (25, 25, 1)
     assert (len(splits.val), len(splits.test)) == (32, 40)
-    config = dataset_config(
+    spec = load_dataset(
         TrainConfig(dataset="lfw_faces", image_size=(32, 32), channels=3), data_dir=tmp_path / "tfds"
-    )
-    assert config.input_shape == (32, 32, 3) and config.num_classes == 2
+    ).spec
+    assert spec.image_shape == (32, 32, 3) and spec.num_classes == 2
 
 
 def test_unknown_data_set_names_the_choices():
@@ -188,13 +192,9 @@ def _synthetic(shape, classes, n=64, seed=0) -> Splits:
         row = int(label) * shape[0] // classes
         images[i, row : row + max(1, shape[0] // classes)] = 250
     part = Split(images, labels)
-    info = {
-        "name": "synthetic",
-        "source": "test",
-        "image_shape": list(shape),
-        "class_names": [f"c{i}" for i in range(classes)],
-    }
-    return Splits(part, part, part, info=info)
+    return Splits(
+        part, part, part, spec=DataSpec("synthetic", shape, [f"c{i}" for i in range(classes)], "test")
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,17 +208,15 @@ def _synthetic(shape, classes, n=64, seed=0) -> Splits:
 )
 def test_models_train_on_any_shape_and_class_count(tmp_path, model, shape, classes):
     splits = _synthetic(shape, classes)
-    config = TrainConfig(
-        model=model, epochs=1, batch_size=32, steps_per_call=2, input_shape=shape, num_classes=classes
-    )
+    config = TrainConfig(model=model, epochs=1, batch_size=32, steps_per_call=2)
     results = fit(config, splits, tmp_path / "run")
     assert np.isfinite(results["test_loss"])
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (
         saved["data"]["image_shape"] == list(shape) and saved["data"]["class_names"][-1] == f"c{classes - 1}"
     )
-    restored_config, state, _ = restore_run(tmp_path / "run")  # no flags: config.json alone
-    assert restored_config.input_shape == shape and state.input_shape == shape
+    _, state, _ = restore_run(tmp_path / "run")  # no flags: config.json alone
+    assert state.input_shape == shape
     assert predict(state, splits.test.images[:3]).shape == (3, classes)
 
 
@@ -232,7 +230,7 @@ def test_sigmoid_head_loss_accuracy_and_probabilities(tmp_path):
     )
     assert correct.tolist() == [True, False, False]  # 0.5 threshold: logit > 0
     splits = _synthetic((16, 16, 1), 2)
-    config = TrainConfig(epochs=2, batch_size=16, head="sigmoid", input_shape=(16, 16, 1), num_classes=2)
+    config = TrainConfig(epochs=2, batch_size=16, head="sigmoid")
     results = fit(config, splits, tmp_path / "run")
     _, state, _ = restore_run(tmp_path / "run")
     assert state.params["logits"]["kernel"].shape[-1] == 1  # one sigmoid unit
@@ -242,8 +240,8 @@ def test_sigmoid_head_loss_accuracy_and_probabilities(tmp_path):
 
 
 def test_sigmoid_head_needs_two_classes():
-    with pytest.raises(ValueError, match="head"):
-        TrainConfig(head="sigmoid", num_classes=3)
+    with pytest.raises(ValueError, match="head: one sigmoid output is for two classes; synthetic has 3"):
+        model_for(TrainConfig(head="sigmoid"), _synthetic((16, 16, 1), 3).spec)
 
 
 # Recorded with the code before data sets were generalised (commit 662f4aa), on the tiny data of conftest:
@@ -269,21 +267,21 @@ RECORDED_CONFIGS = {
 def test_fashion_mnist_default_path_gives_the_recorded_history(idx_dir, tmp_path, model):
     config = TrainConfig(**RECORDED_CONFIGS[model])
     splits = load_dataset(config, data_dir=tmp_path / "tfds", source_dir=idx_dir)  # uint8, as the CLI loads
-    assert splits.train.images.dtype == np.uint8 and dataset_config(config) == config
+    assert splits.train.images.dtype == np.uint8
     fit(config, splits, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     got = [[e[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")] for e in history]
     np.testing.assert_allclose(got, RECORDED[model], rtol=1e-5, atol=1e-7)
 
 
-def test_a_model_is_checked_against_the_data_sets_shape_before_any_data_is_loaded(tmp_path):
-    with pytest.raises(ConfigError, match="at least 32×32, got 25×25"):
-        TrainConfig(model="mobilenet_v2", dataset="lfw_faces")
-    with pytest.raises(ConfigError, match="at least 75×75, got 64×64"):
-        TrainConfig(model="inception_v3", image_size=(64, 64), channels=3)
-    assert TrainConfig(model="mobilenet_v2", image_size=(32, 32), channels=3).input_shape is None
-    # an image folder at its own size is checked once loaded, when its shape is known
-    assert TrainConfig(model="mobilenet_v2", dataset=str(tmp_path)).dataset == str(tmp_path)
+def test_a_model_is_checked_against_the_data_description_when_it_is_built():
+    faces = DataSpec("lfw_faces", (25, 25, 1), ("face", "not_face"))
+    with pytest.raises(ValueError, match="at least 32×32, got 25×25"):
+        model_for(TrainConfig(model="mobilenet_v2", dataset="lfw_faces"), faces)
+    with pytest.raises(ValueError, match="at least 75×75, got 64×64"):
+        model_for(TrainConfig(model="inception_v3"), DataSpec("x", (64, 64, 3), ("a", "b")))
+    model = model_for(TrainConfig(model="mobilenet_v2"), DataSpec("x", (32, 32, 3), ("a", "b", "c")))
+    assert model is model_for(TrainConfig(model="mobilenet_v2", seed=7), DataSpec("y", (32, 32, 3), "abc"))
 
 
 def test_val_split_last_holds_out_the_end_unshuffled_as_keras(idx_dir, tmp_path):

@@ -245,7 +245,7 @@ def test_an_epoch_as_one_rolled_call_gives_the_chunked_history(tiny_splits, tmp_
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tiny_splits, tmp_path):
-    from cnn.steps import apply_model, initial_state
+    from cnn.state import apply_model, initial_state
 
     config = TrainConfig(epochs=2, limit_train=128, precision="bfloat16", model="vgg_bn")
     state = initial_state(config)

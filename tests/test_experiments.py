@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cnn.cli import main
-from cnn.data import shift
+from cnn.datasets.transforms import shift
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 EXPECTED_ROWS = {

@@ -11,21 +11,25 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "cnn"
 # Lower layers first; a module may import only from layers strictly below its own.
 LAYERS = [
-    {"disk", "host_memory"},
-    {"conv", "data", "parallel", "checkpoints", "plots", "events"},
-    {"layers", "datasets.transforms", "applications.names"},
-    {"applications.weights"},
-    {"summary", "surgery", "applications.common"},
+    {"config", "data", "disk", "host_memory", "compile_cache", "costs"},
+    {"conv", "parallel", "checkpoints", "plots", "events", "members"},
+    {"layers", "receptive_field", "datasets.transforms", "datasets.splits", "applications.names"},
+    {"datasets.prepared", "applications.weights"},
+    {"datasets.fashion_mnist", "datasets.image_folder", "datasets.lfw_faces", "summary", "surgery"},
+    {"datasets", "applications.common"},
     {"applications.inception_v3", "applications.vgg16", "applications.resnet50", "applications.mobilenet_v2"},
     {"applications"},
+    {"models.sources", "models.convnet"},
     {"models"},
-    {"config"},
-    {"datasets.lfw_faces", "datasets.image_folder"},
-    {"datasets", "steps"},
-    {"rundir"},
+    {"state"},
+    {"steps", "placement"},
+    {"evaluation"},
+    {"run_folder", "resume"},
+    {"results"},
+    {"bookkeeping"},
     {"train"},
     {"sweep", "transfer", "viz", "bench"},
-    {"tune"},
+    {"tune", "experiments"},
     {"cli"},
     {"__init__", "__main__"},
 ]
@@ -33,9 +37,10 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 MAX_FUNCTION_LINES = 60
 
 
-def _modules() -> dict[str, Path]:
+def module_paths() -> dict[str, Path]:
+    """Every module of the package by its dotted name under `cnn` (a package by its `__init__.py`)."""
     found = {}
-    for path in PACKAGE.rglob("*.py"):
+    for path in sorted(PACKAGE.rglob("*.py")):
         parts = path.relative_to(PACKAGE).with_suffix("").parts
         name = ".".join(parts[:-1]) if parts[-1] == "__init__" and len(parts) > 1 else ".".join(parts)
         found[name] = path
@@ -66,12 +71,12 @@ def _imports(tree: ast.AST) -> list[tuple[str, list[str], int]]:
 
 
 def test_every_module_has_a_layer():
-    assert sorted(set(_modules()) - set(RANK)) == []
+    assert sorted(set(module_paths()) - set(RANK)) == []
 
 
-@pytest.mark.parametrize("module", sorted(_modules()))
+@pytest.mark.parametrize("module", sorted(module_paths()))
 def test_imports_point_down_and_no_private_name_crosses(module):
-    tree = ast.parse(_modules()[module].read_text())
+    tree = ast.parse(module_paths()[module].read_text())
     for target, names, line in _imports(tree):
         assert target in RANK, f"{module}:{line} imports unknown module cnn.{target}"
         if module not in ("__init__", "__main__"):
@@ -80,9 +85,9 @@ def test_imports_point_down_and_no_private_name_crosses(module):
         assert not private, f"{module}:{line} imports private names {private} from cnn.{target}"
 
 
-@pytest.mark.parametrize("module", sorted(_modules()))
+@pytest.mark.parametrize("module", sorted(module_paths()))
 def test_functions_are_short(module):
-    tree = ast.parse(_modules()[module].read_text())
+    tree = ast.parse(module_paths()[module].read_text())
     long = [
         f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
         for node in ast.walk(tree)
@@ -96,3 +101,18 @@ def test_the_checker_sees_a_violation(tmp_path):
     tree = ast.parse("def f():\n    from cnn.train import _train_step\n")
     ((target, names, _),) = _imports(tree)
     assert target == "train" and RANK[target] > RANK["steps"] and names == ["_train_step"]
+
+
+def test_the_readme_layout_table_is_the_generated_one():
+    """README's module table is `python scripts/readme_tables.py layout`: every module, in layer order, with
+    the first sentence of its docstring; regenerate it after adding, moving or renaming a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "readme_tables", PACKAGE.parent / "scripts" / "readme_tables.py"
+    )
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    generated = tables.layout_table()
+    assert tables.block_text("layout") == generated, "run: python scripts/readme_tables.py layout"
+    assert len(generated.splitlines()) == len(module_paths()) + 2

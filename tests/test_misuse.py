@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnn.cli import main
-from cnn.rundir import LOCK_FILE, WorkdirBusy, WorkdirError, clear_run, exclusive_file_lock, workdir_lock
+from cnn.run_folder import LOCK_FILE, WorkdirBusy, WorkdirError, clear_run, exclusive_file_lock, workdir_lock
 from tests.processes import ROOT, subprocess_env
 
 TINY = ["--epochs", "1", "--limit-train", "64", "--batch-size", "32"]
@@ -98,7 +98,7 @@ def test_a_read_only_workdir_is_one_line(idx_dir, tmp_path, capsys):
 def hold_lock(workdir: Path) -> subprocess.Popen:
     """Another process holding `workdir`'s run lock (as a run in progress does)."""
     code = (
-        "import sys, time\nfrom cnn.rundir import workdir_lock\n"
+        "import sys, time\nfrom cnn.run_folder import workdir_lock\n"
         f"with workdir_lock({str(workdir)!r}):\n    print('locked', flush=True)\n    time.sleep(120)"
     )
     holder = subprocess.Popen(

@@ -22,7 +22,7 @@ import jax, numpy as np
 from cnn import TrainConfig, fit
 from cnn.data import Split, Splits
 from cnn.parallel import ParallelError, check_batch_size, data_mesh
-from cnn.train import restore_run
+from cnn.results import restore_run
 
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 10, 600).astype(np.int32)
@@ -71,7 +71,7 @@ jax.config.update("jax_enable_x64", True)  # only for the float64 reference; the
 import jax.numpy as jnp, numpy as np, optax
 from cnn import TrainConfig
 from cnn.parallel import batch_sharding, data_mesh, replicate
-from cnn.train import initial_state, model_variables
+from cnn.state import initial_state, model_variables
 
 state = initial_state(TrainConfig(model="vgg_bn", model_args={"augment": False, "dropout_rate": 0.0}))
 rng = np.random.default_rng(0)
@@ -149,7 +149,7 @@ def test_two_processes_end_with_the_parameters_of_one(idx_dir, prepared, tmp_pat
     for p, (_, err) in zip(group, outputs, strict=True):
         assert p.returncode == 0, err
     assert "Data parallel over 2 devices (2 process(es))" in outputs[0][0]
-    from cnn.train import restore_run
+    from cnn.results import restore_run
 
     _, one, _ = restore_run(tmp_path / "single", epoch=2)
     _, two, _ = restore_run(tmp_path / "group", epoch=2)

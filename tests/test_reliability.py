@@ -20,8 +20,9 @@ from cnn import TrainConfig, fit
 from cnn.checkpoints import Checkpoints
 from cnn.cli import main
 from cnn.data import Split, Splits
-from cnn.models import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
-from cnn.steps import InputError, check_images, check_labels, evaluate, initial_state, predict, run_keys
+from cnn.evaluation import InputError, check_images, check_labels, evaluate, predict
+from cnn.models.convnet import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
+from cnn.state import initial_state, run_keys
 from cnn.train import TrainingDiverged
 from tests.processes import ROOT, run_process, subprocess_env, train_command
 

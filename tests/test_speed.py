@@ -1,5 +1,6 @@
-"""The fast paths (uint8 data on the device, chunks of steps in one call) compute what the plain path does,
-and the benchmark writes its report. Speed itself is measured by `python -m cnn bench`, never here."""
+"""The fast paths (uint8 data on the device, placed once; chunks of steps in one call) compute what the plain
+path does, and the benchmark writes its report. Speed itself is measured by `python -m cnn bench`, never
+here."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import numpy as np
 import pytest
 
 from cnn import TrainConfig, build_model, create_train_state, fit
-from cnn import train as train_module
 from cnn.bench import SCHEMA_VERSION, benchmark, format_table, parse_peers
 from cnn.cli import main
 from cnn.data import Split
-from cnn.train import device_data, make_optimizer, take_batch, train_step, train_steps
+from cnn.placement import on_device
+from cnn.state import make_optimizer
+from cnn.steps import gather, train_chunk, train_step
 from tests.test_data import REAL_DIR
 
 
@@ -28,62 +30,65 @@ def _state(model="seed_cnn"):
 
 @pytest.mark.parametrize("model", ["seed_cnn", "vgg_bn"])
 def test_chunk_of_steps_equals_single_steps(model, tiny_splits):
-    images, labels = device_data(tiny_splits.train)
+    images, labels = on_device(tiny_splits.train)
     order = jax.random.permutation(jax.random.PRNGKey(3), len(labels))
     rng, bs, k = jax.random.PRNGKey(4), 16, 5
     single, losses = _state(model), []
     for i in range(k):
-        single, m = train_step(single, take_batch(images, labels, order, i * bs, bs), rng)
+        single, m = train_step(single, gather(images, labels, order, i * bs, bs), rng)
         losses.append(float(m["loss"]))
-    chunked, m = train_steps(_state(model), images, labels, order, 0, rng, batch_size=bs, steps=k)
-    assert float(m["loss"]) == pytest.approx(sum(losses), rel=1e-5)
+    chunk = jax.jit(train_chunk, static_argnames=("batch_size", "steps"))
+    chunked, m = chunk(_state(model), images, labels, order, 0, rng, k, batch_size=bs, steps=k)
+    assert m["loss"].shape == (k,)  # one value per step, added up on the host
+    np.testing.assert_allclose(m["loss"], losses, rtol=1e-5)
     assert int(chunked.step) == int(single.step) == k
     for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(single.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    # the last, shorter chunk of an epoch: the same program, the steps after `active` leave the state alone
+    three, _ = chunk(_state(model), images, labels, order, 0, rng, 3, batch_size=bs, steps=k)
+    assert int(three.step) == 3
+    alone = _state(model)
+    for i in range(3):
+        alone, _ = train_step(alone, gather(images, labels, order, i * bs, bs), rng)
+    for a, b in zip(jax.tree.leaves(three.params), jax.tree.leaves(alone.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
 
 
-def test_training_data_is_stored_as_uint8_only_when_exact(tiny_splits):
-    images, labels = device_data(tiny_splits.train)
-    assert images.dtype == np.uint8 and images.nbytes * 4 == tiny_splits.train.images.nbytes
-    np.testing.assert_array_equal(np.asarray(images).astype(np.float32) / 255, tiny_splits.train.images)
-    arbitrary = Split(tiny_splits.train.images * 0.5 + 0.001, tiny_splits.train.labels)
-    kept, _ = device_data(arbitrary)
-    assert kept.dtype == np.float32  # not representable in uint8: kept as it is
+def test_training_data_lives_on_the_device_as_uint8_placed_once(tiny_splits):
+    images, labels = on_device(tiny_splits.train)
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(images), tiny_splits.train.images)
+    again = on_device(Split(tiny_splits.train.images[:], tiny_splits.train.labels[:]))  # the same memory
+    assert again[0] is images and again[1] is labels
+    fewer = on_device(Split(tiny_splits.train.images[:100], tiny_splits.train.labels[:100]))
+    assert fewer[0] is not images and fewer[0].shape[0] == 100
+    floats = Split(tiny_splits.train.images / np.float32(255), tiny_splits.train.labels)
+    assert on_device(floats)[0].dtype == np.float32  # a user's float images are taken as they are
 
 
-def _plain_device_data(split, mesh=None):
-    return jax.device_put(split.images), jax.device_put(split.labels)
-
-
-def test_fast_paths_give_the_plain_paths_history(tiny_splits, tmp_path, monkeypatch):
-    config = TrainConfig(epochs=2, batch_size=32, patience=5)
-    fast = fit(
+def test_chunks_of_steps_give_the_one_step_history(tiny_splits, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=32, patience=5, steps_per_call=1)
+    chunked = fit(
         TrainConfig(epochs=2, batch_size=32, patience=5, steps_per_call=4), tiny_splits, tmp_path / "fast"
     )
-    with monkeypatch.context() as m:
-        m.setattr(train_module, "device_data", _plain_device_data)
-        plain = fit(config, tiny_splits, tmp_path / "plain")
+    plain = fit(config, tiny_splits, tmp_path / "plain")
     fast_history = json.loads((tmp_path / "fast" / "history.json").read_text())
     plain_history = json.loads((tmp_path / "plain" / "history.json").read_text())
     for f, p in zip(fast_history, plain_history, strict=True):
         for key in ("loss", "val_loss"):
             assert f[key] == pytest.approx(p[key], rel=1e-3)
-    assert fast["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.011)
+    assert chunked["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.011)
 
 
 @pytest.mark.skipif(
     not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file(), reason="real Fashion-MNIST not installed"
 )
-def test_same_accuracy_on_a_short_real_run(tmp_path, monkeypatch):
-    from cnn.data import load_fashion_mnist
+def test_same_accuracy_on_a_short_real_run(tmp_path):
+    from cnn.datasets.fashion_mnist import load_fashion_mnist
 
     splits = load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=REAL_DIR)
-    config = TrainConfig(epochs=1, batch_size=32, limit_train=4000)
-    fast = fit(
-        TrainConfig(epochs=1, batch_size=32, limit_train=4000, steps_per_call=10), splits, tmp_path / "f"
-    )
-    monkeypatch.setattr(train_module, "device_data", _plain_device_data)
-    plain = fit(config, splits, tmp_path / "p")
+    fast = fit(TrainConfig(epochs=1, limit_train=4000, steps_per_call=10), splits, tmp_path / "f")
+    plain = fit(TrainConfig(epochs=1, limit_train=4000, steps_per_call=1), splits, tmp_path / "p")
     assert plain["test_accuracy"] > 0.7
     assert fast["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.01)
 
@@ -195,7 +200,7 @@ def test_micro_batches_give_the_whole_batch_gradient():
     """A batch of 128 split into micro-batches of 64 (the CPU's automatic choice) or 32 takes the same
     optimizer step as the whole batch, up to float rounding (dropout off: the randomness is drawn per
     micro-batch); models with batch norm and sizes that do not divide the batch are never split."""
-    from cnn.steps import create_train_state, micro_batch_size
+    from cnn.state import create_train_state, micro_batch_size
 
     config = TrainConfig(batch_size=128, model_args={"dropout_rate": 0.0})
     model = build_model("seed_cnn", dropout_rate=0.0)

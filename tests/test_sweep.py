@@ -13,8 +13,8 @@ from cnn import TrainConfig, fit
 from cnn import sweep as sweep_module  # noqa: F401
 from cnn import train as train_module
 from cnn.data import Split, Splits
+from cnn.results import restore_run
 from cnn.sweep import SweepError, Variant, fit_seeds, grid_variants, resolve, run_sweep
-from cnn.train import restore_run
 
 
 def _small(splits: Splits, misleading: bool = False) -> Splits:

@@ -12,7 +12,8 @@ from cnn import TrainConfig, fit
 from cnn.cli import main
 from cnn.config import ConfigError
 from cnn.data import Split, Splits
-from cnn.train import EarlyStopping, WorkdirError
+from cnn.resume import EarlyStopping
+from cnn.run_folder import WorkdirError
 
 FAST = dict(batch_size=32, epochs=4, patience=10)
 

@@ -13,7 +13,8 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from cnn import TrainConfig, build_model, fit
-from cnn.train import RunNotFoundError, restore_run
+from cnn.results import restore_run
+from cnn.run_folder import RunNotFoundError
 from cnn.transfer import (
     format_counts,
     load_backbone,

@@ -8,7 +8,9 @@ import pytest
 
 from cnn import CLASS_NAMES, TrainConfig, fit, viz
 from cnn.cli import main
-from cnn.train import RunNotFoundError, predict, restore_run
+from cnn.evaluation import predict
+from cnn.results import restore_run
+from cnn.run_folder import RunNotFoundError
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,14 @@ import pytest
 
 from cnn import TrainConfig, conv, fit
 from cnn.checkpoints import Checkpoints
+from cnn.evaluation import evaluate
 from cnn.layers import AvgPool, DepthwiseMaxPool, GlobalAvgPool, GlobalMaxPool, MaxPool, RandomShiftFlip
-from cnn.models import (
-    MODELS,
-    ConvBlock,
-    build_model,
-    check_model_name,
-    convnet,
-    convnet_shapes,
-    default_input_shape,
-)
+from cnn.models import MODELS, build_model, check_model_name, default_input_shape
+from cnn.models.convnet import ConvBlock, convnet, convnet_shapes
 from cnn.plots import plot_architecture
+from cnn.state import create_train_state, make_optimizer
+from cnn.steps import train_step
 from cnn.summary import format_summary, layer_rows, totals
-from cnn.train import create_train_state, evaluate, make_optimizer, train_step
 
 
 def conv_p(k, c_in, c_out, bias=True):
