@@ -1,6 +1,6 @@
 # The two commands: `make train` (the main job) and `make test` (the whole suite). Both set everything up.
 # Extra arguments: make train ARGS="--epochs 5"   make test PYTEST_ARGS="-k data"
-.PHONY: setup train test lint bench
+.PHONY: setup train test lint bench experiments
 
 setup:
 	@bash scripts/setup.sh
@@ -25,3 +25,8 @@ bench: setup
 	bash scripts/peer_setup.sh
 	.venv/bin/python -m cnn bench --batch-sizes 32 128 256 --steps-per-call 1 10 --seeds 3 \
 	  --out benchmarks/throughput-cpu.json --peer "eager=$(PEER)" $(COMPILE_PEER)
+
+# The padding, stride, pooling, MLP and shift-robustness experiments in one process (shared data and
+# compiled programs): make experiments ARGS="--epochs 1 --seeds 2 --limit-train 512"
+experiments: setup
+	.venv/bin/python -m cnn experiments $(ARGS)

@@ -48,9 +48,12 @@ class Checkpoints:
         )
 
     def latest_epoch(self) -> int | None:
+        self.wait()
         return self.manager.latest_step()
 
     def epochs(self) -> list[int]:
+        """The saved epochs (once the last save is written)."""
+        self.wait()
         return list(self.manager.all_steps())
 
     def save(self, epoch: int, state: Any, meta: dict[str, Any], score: float) -> None:

@@ -1,5 +1,5 @@
-"""Command line: `python -m cnn train | summary | bench | viz | sweep | tune`. Parsing only; the logic is in
-the library."""
+"""Command line: `python -m cnn train | summary | bench | viz | sweep | tune | experiments`. Parsing only;
+the logic is in the library."""
 
 from __future__ import annotations
 
@@ -60,7 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     _bench_parser(sub)
     _sweep_parser(sub)
     _tune_parser(sub)
+    _experiments_parser(sub)
     _viz_and_summary_parsers(sub)
+    for name, command in sub.choices.items():
+        if name in ("train", "sweep", "tune", "experiments", "bench"):
+            command.add_argument(
+                "--no-compile-cache",
+                action="store_true",
+                help="compile every program afresh instead of reading JAX's persistent compilation cache "
+                "(also CNN_COMPILE_CACHE=off; CNN_COMPILE_CACHE=DIR moves it; see cnn.compile_cache)",
+            )
     return parser
 
 
@@ -103,6 +112,16 @@ def _bench_parser(sub: Any) -> None:
         help="also time N seeds trained together (vmap) against N runs one after another",
     )
     bench.add_argument("--out", type=Path, default=None, metavar="FILE.json")
+    bench.add_argument(
+        "--overhead",
+        nargs="?",
+        const="--limit-train 6400",
+        default=None,
+        metavar="TRAIN_ARGS",
+        help="instead: where the main job's wall time goes (start-up, data, compile, training, evaluation, "
+        "checkpoints, plots), from `python -m cnn train TRAIN_ARGS` runs for 1 and 3 epochs, the first with "
+        "an empty compilation cache (default TRAIN_ARGS: '--limit-train 6400')",
+    )
 
 
 def _sweep_parser(sub: Any) -> None:
@@ -130,6 +149,34 @@ def _sweep_parser(sub: Any) -> None:
     sweep.add_argument("--out", type=Path, required=True)
     add_config_flags(sweep.add_argument_group("the data set of every run"), only=DATA_FIELDS)
     _data_location_flags(sweep)
+
+
+EXPERIMENT_FLAGS = ("epochs", "seeds", "limit_train", "together", "data_dir", "source_dir", *DATA_FIELDS)
+
+
+def _experiments_parser(sub: Any) -> None:
+    from cnn.experiments import DEFAULT
+
+    experiments = sub.add_parser(
+        "experiments",
+        help="run experiment scripts of experiments/ in one process (sharing the data and compiled programs)",
+    )
+    experiments.add_argument(
+        "names", nargs="*", default=list(DEFAULT), help=f"experiment scripts (default: {' '.join(DEFAULT)})"
+    )
+    experiments.add_argument(
+        "--out", type=Path, default=None, help="write OUT/NAME (default: experiments/results/NAME)"
+    )
+    given = {"default": argparse.SUPPRESS}
+    experiments.add_argument("--epochs", type=int, help="each script's --epochs", **given)
+    experiments.add_argument("--seeds", type=int, help="each script's --seeds", **given)
+    experiments.add_argument(
+        "--limit-train", type=int, metavar="N", help="each script's --limit-train", **given
+    )
+    experiments.add_argument("--together", choices=["auto", "vmap", "sequential"], **given)
+    experiments.add_argument("--data-dir", help="tfds data dir", **given)
+    experiments.add_argument("--source-dir", help="folder with the Fashion-MNIST IDX files", **given)
+    add_config_flags(experiments.add_argument_group("the data set"), only=DATA_FIELDS)
 
 
 def _tune_parser(sub: Any) -> None:
@@ -198,15 +245,12 @@ def _train(args: argparse.Namespace) -> None:
     from cnn import costs
     from cnn.datasets import load_dataset
     from cnn.models import check_model_args, model_for
-    from cnn.run_folder import check_workdir
     from cnn.train import fit
 
     config = config_from_args(args)
     check_model_args(config)  # the model's name and arguments, before any data is read
     workdir = args.workdir or Path("runs") / f"{config.model}-seed{config.seed}"
     mesh = parallel.data_mesh(args.devices)
-    parallel.check_batch_size(config.batch_size, mesh)
-    check_workdir(workdir, config, args.overwrite)
     if parallel.is_parallel(mesh):
         print(f"Data parallel over {mesh.size} devices ({jax.process_count()} process(es)): {mesh.devices}")
     with costs.phase("data"):
@@ -243,6 +287,19 @@ def _bench(args: argparse.Namespace) -> None:
     from cnn.models import check_model_name
     from cnn.run_folder import write_json
 
+    if args.overhead is not None:
+        import shlex
+        import tempfile
+
+        from cnn.bench import format_overhead, overhead
+
+        with tempfile.TemporaryDirectory() as folder:
+            report = overhead(shlex.split(args.overhead), Path(folder))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            write_json(args.out, report)
+        print(format_overhead(report))
+        return
     for model in args.models:
         check_model_name(model)
     if min(args.batch_sizes + args.steps_per_call + [args.steps, args.windows]) < 1:
@@ -331,6 +388,23 @@ def _tune(args: argparse.Namespace) -> None:
     print(f"Best trial {best.number}: {TrainConfig(**base).monitor} {best.value:.4f}, {best.params}")
 
 
+def _experiments(args: argparse.Namespace) -> None:
+    from cnn.experiments import run_experiments
+
+    forwarded = []
+    for name in EXPERIMENT_FLAGS:
+        if hasattr(args, name):
+            value = getattr(args, name)
+            flag = f"--{name.replace('_', '-')}"
+            if isinstance(value, bool):
+                forwarded.append(flag if value else f"--no-{name.replace('_', '-')}")
+            elif isinstance(value, list | tuple):
+                forwarded += [flag, *map(str, value)]
+            else:
+                forwarded += [flag, str(value)]
+    run_experiments(args.names, forwarded, args.out)
+
+
 def _viz(args: argparse.Namespace) -> None:
     from cnn.datasets import load_dataset
     from cnn.results import restore_run
@@ -345,6 +419,18 @@ def _viz(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command and returns its exit status (see EXIT_CODES): a bad setting or input exits with
     status 2 and a one-line message, no traceback; a failure while running with status 4."""
+    import time
+
+    entered = time.time()
+    try:
+        return _main(argv)
+    finally:
+        from cnn import costs
+
+        costs.write_report(entered)
+
+
+def _main(argv: list[str] | None) -> int:
     import jax
 
     from cnn.data import DataError
@@ -358,8 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     try:
         args.argv = list(sys.argv[1:] if argv is None else argv)
+        if getattr(args, "no_compile_cache", False):
+            from cnn.compile_cache import use_compile_cache
+
+            use_compile_cache("off")
         commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz, "sweep": _sweep}
-        commands["tune"] = _tune
+        commands.update(tune=_tune, experiments=_experiments)
         commands[args.command](args)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
@@ -373,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     except jax.errors.JaxRuntimeError as e:
         print(f"error: XLA runtime error: {str(e).strip().splitlines()[0][:300]}", file=sys.stderr)
         return EXIT_RUNTIME
-    except (ValueError, DataError, WorkdirError) as e:
+    except (ValueError, DataError, WorkdirError) as e:  # ExperimentError, SweepError, ... are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DiskFull as e:

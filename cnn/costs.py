@@ -6,6 +6,8 @@ checkpoints, plots) with the compiling done inside them set apart."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -79,3 +81,31 @@ def phase(name: str) -> Iterator[None]:
         compiled = since(start).seconds
         PHASES[name] += time.perf_counter() - t - compiled
         PHASES["compile"] += compiled
+
+
+REPORT_VAR = "CNN_COSTS_FILE"  # set (by `python -m cnn bench --overhead`) to have a command write `report`
+
+
+def report(entered: float) -> dict[str, float]:
+    """The command's wall time since `entered` (`time.time()` when it began, after start-up) split into
+    its phases, all compiling in `compile` and the rest in `other`; `entered` itself, so that the caller can
+    tell the start-up (interpreter and imports) from the time it started the process."""
+    wall = time.time() - entered
+    phases = {k: v for k, v in PHASES.items() if k != "compile"}
+    return {
+        "entered": entered,
+        "wall": wall,
+        **phases,
+        "compile": TOTALS.seconds,
+        "compilations": TOTALS.compilations,
+        "compile_cache_hits": TOTALS.cache_hits,
+        "other": wall - sum(phases.values()) - TOTALS.seconds,
+    }
+
+
+def write_report(entered: float) -> None:
+    """`report` as JSON into the file `$CNN_COSTS_FILE` names, if it is set."""
+    path = os.environ.get(REPORT_VAR)
+    if path:
+        with open(path, "w") as f:
+            json.dump(report(entered), f)

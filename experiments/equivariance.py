@@ -17,11 +17,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn.datasets.transforms import shift
-from cnn.layers import rotate
-from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
 from cnn.evaluation import predict
+from cnn.layers import rotate
 from cnn.results import restore_run
 from cnn.state import model_variables
+from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
 
 ANGLES = (0, 15, 30, 45, 90, 135, 180)
 SHIFTS = (1, 2, 3, 4)
@@ -108,8 +108,8 @@ def rotated_accuracy(workdir, test) -> list[float]:
     return [float((predict(state, np.asarray(rotate(x, a))).argmax(1) == test.labels).mean()) for a in ANGLES]
 
 
-def main() -> None:
-    args = experiment_parser(__doc__, epochs=10, seeds=3, limit_train=12000).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = experiment_parser(__doc__, epochs=10, seeds=3, limit_train=12000).parse_args(argv)
     chosen = variants()
     _, splits, out = run_experiment("equivariance", chosen, args)
 

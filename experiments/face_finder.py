@@ -20,7 +20,7 @@ from cnn.transfer import few_shot, imagenet_backbone, load_backbone, train_few_s
 from cnn.viz import plot_predictions
 
 SHAPE = (75, 75, 3)
-HEAD = {"head": "sigmoid", "head_units": [64], "input_shape": SHAPE, "num_classes": 2}
+HEAD = {"head": "sigmoid", "head_units": [64]}
 METHODS = {  # name: (base, cut, base_args, method)
     "inception": ("inception_v3", "mixed7", {"include_top": False}, "frozen"),
     "own": ("seed_cnn", "pool2", None, "frozen"),
@@ -28,11 +28,11 @@ METHODS = {  # name: (base, cut, base_args, method)
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = experiment_parser(__doc__, epochs=30, seeds=5)
     parser.add_argument("--weights", default="imagenet", help="imagenet, a Keras weight file, or none")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = args.out or Path(__file__).resolve().parent / "results" / "face_finder"
     faces = load_dataset(TrainConfig(dataset="lfw_faces", image_size=SHAPE[:2], channels=3), args.data_dir)
     pool = Split(
@@ -46,8 +46,6 @@ def main() -> None:
     pretrain = TrainConfig(
         image_size=SHAPE[:2],
         channels=3,
-        input_shape=SHAPE,
-        num_classes=10,
         epochs=args.pretrain_epochs,
         limit_train=args.limit_train or 12_000,
     )

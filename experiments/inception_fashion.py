@@ -10,24 +10,30 @@ import json
 from pathlib import Path
 
 from cnn import fit, load_dataset
+from cnn.models import model_for
 from cnn.summary import format_summary, layer_rows
 from cnn.sweep import experiment_parser
-from cnn.train import config_model
-from cnn.transfer import format_counts, imagenet_backbone, parameter_counts, sources_config, transfer_state
+from cnn.transfer import (
+    SOURCES_DATA,
+    format_counts,
+    imagenet_backbone,
+    parameter_counts,
+    sources_config,
+    transfer_state,
+)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = experiment_parser(__doc__, epochs=5, seeds=1)
     parser.add_argument("--weights", default="imagenet", help="imagenet, a Keras weight file, or none")
     parser.add_argument("--train-backbone", action="store_true", help="train every layer, from scratch")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = sources_config(epochs=args.epochs, limit_train=args.limit_train, patience=args.epochs)
-    print(format_summary(layer_rows(config_model(config), config.image_shape), "the sources' transfer model"))
-    backbone = imagenet_backbone(
-        "inception_v3", config.image_shape, None if args.weights == "none" else args.weights
-    )
+    shape = SOURCES_DATA.image_shape
+    print(format_summary(layer_rows(model_for(config, SOURCES_DATA), shape), "the sources' transfer model"))
+    backbone = imagenet_backbone("inception_v3", shape, None if args.weights == "none" else args.weights)
     freeze = "none" if args.train_backbone else "backbone"
-    state, labels = transfer_state(config, backbone, freeze=freeze)
+    state, labels = transfer_state(config, SOURCES_DATA, backbone, freeze=freeze)
     counts = parameter_counts(state.params, labels, state.batch_stats)
     print(format_counts(counts))  # the sources print 9,418,346 / 443,082 / 8,975,264
     out = args.out or Path(__file__).resolve().parent / "results" / "inception_fashion"

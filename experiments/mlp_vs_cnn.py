@@ -12,5 +12,9 @@ def variants() -> list[Variant]:
     ]
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_experiment("mlp_vs_cnn", variants(), experiment_parser(__doc__).parse_args(argv))
+
+
 if __name__ == "__main__":
-    run_experiment("mlp_vs_cnn", variants(), experiment_parser(__doc__).parse_args())
+    main()

@@ -12,5 +12,9 @@ def variants() -> list[Variant]:
     return [net("same", 1), net("valid", 1), net("same", 2), net("valid", 2)]
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_experiment("padding", variants(), experiment_parser(__doc__).parse_args(argv))
+
+
 if __name__ == "__main__":
-    run_experiment("padding", variants(), experiment_parser(__doc__).parse_args())
+    main()

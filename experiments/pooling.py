@@ -13,5 +13,9 @@ def variants() -> list[Variant]:
     return [net(d, d) for d in DOWNSAMPLING] + [net("max+global_avg_head", "max", head="global_avg")]
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_experiment("pooling", variants(), experiment_parser(__doc__).parse_args(argv))
+
+
 if __name__ == "__main__":
-    run_experiment("pooling", variants(), experiment_parser(__doc__).parse_args())
+    main()

@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn.datasets.transforms import shift
-from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
 from cnn.evaluation import predict
 from cnn.results import restore_run
+from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
 
 SHIFTS = range(5)
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # down, up, right, left
@@ -38,8 +38,8 @@ def shifted_accuracy(workdir, test) -> list[float]:
     ]
 
 
-def main() -> None:
-    args = experiment_parser(__doc__).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = experiment_parser(__doc__).parse_args(argv)
     chosen = variants()
     rows, splits, out = run_experiment("shift_robustness", chosen, args)
     curves = seed_curves(out, chosen, args.seeds, lambda run: shifted_accuracy(run, splits.test))

@@ -16,5 +16,9 @@ def variants() -> list[Variant]:
     ]
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_experiment("stride", variants(), experiment_parser(__doc__).parse_args(argv))
+
+
 if __name__ == "__main__":
-    run_experiment("stride", variants(), experiment_parser(__doc__).parse_args())
+    main()

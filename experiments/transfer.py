@@ -35,7 +35,7 @@ def slug(task: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in task).strip("-")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = experiment_parser(__doc__, epochs=50, seeds=5)
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument(
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument(
         "--cut", default=None, help="the layer the backbone ends at (default: pool2 | global_avg)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     recipe, default_cut = BACKBONES[args.backbone]
     args.cut = args.cut or default_cut
     patience = {"patience": args.pretrain_epochs} if "schedule" in recipe else {}

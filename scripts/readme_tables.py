@@ -61,7 +61,9 @@ def placement_table(workdirs: list[str]) -> str:
         results = json.loads((Path(w) / "results.json").read_text())
         meta = json.loads((Path(w) / "config.json").read_text())
         config, host = meta["config"], meta["host"]
-        shape = "×".join(map(str, config.get("input_shape") or (28, 28, 1)))
+        shape = "×".join(
+            map(str, meta.get("data", {}).get("image_shape") or config.get("input_shape") or (28, 28, 1))
+        )
         lines.append(
             f"| {shape} | {config['data_placement']} | {results['images_per_second']:,.0f} | "
             f"{results['train_seconds']:.1f} s | {results['test_accuracy']:.4f} | {host['cores']}-core "

@@ -6,14 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# One compilation cache for every process the tests start (JAX locks its entries, so they may share it),
+# apart from the user's own.
+CACHE = Path(tempfile.gettempdir()) / f"cnn-tests-jax-processes-{os.getuid()}"
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FASHION_MNIST_DIR", "XLA_FLAGS")}
-    return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
+    return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "CNN_COMPILE_CACHE": str(CACHE), **extra}
 
 
 def train_command(idx_dir: Path, data_dir: Path, workdir: Path, *flags: str, prelude: str = "") -> list[str]:

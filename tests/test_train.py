@@ -10,8 +10,9 @@ import pytest
 
 from cnn import TrainConfig, fit
 from cnn.cli import main
-from cnn.config import ConfigError
+from cnn.config import ConfigError, recipe, recipes
 from cnn.data import Split, Splits
+from cnn.models import check_model_args
 from cnn.resume import EarlyStopping
 from cnn.run_folder import WorkdirError
 
@@ -164,11 +165,32 @@ def test_batch_larger_than_training_set_fails_before_writing(tiny_splits, tmp_pa
         ("val_fraction", 1.5),
         ("model", "resnet9000"),
         ("monitor", "accuracy"),
+        ("seed", -3),
     ],
 )
 def test_invalid_config_names_the_field(field, value):
-    with pytest.raises(ConfigError, match=field if field != "model" else "unknown model"):
+    with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_an_unknown_model_is_refused_before_any_data_is_read(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+        check_model_args(TrainConfig(model="resnet9000"))
+    with pytest.raises(ValueError, match="dropout_rate must be a number in"):
+        check_model_args(TrainConfig(model_args={"dropout_rate": 2}))
+    code = main(
+        [
+            "train",
+            "--model",
+            "resnet9000",
+            "--data-dir",
+            str(tmp_path / "tfds"),
+            "--workdir",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 2 and "unknown model" in capsys.readouterr().err
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "r").exists()
 
 
 def test_cli_trains_end_to_end_on_given_files(idx_dir, tmp_path, capsys):
@@ -237,3 +259,57 @@ def test_a_run_saved_before_monitor_existed_still_resumes():
     assert config_differences(saved, TrainConfig(**FAST, monitor="val_accuracy")) == [
         "monitor: 'val_loss' -> 'val_accuracy'"
     ]
+
+
+def test_recipes_are_files_the_cli_loads_and_flags_override(tmp_path):
+    from cnn.cli import _parser
+    from cnn.config import config_from_args
+
+    assert {"main", "lecture", "vgg_bn", "vgg_bn_wide"} <= set(recipes())
+    assert TrainConfig(**recipe("main")) == TrainConfig()  # the main job is the default config
+    wide = config_from_args(_parser().parse_args(["train", "--recipe", "vgg_bn_wide", "--epochs", "3"]))
+    assert wide.model == "vgg_bn" and wide.model_args == {"widths": [64, 128, 256]} and wide.epochs == 3
+    assert wide.schedule == "cosine" and wide.monitor == "val_accuracy" and wide.batch_size == 128
+    lecture = config_from_args(_parser().parse_args(["train", "--recipe", "lecture"]))
+    assert (lecture.model, lecture.val_split, lecture.val_fraction, lecture.patience) == (
+        "lecture_cnn",
+        "last",
+        0.25,
+        20,
+    )
+    with pytest.raises(ConfigError, match="no recipe 'mian'"):
+        recipe("mian")
+    bad = tmp_path / "mine.json"
+    bad.write_text(json.dumps({"description": "x", "config": {"epochs": 3, "learning_rate": 0.1}}))
+    with pytest.raises(ConfigError, match="learning_rate: not a TrainConfig field"):
+        recipe(str(bad))
+    assert main(["train", "--recipe", str(bad), "--workdir", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_progress_bar_moves_on_a_terminal(idx_dir, tmp_path):
+    """tqdm leaves `disable=None` on a terminal: the bar must still be drawn and advanced there."""
+    import os
+    import pty
+    import subprocess
+
+    from tests.processes import ROOT, subprocess_env, train_command
+
+    command = train_command(
+        idx_dir, tmp_path / "tfds", tmp_path / "run", "--epochs", "1", "--steps-per-call", "2"
+    )
+    parent, child = pty.openpty()
+    process = subprocess.Popen(command, stdout=child, stderr=child, env=subprocess_env(), cwd=ROOT)
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=300) == 0, output.decode(errors="replace")[-2000:]
+    text = output.decode(errors="replace")
+    assert "15/15" in text and "img_s=" in text, text[-2000:]  # drawn to the end, with the rate
