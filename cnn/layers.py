@@ -4,7 +4,9 @@ padding="valid")`, ...), NHWC, parameters named `kernel` and `bias` as Flax name
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 import flax.linen as nn
@@ -38,6 +40,49 @@ def padding_mode(padding: str) -> str:
     if not isinstance(padding, str) or padding.lower() not in PADDINGS:
         raise ValueError(f"padding: expected 'valid' or 'same', got {padding!r}")
     return padding.lower()
+
+
+# How `Conv2D` computes while a program is traced: XLA's convolution, or (`"matmul"`) the patches of the
+# input times the kernel as one matrix product. Under `jax.vmap` over runs with their own kernels, XLA turns
+# a convolution into a grouped one, which accelerators run slowly; the patches' product becomes a batched
+# matrix product instead. Set for the tracing of a program by `conv_formulation` (see `cnn.members`).
+CONV_FORMULATION = contextvars.ContextVar("conv_formulation", default="conv")
+
+
+@contextlib.contextmanager
+def conv_formulation(kind: str) -> Iterator[None]:
+    """While tracing inside this block, `Conv2D` computes as `kind`: 'conv' or 'matmul'."""
+    if kind not in ("conv", "matmul"):
+        raise ValueError(f"conv formulation: expected 'conv' or 'matmul', got {kind!r}")
+    token = CONV_FORMULATION.set(kind)
+    try:
+        yield
+    finally:
+        CONV_FORMULATION.reset(token)
+
+
+def conv_as_matmul(
+    x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str, dilation: tuple[int, int]
+) -> jax.Array:
+    """`lax.conv_general_dilated` (NHWC, HWIO, no groups) as the input's patches times the kernel: the
+    kh·kw shifted, strided views of the padded input side by side, then one matrix product."""
+    kh, kw, cin, filters = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    h, w = x.shape[1:3]
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if padding == "SAME":
+        out_h, out_w = -(-h // sh), -(-w // sw)
+        pad_h, pad_w = max((out_h - 1) * sh + span_h - h, 0), max((out_w - 1) * sw + span_w - w, 0)
+        x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    else:
+        out_h, out_w = (h - span_h) // sh + 1, (w - span_w) // sw + 1
+    views = [
+        x[:, i * dh : i * dh + (out_h - 1) * sh + 1 : sh, j * dw : j * dw + (out_w - 1) * sw + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(views, axis=-1)  # (N, out_h, out_w, kh·kw·C), in the kernel's (kh, kw, C) order
+    return patches @ kernel.reshape(kh * kw * cin, filters)
 
 
 def _promote(x: jax.Array, kernel: jax.Array, bias: jax.Array | None):
@@ -83,15 +128,19 @@ class Conv2D(nn.Module):
             else None
         )
         x, kernel, bias = _promote(x, kernel, bias)
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=pair(self.strides, "strides"),
-            padding=padding_mode(self.padding).upper(),
-            rhs_dilation=pair(self.dilation_rate, "dilation_rate"),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        strides, dilation = pair(self.strides, "strides"), pair(self.dilation_rate, "dilation_rate")
+        if CONV_FORMULATION.get() == "matmul" and self.groups == 1:
+            y = conv_as_matmul(x, kernel, strides, padding_mode(self.padding).upper(), dilation)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=strides,
+                padding=padding_mode(self.padding).upper(),
+                rhs_dilation=dilation,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
+            )
         if bias is not None:
             y = y + bias
         return activation(self.activation)(y)

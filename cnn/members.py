@@ -14,12 +14,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn.layers import conv_formulation
+
+FORMULATIONS = ("conv", "matmul")  # how the convolutions of runs trained together compute, see `Members`
+
 
 @dataclass(frozen=True)
 class Members:
-    """`count` runs sharing one compiled program (1: a plain run, no member axis)."""
+    """`count` runs sharing one compiled program (1: a plain run, no member axis). `conv`: how the
+    convolutions of several runs compute under `jax.vmap`: 'conv', XLA's grouped convolution (what vmap
+    makes of a convolution whose kernel differs per run), or 'matmul', the input's patches times each
+    run's kernel as a batched matrix product (see `cnn.layers.conv_as_matmul`)."""
 
     count: int
+    conv: str = "conv"
+
+    def __post_init__(self):
+        if self.conv not in FORMULATIONS:
+            raise ValueError(f"conv: expected one of {FORMULATIONS}, got {self.conv!r}")
 
     def program(
         self,
@@ -32,7 +44,8 @@ class Members:
         arguments at `member_args` carry one value per run (a leading member axis), the others are shared;
         with several runs, those whose `live` is False keep their state (argument 0) unchanged.
         `donate`: the state's buffers are reused for the result. Equal requests return the same program."""
-        return _program(fn, self.count > 1, tuple(member_args), tuple(static_argnames), donate)
+        conv = self.conv if self.count > 1 else "conv"
+        return _program(fn, self.count > 1, tuple(member_args), tuple(static_argnames), donate, conv)
 
     def stack(self, trees: Sequence[Any]) -> Any:
         """One tree per run as the program's argument (stacked leaf by leaf; one run: its own tree)."""
@@ -60,13 +73,15 @@ def _program(
     member_args: tuple[int, ...],
     static_argnames: tuple[str, ...],
     donate: bool,
+    conv: str,
 ) -> Callable[..., Any]:
     def run(*args: Any, live: Any = None, **static: Any) -> Any:
         one = functools.partial(fn, **static)
         if not vmapped:
             return one(*args)
         axes = tuple(0 if i in member_args else None for i in range(len(args)))
-        out = jax.vmap(one, in_axes=axes)(*args)
+        with conv_formulation(conv):  # read while the program is traced
+            out = jax.vmap(one, in_axes=axes)(*args)
         if live is None:
             return out
         new, metrics = out

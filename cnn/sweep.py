@@ -1,10 +1,11 @@
 """Sweeps: a base config, variants (a grid or a zip of overrides, or named ones), several seeds.
 
-The seeds of one variant can train together in one compiled program: `jax.vmap` over parameters,
-optimizer state and random keys, each seed with its own shuffling, dropout and early stopping, exactly as
-sequential runs of `cnn.train.fit` would do (`fit_seeds`). That is the default on accelerators; on the CPU,
-where XLA runs the vmapped convolutions several times slower, the seeds run one after another
-(`seeds_mode`). Every (variant, seed) run gets an ordinary run directory (config.json, history.json,
+The seeds of one variant, and the variants that differ only in learning rate or weight decay, can train
+together in one compiled program (`cnn.train.fit_together`: `jax.vmap` over parameters, optimizer state and
+random keys), each run with its own shuffling, dropout and early stopping, as sequential runs of `fit`
+would do. `--together auto` measures which is fastest on this machine (`cnn.together`: vmapped with XLA's
+grouped convolutions, vmapped with the convolutions as batched matrix products, or one after another) and
+says which it chose. Every (variant, seed) run gets an ordinary run directory (config.json, history.json,
 results.json, curves.png, a checkpoint of its best epoch), so `restore_run` and `python -m cnn viz` work
 on it. Re-running a sweep skips finished runs and resumes unfinished ones; a variant that fails is
 recorded in its `error.json` and the sweep goes on.
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, field_default
@@ -34,7 +34,8 @@ from cnn.models import check_model_args, model_for
 from cnn.plots import plot_sweep
 from cnn.run_folder import write_json
 from cnn.summary import layer_rows, totals
-from cnn.train import Interrupted, fit, fit_seeds
+from cnn.together import CONV, MODES, choose
+from cnn.train import TOGETHER_FIELDS, Interrupted, fit, fit_together
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -138,24 +139,31 @@ def resolve(base: dict[str, Any], variants: Sequence[Variant]) -> list[TrainConf
 
 
 # ------------------------------------------------------------------------------------------ the sweep
-TOGETHER = ("auto", "vmap", "sequential")
+TOGETHER = ("auto", *MODES)
 
 
-def seeds_mode(together: str = "auto") -> str:
-    """How a variant's seeds train: 'vmap' (one program) or 'sequential' (`fit` per seed). 'auto' picks vmap
-    on accelerators and sequential on the CPU, where XLA runs the vmapped convolutions about 5x slower
-    (measured by `python -m cnn bench --seeds 3`: 0.19x at batch 32); both give the same results."""
+def seeds_mode(together: str, config: TrainConfig, spec: DataSpec, runs: int) -> str:
+    """How `runs` runs of `config` train: one of `cnn.together.MODES`; 'auto' measures which is fastest here
+    (remembered per machine and network, see `cnn.together.choose`) and says so."""
     if together not in TOGETHER:
         raise SweepError(f"together: expected one of {TOGETHER}, got {together!r}")
     if together != "auto":
         return together
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+    if runs == 1:
+        return "sequential"
+    mode, rates = choose(config, spec, runs)
+    measured = ", ".join(f"{m} {r:,.0f}" for m, r in sorted(rates.items(), key=lambda kv: -kv[1]))
+    print(f"{runs} runs of {config.model} at batch {config.batch_size}: {mode} (measured img/s: {measured})")
+    return mode
 
 
-def _fit_sequentially(config: TrainConfig, seeds: Sequence[int], splits: Splits, vdir: Path) -> None:
-    for s in seeds:
-        if not (vdir / f"seed{s}" / "results.json").is_file():
-            fit(dataclasses.replace(config, seed=s), splits, vdir / f"seed{s}")
+def together_groups(variants: Sequence[Variant], configs: Sequence[TrainConfig]) -> list[list[int]]:
+    """The variants (their indices) that can train as one program: equal but for `TOGETHER_FIELDS`."""
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        rest = {k: v for k, v in config.to_dict().items() if k not in TOGETHER_FIELDS}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(i)
+    return list(groups.values())
 
 
 def run_sweep(
@@ -168,7 +176,8 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Runs every variant for every seed (skipping finished runs) and writes the sweep's tables and plots.
 
-    `together`: how the seeds of a variant train, see `seeds_mode`."""
+    `together`: how runs train, see `seeds_mode`: vmapped, the seeds of a variant and the variants that
+    differ only in learning rate or weight decay are one program."""
     out = Path(out)
     configs = resolve(base, variants)  # every error before any training
     if not seeds:
@@ -178,34 +187,51 @@ def run_sweep(
             model_for(config, splits.spec)  # the shapes, now that the data is known
         except ValueError as e:
             raise SweepError(f"variant {variant.name}: {e}") from None
-    mode = seeds_mode(together)
     out.mkdir(parents=True, exist_ok=True)
-    for variant, config in zip(variants, configs, strict=True):
-        vdir = out / variant.name
-        if all((vdir / f"seed{s}" / "results.json").is_file() for s in seeds):
-            print(f"[{variant.name}] finished before: skipped")
-            continue
-        (vdir / "error.json").unlink(missing_ok=True)
-        print(f"[{variant.name}] training seeds {list(seeds)} ({mode})", flush=True)
-        try:
-            if mode == "vmap":
-                fit_seeds(config, seeds, splits, vdir)
-            else:
-                _fit_sequentially(config, seeds, splits, vdir)
-        except Interrupted:
-            raise  # a signal stops the whole sweep, its epoch saved; rerunning resumes it
-        except Exception as e:  # one failed variant must not end the sweep
-            vdir.mkdir(parents=True, exist_ok=True)
-            write_json(
-                vdir / "error.json",
-                {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
-            )
-            print(f"[{variant.name}] FAILED: {type(e).__name__}: {e} (recorded in {vdir / 'error.json'})")
+    for group in together_groups(variants, configs):
+        runs = [
+            (variants[i], dataclasses.replace(configs[i], seed=s), out / variants[i].name / f"seed{s}")
+            for i in group
+            for s in seeds
+            if not (out / variants[i].name / f"seed{s}" / "results.json").is_file()
+        ]
+        for i in group:
+            if all((out / variants[i].name / f"seed{s}" / "results.json").is_file() for s in seeds):
+                print(f"[{variants[i].name}] finished before: skipped")
+        if runs:
+            mode = seeds_mode(together, runs[0][1], splits.spec, len(runs))
+            _train_group(runs, splits, mode)
     rows = collect(out, variants, configs, seeds, splits.spec)
     rows += earlier_rows(out, {r["variant"] for r in rows})
     write_tables(rows, out)
     plot_sweep(rows, out)
     return rows
+
+
+def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, mode: str) -> None:
+    """The runs of one group, as `mode`; a failure is recorded in each of its variants' `error.json` (the
+    sweep goes on; a signal stops it, every run's epoch saved)."""
+    names = list(dict.fromkeys(v.name for v, _, _ in runs))
+    folders = {v.name: w.parent for v, _, w in runs}
+    for name in names:
+        (folders[name] / "error.json").unlink(missing_ok=True)
+    print(f"[{', '.join(names)}] training {len(runs)} run(s) ({mode})", flush=True)
+    try:
+        if mode == "sequential":
+            for _, config, workdir in runs:
+                fit(config, splits, workdir)
+        else:
+            fit_together([c for _, c, _ in runs], splits, [w for _, _, w in runs], conv=CONV[mode])
+    except Interrupted:
+        raise
+    except Exception as e:  # one failed variant must not end the sweep
+        for name in names:
+            folders[name].mkdir(parents=True, exist_ok=True)
+            write_json(
+                folders[name] / "error.json",
+                {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
+            )
+        print(f"[{', '.join(names)}] FAILED: {type(e).__name__}: {e} (recorded in their error.json)")
 
 
 def earlier_rows(out: Path, current: set[str]) -> list[dict[str, Any]]:

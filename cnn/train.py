@@ -94,13 +94,19 @@ def fit(
 
 
 def fit_seeds(
-    config: TrainConfig, seeds: Sequence[int], splits: Splits, workdir: str | Path, mesh: Any = None
+    config: TrainConfig,
+    seeds: Sequence[int],
+    splits: Splits,
+    workdir: str | Path,
+    mesh: Any = None,
+    conv: str = "conv",
 ) -> list[dict[str, Any]]:
     """Trains `config` once per seed, all seeds as one program, each with its own shuffling, dropout, early
     stopping and run folder `workdir/seed{S}` (a normal run: `restore_run`, `viz` and `fit` itself can
-    open it). Raises `TrainingDiverged` naming the seed that diverged."""
+    open it). `conv`: how their convolutions compute together (see `cnn.members.Members`). Raises
+    `TrainingDiverged` naming the seed that diverged."""
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
-    return fit_together(configs, splits, [Path(workdir) / f"seed{s}" for s in seeds], mesh)
+    return fit_together(configs, splits, [Path(workdir) / f"seed{s}" for s in seeds], mesh, conv)
 
 
 # What runs trained together may differ in: the rest of their configs (model, data, batch size, ...) is
@@ -109,14 +115,18 @@ TOGETHER_FIELDS = ("seed", "lr", "weight_decay")
 
 
 def fit_together(
-    configs: Sequence[TrainConfig], splits: Splits, workdirs: Sequence[str | Path], mesh: Any = None
+    configs: Sequence[TrainConfig],
+    splits: Splits,
+    workdirs: Sequence[str | Path],
+    mesh: Any = None,
+    conv: str = "conv",
 ) -> list[dict[str, Any]]:
     """Several runs as one vmapped program: configs that differ only in their seed, learning rate and
     weight decay (the optimizer keeps those two in its state, `optax.inject_hyperparams`), e.g. 4 learning
     rates × 8 seeds on one GPU. Each run has its own folder, shuffling, dropout and early stopping, and
     ends as it would alone, within float tolerance (a test checks 1e-5 on the CPU)."""
     check_together(configs, [Path(w) for w in workdirs])
-    return train_runs(configs, splits, workdirs, mesh=mesh)
+    return train_runs(configs, splits, workdirs, mesh=mesh, members=Members(len(configs), conv))
 
 
 def check_together(configs: Sequence[TrainConfig], workdirs: Sequence[Path]) -> None:
@@ -153,10 +163,13 @@ def train_runs(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     init_states: Sequence[TrainState] | None = None,
     mesh: Any = None,
+    members: Members | None = None,
 ) -> list[dict[str, Any]]:
-    """The runs of `configs` (one, or several sharing one program) trained on `splits`, each in its folder
-    (locked, checked and prepared before any work), resumed where they stopped; returns their results."""
-    config, workdirs, members = configs[0], [Path(w) for w in workdirs], Members(len(configs))
+    """The runs of `configs` (one, or several sharing one program: `members`) trained on `splits`, each in
+    its folder (locked, checked and prepared before any work), resumed where they stopped; returns their
+    results."""
+    config, workdirs = configs[0], [Path(w) for w in workdirs]
+    members = members or Members(len(configs))
     train = training_split(config, splits)
     check_batch_size(config.batch_size, mesh)
     start = costs.snapshot()
@@ -178,7 +191,11 @@ def train_runs(
             "compilations": compiled.compilations,
             "compile_seconds": compiled.seconds,
             "compile_cache_hits": compiled.cache_hits,
-            **({"trained_with_seeds": [c.seed for c in configs]} if members.count > 1 else {}),
+            **(
+                {"trained_with_seeds": [c.seed for c in configs], "conv": members.conv}
+                if members.count > 1
+                else {}
+            ),
         }
         return [run.finish(members.member(state, i), splits, extra) for i, run in enumerate(runs)]
 

@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnn"
 # Lower layers first; a module may import only from layers strictly below its own.
 LAYERS = [
     {"config", "data", "disk", "host_memory", "compile_cache", "costs"},
-    {"conv", "parallel", "checkpoints", "plots", "events", "members"},
+    {"conv", "parallel", "checkpoints", "plots", "events"},
     {"layers", "receptive_field", "datasets.transforms", "datasets.splits", "applications.names"},
-    {"datasets.prepared", "applications.weights"},
+    {"datasets.prepared", "applications.weights", "members"},
     {"datasets.fashion_mnist", "datasets.image_folder", "datasets.lfw_faces", "summary", "surgery"},
     {"datasets", "applications.common"},
     {"applications.inception_v3", "applications.vgg16", "applications.resnet50", "applications.mobilenet_v2"},
@@ -27,7 +27,7 @@ LAYERS = [
     {"run_folder", "resume"},
     {"results"},
     {"bookkeeping"},
-    {"train"},
+    {"train", "together"},
     {"sweep", "transfer", "viz", "bench"},
     {"tune", "experiments"},
     {"cli"},

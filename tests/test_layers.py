@@ -4,6 +4,7 @@ the same weights, outputs within 1e-5 for random shapes, strides, paddings and d
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -261,3 +262,41 @@ def test_max_pool_gradient_shares_ties_as_jnp_max(size):
     expected, vjp_ref = jax.vjp(reference, x)
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(expected))
     np.testing.assert_allclose(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "strides", "padding", "dilation"),
+    [
+        (3, 1, "SAME", 1),
+        (3, 2, "SAME", 1),
+        (5, 1, "VALID", 1),
+        (3, 2, "VALID", 1),
+        (3, 1, "SAME", 2),
+        (2, 3, "SAME", 1),
+    ],
+)
+def test_a_convolution_as_patches_times_the_kernel_equals_xlas(kernel, strides, padding, dilation):
+    """The formulation runs trained together may use (`Members(conv="matmul")`): the same numbers, up to
+    float rounding, for every padding, stride and dilation."""
+    from cnn.layers import conv_as_matmul, conv_formulation
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 11, 9, 3)).astype(np.float32)
+    w = rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32)
+    want = jax.lax.conv_general_dilated(
+        x,
+        w,
+        (strides, strides),
+        padding,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    got = conv_as_matmul(jnp.asarray(x), jnp.asarray(w), (strides, strides), padding, (dilation, dilation))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    layer = layers.Conv2D(4, kernel, strides=strides, padding=padding.lower(), dilation_rate=dilation)
+    variables = layer.init(jax.random.PRNGKey(0), x)
+    with conv_formulation("matmul"):
+        as_matmul = layer.apply(variables, x)
+    np.testing.assert_allclose(as_matmul, layer.apply(variables, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="conv formulation"), conv_formulation("winograd"):
+        pass

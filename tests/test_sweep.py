@@ -12,9 +12,10 @@ import pytest
 from cnn import TrainConfig, fit
 from cnn import sweep as sweep_module  # noqa: F401
 from cnn import train as train_module
-from cnn.data import Split, Splits
+from cnn.data import FASHION_MNIST, Split, Splits
 from cnn.results import restore_run
-from cnn.sweep import SweepError, Variant, fit_seeds, grid_variants, resolve, run_sweep
+from cnn.sweep import SweepError, Variant, grid_variants, resolve, run_sweep
+from cnn.train import fit_seeds
 
 
 def _small(splits: Splits, misleading: bool = False) -> Splits:
@@ -74,19 +75,19 @@ def test_sweep_tables_plots_and_run_directories(tiny_splits, tmp_path, together)
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_splits, tmp_path, monkeypatch, capsys):
-    original, calls = train_module.stacked_train_steps, {"n": 0}
+    original, calls = train_module.run_call, {"n": 0}
 
-    def dies_in_the_second_variant(states, *args, batch_size, steps, **kwargs):
-        calls["n"] += batch_size == 32
-        if calls["n"] > 4 + 2:  # the second variant (batch 32: 4 steps an epoch) dies 2 steps into epoch 2
+    def dies_in_the_second_variant(state, data, order, rng, live, call, *args):
+        calls["n"] += call.batch == 32
+        if calls["n"] > 2:  # the second variant (batch 32: 4 steps, one call an epoch) dies in epoch 2
             raise KeyboardInterrupt
-        return original(states, *args, batch_size=batch_size, steps=steps, **kwargs)
+        return original(state, data, order, rng, live, call, *args)
 
-    monkeypatch.setattr(train_module, "stacked_train_steps", dies_in_the_second_variant)
+    monkeypatch.setattr(train_module, "run_call", dies_in_the_second_variant)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together="vmap")
     finished = (tmp_path / "bs16" / "seed0" / "results.json").stat().st_mtime_ns
-    monkeypatch.setattr(train_module, "stacked_train_steps", original)
+    monkeypatch.setattr(train_module, "run_call", original)
     capsys.readouterr()
     rows = run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together="vmap")
     out = capsys.readouterr().out
@@ -148,12 +149,59 @@ def test_base_config_is_validated_too():
         resolve({}, [Variant("a", {}), Variant("a", {"lr": 0.1})])
 
 
-def test_together_mode(monkeypatch):
-    assert sweep_module.seeds_mode("auto") == "sequential"  # the CPU: vmapped convolutions measured slower
-    monkeypatch.setattr(sweep_module.jax, "default_backend", lambda: "gpu")
-    assert sweep_module.seeds_mode("auto") == "vmap" and sweep_module.seeds_mode("sequential") == "sequential"
+def test_together_mode_is_measured_and_said(monkeypatch, capsys):
+    config, spec = TrainConfig(), FASHION_MNIST
+    assert sweep_module.seeds_mode("auto", config, spec, 1) == "sequential"  # one run: nothing to share
+    assert sweep_module.seeds_mode("vmap_matmul", config, spec, 3) == "vmap_matmul"  # as asked
+    measured = {"vmap": 900.0, "vmap_matmul": 1500.0, "sequential": 1000.0}
+    monkeypatch.setattr(sweep_module, "choose", lambda c, s, n: (max(measured, key=measured.get), measured))
+    assert sweep_module.seeds_mode("auto", config, spec, 3) == "vmap_matmul"
+    assert (
+        "3 runs of seed_cnn at batch 32: vmap_matmul (measured img/s: vmap_matmul 1,500"
+        in capsys.readouterr().out
+    )
     with pytest.raises(SweepError, match="together: expected one of"):
-        sweep_module.seeds_mode("parallel")
+        sweep_module.seeds_mode("parallel", config, spec, 3)
+
+
+def test_the_measurement_is_made_once_per_machine_and_network(monkeypatch, tmp_path):
+    from cnn import together
+
+    calls = []
+    monkeypatch.setattr(together, "_file", lambda: tmp_path / "together.json")
+
+    def measure(config, spec, runs, mode, steps=8):
+        calls.append(mode)
+        return {"vmap": 3.0, "vmap_matmul": 2.0, "sequential": 1.0}[mode]
+
+    monkeypatch.setattr(together, "images_per_second", measure)
+    config = TrainConfig(model="lenet5", batch_size=48)
+    assert together.choose(config, FASHION_MNIST, 5)[0] == "vmap" and sorted(calls) == sorted(together.MODES)
+    assert together.choose(config, FASHION_MNIST, 5)[0] == "vmap" and len(calls) == 3  # remembered
+    together.choose(config, FASHION_MNIST, 6)
+    assert len(calls) == 6  # another number of runs: measured again
+
+
+def test_the_three_ways_of_training_runs_together_are_measured(tiny_splits):
+    from cnn import together
+
+    for mode in together.MODES:
+        assert together.images_per_second(TrainConfig(batch_size=8), tiny_splits.spec, 2, mode, steps=2) > 0
+
+
+def test_learning_rate_variants_train_as_one_program_with_their_seeds(tiny_splits, tmp_path, capsys):
+    variants = [
+        Variant("slow", {"lr": 1e-3}),
+        Variant("fast", {"lr": 3e-3}),
+        Variant("bs16", {"batch_size": 16}),
+    ]
+    rows = run_sweep(
+        {"epochs": 1, "limit_train": 64}, variants, [0, 1], tiny_splits, tmp_path, together="vmap"
+    )
+    out = capsys.readouterr().out
+    assert "[slow, fast] training 4 run(s) (vmap)" in out and "[bs16] training 2 run(s) (vmap)" in out
+    assert all(r["seeds_finished"] == 2 for r in rows)
+    assert json.loads((tmp_path / "fast" / "seed1" / "config.json").read_text())["config"]["lr"] == 3e-3
 
 
 def test_a_second_sweep_into_the_same_folder_keeps_the_first_ones_rows(tiny_splits, tmp_path):

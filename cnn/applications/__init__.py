@@ -1,5 +1,5 @@
 """Famous ImageNet networks in Flax, layer for layer as `keras.applications` builds them, with Keras'
-layer names, so that cutting, freezing and weight loading address the names a Keras user knows:
+layer names. Cutting, freezing and weight loading address the names a Keras user knows:
 
 | name | network | Keras' input minimum | preprocessing |
 |---|---|---|---|
