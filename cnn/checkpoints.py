@@ -19,7 +19,7 @@ from cnn.disk import DiskFull, check_room, out_of_space
 
 TIE_BREAK = 1e-12  # far below the gap between two distinct float32 scores
 HEADROOM = 1.25  # the bytes of a checkpoint's arrays, times this: room for orbax's index and metadata
-KEPT = "run the same command again to resume; the earlier checkpoints are kept"
+RESUME_HINT = "run the same command again to resume; the earlier checkpoints are kept"
 
 
 def _score(metrics: dict[str, float]) -> float:
@@ -67,7 +67,7 @@ class Checkpoints:
         )
         args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         needed = int(HEADROOM * sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))) + 2**16
-        check_room(self.directory.parent, needed, "the checkpoint", KEPT)
+        check_room(self.directory.parent, needed, "the checkpoint", RESUME_HINT)
         # Ties (common for accuracy) go to the earlier epoch, as in early stopping: without this, orbax
         # could keep a later epoch of the same score and delete the one early stopping calls the best.
         with _no_space_as_diskfull(self.directory):
@@ -122,5 +122,5 @@ def _no_space_as_diskfull(directory: Path) -> Iterator[None]:
         yield
     except (OSError, ValueError, RuntimeError) as e:
         if out_of_space(e):
-            raise DiskFull(f"no space to save the checkpoint in {directory}: {KEPT}") from None
+            raise DiskFull(f"no space to save the checkpoint in {directory}: {RESUME_HINT}") from None
         raise

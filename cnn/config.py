@@ -133,7 +133,7 @@ def _check_numbers(c: TrainConfig) -> None:
     )
     _check(c, "image_size", size_ok, "None or two integers >= 1 (H W)")
     _check(c, "channels", c.channels in (None, 1, 3), "None, 1 or 3")
-    _check(c, "head", c.head in HEADS, f"one of {HEADS}")
+    _check(c, "head", c.head in OUTPUT_HEADS, f"one of {OUTPUT_HEADS}")
     _check(c, "data_placement", c.data_placement in PLACEMENTS, f"one of {PLACEMENTS}")
     _check(c, "model", isinstance(c.model, str) and bool(c.model), "a model name (python -m cnn summary)")
 
@@ -148,7 +148,7 @@ def _is_number(v: Any) -> bool:
 
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "rmsprop")
-HEADS = ("softmax", "sigmoid")
+OUTPUT_HEADS = ("softmax", "sigmoid")  # the classifier's last layer: one unit per class, or one sigmoid unit
 PLACEMENTS = ("auto", "device", "host")
 # What early stopping and the best checkpoint follow: the lowest validation loss (Keras' default) or the
 # highest validation accuracy (better for a long cosine schedule, where the loss rises while accuracy climbs).

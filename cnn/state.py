@@ -122,11 +122,13 @@ def create_train_state(
     """Initialises the model's variables on a dummy batch of `input_shape` images (one compiled program per
     model and shape) and pairs them with `tx`; `precision` 'bfloat16' computes in bfloat16 (the parameters
     and optimizer state stay float32); `micro_batch` as in `micro_batch_size`."""
-    variables = _init(model, tuple(input_shape))(rng)
-    return TrainState.create(
+    variables, opt_state = _init(model, tx, tuple(input_shape))(rng)
+    return TrainState(
+        step=0,
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
+        opt_state=opt_state,
         batch_stats=variables.get("batch_stats"),
         input_shape=tuple(input_shape),
         compute_dtype=precision,
@@ -135,8 +137,15 @@ def create_train_state(
 
 
 @functools.cache
-def _init(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
-    return jax.jit(lambda rng: dict(model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)))
+def _init(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...]) -> Any:
+    """The model's variables and the optimizer's state, as one compiled program (per model, optimizer and
+    shape; the optimizer's zeros would otherwise be one small program per parameter shape)."""
+
+    def init(rng: jax.Array) -> tuple[dict[str, Any], Any]:
+        variables = dict(model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False))
+        return variables, tx.init(variables["params"])
+
+    return jax.jit(init)
 
 
 def run_keys(config: TrainConfig) -> dict[str, jax.Array]:

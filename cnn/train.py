@@ -33,7 +33,7 @@ from cnn.evaluation import mean_metrics, metric_sums
 from cnn.members import Members
 from cnn.parallel import batch_sharding, check_batch_size, is_parallel, replicate
 from cnn.placement import HostData, training_data
-from cnn.run_folder import prepare_workdir, workdir_lock
+from cnn.run_folder import check_workdir, prepare_workdir, workdir_lock
 from cnn.state import TrainState, initial_state, make_optimizer, run_keys, steps_per_epoch
 from cnn.steps import train_batches, train_chunk
 
@@ -175,8 +175,9 @@ def train_runs(
     start = costs.snapshot()
     with contextlib.ExitStack() as stack:
         for c, w in zip(configs, workdirs, strict=True):
+            check_workdir(w, c, overwrite)  # a run refused leaves its folder as it was (no lock file either)
             stack.enter_context(workdir_lock(w))  # one run per workdir; a second process is refused
-            prepare_workdir(w, c, splits.spec, overwrite)
+            prepare_workdir(w, c, splits.spec, overwrite)  # checked again under the lock: no race
         fresh = init_states or start_states(configs, splits, len(train))
         opened = [Run.open(c, w, s, members.count) for c, w, s in zip(configs, workdirs, fresh, strict=True)]
         runs = [run for _, run in opened]
@@ -222,7 +223,7 @@ def epoch_loop(state, runs, train, val, keys, members, mesh, on_epoch_end):
                 "train them one after another (--together sequential)"
             )
         print(f"Streaming the training images from the host ({data.images.nbytes / 2**20:,.0f} MiB)")
-    plan = EpochPlan.of(len(train), config, rolled_epoch(config, data))
+    plan = EpochPlan.of(len(train), config, rolled_epoch(config, data), isinstance(data, HostData))
     with stop_on_signals() as stop:
         while any(run.training for run in runs):
             epochs, active = [r.record.epoch + 1 for r in runs], [r.training for r in runs]
@@ -347,7 +348,8 @@ class EpochPlan:
         return steps_per_epoch(self.examples, self.batch_size)
 
     @classmethod
-    def of(cls, examples: int, config: TrainConfig, rolled: bool) -> EpochPlan:
+    def of(cls, examples: int, config: TrainConfig, rolled: bool, host: bool = False) -> EpochPlan:
+        """`host`: batches sent from the host, each call as many as it trains (no step left out)."""
         bs = config.batch_size
         full, rest = divmod(examples, bs)
         if rolled and full > 1:
@@ -355,6 +357,8 @@ class EpochPlan:
         else:
             chunk = max(1, min(config.steps_per_call, full))
             calls = [Call(i * bs, chunk, min(chunk, full - i), bs) for i in range(0, full, chunk)]
+            if host:
+                calls = [Call(c.start, c.active, c.active, bs) for c in calls]
         if rest:
             calls.append(Call(full * bs, 1, 1, rest))
         return cls(examples, bs, tuple(calls))

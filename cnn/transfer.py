@@ -25,7 +25,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from cnn import applications
 from cnn.config import TrainConfig
 from cnn.data import FASHION_MNIST, DataSpec, Split, Splits, describe_arrays
-from cnn.models import model_for
+from cnn.models import check_model_args, model_for
 from cnn.results import restore_run
 from cnn.state import TrainState, create_train_state, make_optimizer
 from cnn.summary import layer_rows
@@ -48,7 +48,9 @@ def transfer_config(
     model_args = {"base": base, "cut": cut, "head": list(head_units), "outputs": outputs}
     if base_args:
         model_args["base_args"] = base_args
-    return TrainConfig(model="transfer", model_args=model_args, **fields)
+    config = TrainConfig(model="transfer", model_args=model_args, **fields)
+    check_model_args(config)  # an unknown base or cut, before any work
+    return config
 
 
 def load_backbone(

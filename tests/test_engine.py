@@ -25,7 +25,14 @@ from cnn.sweep import Variant, run_sweep
 from cnn.train import TrainingDiverged, fit_seeds
 from tests.processes import ROOT, subprocess_env
 
-TIMING = ("train_seconds", "compile_seconds", "images_per_second", "group_images_per_second")
+TIMING = (
+    "train_seconds",
+    "compile_seconds",
+    "compilations",
+    "compile_cache_hits",
+    "images_per_second",
+    "group_images_per_second",
+)
 
 
 def test_a_diverging_vmapped_variant_is_stopped_named_and_recorded(tiny_splits, tmp_path):
@@ -59,20 +66,20 @@ def test_vmapped_seeds_honour_steps_per_call_and_time_compilation(tiny_splits, t
         assert c["compile_seconds"] > 0 and c["steps"] == p["steps"] == 8
         assert c["test_loss"] == pytest.approx(p["test_loss"], rel=1e-4)
     calls = []
-    original = cnn.train.stacked_train_steps
+    original = cnn.train.run_call
 
-    def counting(*args, steps, **kwargs):
-        calls.append(steps)
-        return original(*args, steps=steps, **kwargs)
+    def counting(state, data, order, rng, live, call, members, mesh):
+        calls.append((call.steps, members.count))
+        return original(state, data, order, rng, live, call, members, mesh)
 
-    cnn.train.stacked_train_steps = counting
+    cnn.train.run_call = counting
     try:
         fit_seeds(
             TrainConfig(**{**config.to_dict(), "steps_per_call": 4}), [0, 1], tiny_splits, tmp_path / "n"
         )
     finally:
-        cnn.train.stacked_train_steps = original
-    assert calls == [4, 4]  # 4 steps an epoch in one call, two epochs
+        cnn.train.run_call = original
+    assert calls == [(4, 2), (4, 2)]  # 4 steps an epoch in one call for both seeds, two epochs
 
 
 SWEEP = ["--grid", "lr=[0.001]", "--seeds", "2", "--together", "vmap", "--base"]
@@ -157,12 +164,12 @@ def test_an_xla_failure_mid_run_is_reported_with_its_epoch_and_its_own_exit_code
 ):
     original = cnn.train.train_epoch
 
-    def out_of_memory_in_epoch_2(state, data, config, epoch, *args, **kwargs):
-        if max(epoch) == 2:
+    def out_of_memory_in_epoch_2(state, data, config, plan, epochs, *args):
+        if max(epochs) == 2:
             raise jax.errors.JaxRuntimeError(
                 "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.9GiB"
             )
-        return original(state, data, config, epoch, *args, **kwargs)
+        return original(state, data, config, plan, epochs, *args)
 
     monkeypatch.setattr(cnn.train, "train_epoch", out_of_memory_in_epoch_2)
     argv = ["train", "--epochs", "3", "--limit-train", "64", "--source-dir", str(idx_dir)]
@@ -245,10 +252,11 @@ def test_an_epoch_as_one_rolled_call_gives_the_chunked_history(tiny_splits, tmp_
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tiny_splits, tmp_path):
+    from cnn.data import FASHION_MNIST
     from cnn.state import apply_model, initial_state
 
     config = TrainConfig(epochs=2, limit_train=128, precision="bfloat16", model="vgg_bn")
-    state = initial_state(config)
+    state = initial_state(config, FASHION_MNIST)
     images = tiny_splits.test.images[:16]
     jaxpr = str(jax.make_jaxpr(lambda s: apply_model(s, images, train=False))(state))
     convolutions = [line for line in jaxpr.splitlines() if "conv_general_dilated" in line]

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnn.cli import main
+from cnn.datasets import LOADED
 from cnn.run_folder import LOCK_FILE, WorkdirBusy, WorkdirError, clear_run, exclusive_file_lock, workdir_lock
 from tests.processes import ROOT, subprocess_env
 
@@ -24,6 +25,8 @@ TINY = ["--epochs", "1", "--limit-train", "64", "--batch-size", "32"]
 
 
 def train(idx_dir: Path, tmp_path: Path, workdir: Path, *flags: str) -> int:
+    """`python -m cnn train` on the tiny data, as a new command: the data sets of earlier calls forgotten."""
+    LOADED.clear()
     args = ["train", "--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds"), *TINY, *flags]
     return main([*args, "--workdir", str(workdir)])
 
@@ -262,7 +265,9 @@ def test_a_damaged_prepared_data_set_names_its_folder_and_the_fix(idx_dir, tmp_p
     assert train(idx_dir, tmp_path, tmp_path / "other") == 0  # prepared afresh
     record = next(folder.glob("*train.array_record*"))
     record.write_bytes(record.read_bytes()[:2000])
-    assert train(idx_dir, tmp_path, tmp_path / "third") == 2
+    assert train(idx_dir, tmp_path, tmp_path / "third") == 0  # the whole arrays read back, not the records
+    (folder / "arrays.npz").write_bytes(b"damaged too")
+    assert train(idx_dir, tmp_path, tmp_path / "fourth") == 2
     err = one_line_error(capsys)
     assert f"the prepared data set in {folder} is damaged" in err and "delete" in err
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cnn import TrainConfig, fit
 from cnn.checkpoints import Checkpoints
 from cnn.cli import main
-from cnn.data import Split, Splits
+from cnn.data import FASHION_MNIST, Split, Splits
 from cnn.evaluation import InputError, check_images, check_labels, evaluate, predict
 from cnn.models.convnet import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
 from cnn.state import initial_state, run_keys
@@ -27,7 +27,7 @@ from cnn.train import TrainingDiverged
 from tests.processes import ROOT, run_process, subprocess_env, train_command
 
 # Timing fields differ between any two runs; every other number of results.json must be identical.
-TIMING = {"train_seconds", "compile_seconds", "images_per_second"}
+TIMING = {"train_seconds", "compile_seconds", "compilations", "compile_cache_hits", "images_per_second"}
 SMALL = [
     "--epochs",
     "3",
@@ -71,13 +71,13 @@ atomicity.AtomicRenameTemporaryPath.finalize = finalize
 """
 KILL_BEFORE_HISTORY = """
 import os, signal
-import cnn.train
-_write = cnn.train.write_json
+import cnn.run_folder
+_write = cnn.run_folder.write_json
 def write_json(path, value):
     if path.name == "history.json" and len(value) == {epoch}:  # checkpoint saved, history not yet written
         os.kill(os.getpid(), signal.SIGKILL)
     return _write(path, value)
-cnn.train.write_json = write_json
+cnn.run_folder.write_json = write_json
 """
 
 
@@ -234,7 +234,7 @@ def test_nan_in_training_stops_naming_epoch_and_step_and_keeps_checkpoints(tiny_
         tiny_splits.test,
     )
     fit(TrainConfig(**{**config.to_dict(), "epochs": 2}), clean, tmp_path)
-    poisoned = clean.train.images.copy()
+    poisoned = clean.train.images.astype(np.float32) / np.float32(255)  # floats, to hold a NaN
     poisoned[17] = np.nan
     # The step of epoch 3 whose batch holds image 17: the same shuffle the fit loop draws.
     order = np.asarray(jax.random.permutation(jax.random.fold_in(run_keys(config)["shuffle"], 3), 320))
@@ -299,15 +299,18 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(idx_dir, prepared, tmp_p
     assert not workdir.exists()
 
 
-def test_a_workdir_with_another_run_is_refused_before_loading_data(tmp_path, capsys, monkeypatch):
-    import cnn.data
+def test_a_workdir_with_another_run_is_refused_before_training_touching_nothing(
+    idx_dir, prepared, tmp_path, capsys, monkeypatch
+):
+    import cnn.train
 
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps({"config": TrainConfig(lr=0.01).to_dict()}))
     before = sorted(p.name for p in workdir.iterdir())
-    monkeypatch.setattr(cnn.data, "load_fashion_mnist", lambda **k: pytest.fail("data loaded"))
-    assert main(["train", "--workdir", str(workdir)]) == 2
+    monkeypatch.setattr(cnn.train, "epoch_loop", lambda *a: pytest.fail("trained"))
+    argv = ["train", "--workdir", str(workdir), "--source-dir", str(idx_dir), "--data-dir", str(prepared)]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "lr: 0.01 -> 0.001" in err and "--overwrite" in err
     assert sorted(p.name for p in workdir.iterdir()) == before
@@ -316,7 +319,7 @@ def test_a_workdir_with_another_run_is_refused_before_loading_data(tmp_path, cap
 # ----------------------------------------------------------------------------- predict and evaluate
 @pytest.fixture(scope="module")
 def state():
-    return initial_state(TrainConfig())
+    return initial_state(TrainConfig(), FASHION_MNIST)
 
 
 GOOD = np.full((3, 28, 28, 1), 0.5, np.float32)
@@ -397,10 +400,10 @@ def test_fuzz_image_checks_accept_exactly_the_valid_inputs(shape, dtype, low, sp
         )
     )
     if valid:
-        assert check_images(images) is not None
+        assert check_images(images, (28, 28, 1)) is not None
     else:
         with pytest.raises(InputError):
-            check_images(images)
+            check_images(images, (28, 28, 1))
 
 
 @settings(max_examples=40, deadline=None)
@@ -438,9 +441,9 @@ def test_fuzz_architecture_validator_agrees_with_the_real_network(blocks, head):
     except ArchitectureError as e:
         assert str(e).startswith("block ")  # names the block
         with pytest.raises(ValueError, match="block"):
-            convnet(blocks=blocks, head=head, dense=(4,))
+            convnet(blocks=blocks, head=head, dense=(4,), input_shape=(28, 28, 1))
         return
-    model: ConvNet = convnet(blocks=blocks, head=head, dense=(4,))
+    model: ConvNet = convnet(blocks=blocks, head=head, dense=(4,), input_shape=(28, 28, 1))
     x = np.zeros((2, 28, 28, 1), np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
     _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])

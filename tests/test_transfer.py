@@ -13,6 +13,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from cnn import TrainConfig, build_model, fit
+from cnn.data import DataSpec
 from cnn.results import restore_run
 from cnn.run_folder import RunNotFoundError
 from cnn.transfer import (
@@ -33,6 +34,10 @@ def pretrained(tiny_splits, tmp_path_factory):
     return workdir
 
 
+def _spec(classes: int) -> DataSpec:
+    return DataSpec("task", (28, 28, 1), [f"c{i}" for i in range(classes)])
+
+
 def _leaves(tree):
     return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(tree)).items()}
 
@@ -40,7 +45,7 @@ def _leaves(tree):
 def test_head_only_training_leaves_the_backbone_bit_for_bit(pretrained, tiny_splits, tmp_path):
     backbone = load_backbone(pretrained)
     config = transfer_config("convnet", "block2_pool", 10, base_args=BN_ARGS, epochs=2, batch_size=32)
-    state, _ = transfer_state(config, backbone, freeze="backbone")
+    state, _ = transfer_state(config, tiny_splits.spec, backbone, freeze="backbone")
     head_before = _leaves({k: v for k, v in state.params.items() if k != "base"})
     fit(config, tiny_splits, tmp_path, init_state=state)
     _, trained, _ = restore_run(tmp_path)
@@ -55,7 +60,7 @@ def test_head_only_training_leaves_the_backbone_bit_for_bit(pretrained, tiny_spl
 def test_fine_tuning_trains_the_top_block_only(pretrained, tiny_splits, tmp_path):
     backbone = load_backbone(pretrained)
     config = transfer_config("convnet", "block2_pool", 10, base_args=BN_ARGS, epochs=1, batch_size=32)
-    state, labels = transfer_state(config, backbone, freeze="backbone_except_top")
+    state, labels = transfer_state(config, tiny_splits.spec, backbone, freeze="backbone_except_top")
     assert {k: v["kernel"] for k, v in labels["base"].items() if "conv" in k} == {
         "block1_conv": "frozen",
         "block2_conv": "finetune",
@@ -69,7 +74,7 @@ def test_fine_tuning_trains_the_top_block_only(pretrained, tiny_splits, tmp_path
 
 def test_parameter_counts_for_a_known_cut():
     config = transfer_config("seed_cnn", "pool2", 2, head_units=(64,))
-    state, labels = transfer_state(config, None, freeze="backbone")
+    state, labels = transfer_state(config, _spec(2), None, freeze="backbone")
     backbone = (3 * 3 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64)
     head = (7 * 7 * 64 * 64 + 64) + (64 * 2 + 2)
     counts = parameter_counts(state.params, labels, state.batch_stats)
@@ -79,7 +84,7 @@ def test_parameter_counts_for_a_known_cut():
         f"Trainable params: {head:,}",
         f"Non-trainable params: {backbone:,}",
     ]
-    _, scratch = transfer_state(config, None, freeze="none")
+    _, scratch = transfer_state(config, _spec(2), None, freeze="none")
     assert parameter_counts(state.params, scratch)["non_trainable"] == 0
 
 
@@ -89,7 +94,7 @@ def test_user_supplied_orbax_checkpoint(tmp_path):
     checkpointer.save((tmp_path / "flax-weights").absolute(), variables)
     checkpointer.wait_until_finished()
     backbone = load_backbone(tmp_path / "flax-weights")
-    state, _ = transfer_state(transfer_config("seed_cnn", "conv2", 3), backbone)
+    state, _ = transfer_state(transfer_config("seed_cnn", "conv2", 3), _spec(3), backbone)
     np.testing.assert_array_equal(
         state.params["base"]["conv2"]["kernel"], variables["params"]["conv2"]["kernel"]
     )
@@ -101,7 +106,7 @@ def test_wrong_architecture_lists_the_mismatched_paths(tmp_path):
     checkpointer.save((tmp_path / "other").absolute(), variables)
     checkpointer.wait_until_finished()
     with pytest.raises(ValueError) as e:
-        transfer_state(transfer_config("seed_cnn", "pool2", 2), load_backbone(tmp_path / "other"))
+        transfer_state(transfer_config("seed_cnn", "pool2", 2), _spec(2), load_backbone(tmp_path / "other"))
     message = str(e.value)
     assert "do not match the backbone" in message
     assert "conv1/kernel: checkpoint has (3, 3, 1, 64), the model needs (3, 3, 1, 32)" in message
@@ -116,7 +121,7 @@ def test_missing_checkpoint_and_unknown_cut(tmp_path):
     ):
         transfer_config("seed_cnn", "block9", 2)
     with pytest.raises(ValueError, match="freeze: expected one of"):
-        transfer_state(transfer_config("seed_cnn", "pool2", 2), None, freeze="half")
+        transfer_state(transfer_config("seed_cnn", "pool2", 2), _spec(2), None, freeze="half")
 
 
 def test_tiny_few_shot_experiment(idx_dir, tmp_path, monkeypatch):
@@ -159,3 +164,18 @@ def test_a_cut_backbone_counts_the_macs_of_the_layers_it_runs():
     backbone = layer_rows(build_model("transfer"))[0]  # the seed CNN cut at pool2
     assert backbone.macs == seed["conv1"] + seed["conv2"] > 0  # no dense layer of the base: they never run
     assert "MACs per image (forward): 4,039,808" in model_summary("transfer")
+
+
+def test_the_heads_outputs_must_fit_the_data():
+    with pytest.raises(ValueError, match="the transfer head has 2 outputs, but the data .* needs 3"):
+        transfer_state(transfer_config("seed_cnn", "pool2", 2), _spec(3), None)
+
+
+def test_a_cut_network_takes_train_as_every_model_does():
+    from cnn.applications import build
+
+    model, variables = build("mobilenet_v2", input_shape=(32, 32, 3), cut="block_2_add")
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    assert model.apply(variables, x, train=False).shape == model.apply(variables, x).shape
+    out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])  # batch norm trains
+    assert out.shape[0] == 2 and "batch_stats" in updates

@@ -51,6 +51,11 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
             f"no space to prepare the data set {builder.name} in {Path(builder.data_dir).parent} ({e}): free "
             "some space, or give another --data-dir, and run again"
         ) from None
+    if not builder.is_prepared():  # tfds leaves a folder it finds half there as it is
+        raise DataError(
+            f"the prepared data set in {builder.data_dir} is incomplete (no dataset_info.json); delete "
+            f"{builder.data_dir} and run again to prepare it afresh"
+        )
 
 
 def read_records(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from cnn.layers import (
 )
 
 DOWNSAMPLE = ("max", "avg", "none", "strided_conv", "depthwise_max", "depthwise_avg")
-HEADS = ("flatten_dense", "global_avg")
+CONVNET_HEADS = ("flatten_dense", "global_avg")  # what follows the conv blocks
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,8 @@ class ConvNet(nn.Module):
 def validate_convnet(model: ConvNet, input_shape: tuple[int, int, int] | None = None) -> None:
     """Checks a `ConvNet`'s configuration and, given an `input_shape`, its shapes, before anything is
     compiled."""
-    if model.head not in HEADS:
-        raise ArchitectureError(f"head: {model.head!r} is not one of {HEADS}")
+    if model.head not in CONVNET_HEADS:
+        raise ArchitectureError(f"head: {model.head!r} is not one of {CONVNET_HEADS}")
     if not 0 <= model.dropout_rate < 1:
         raise ArchitectureError(f"dropout_rate: {model.dropout_rate} is not in [0, 1)")
     if not model.blocks:
