@@ -244,36 +244,6 @@ def test_sigmoid_head_needs_two_classes():
         model_for(TrainConfig(head="sigmoid"), _synthetic((16, 16, 1), 3).spec)
 
 
-# Recorded with the code before data sets were generalised (commit 662f4aa), on the tiny data of conftest:
-# (loss, accuracy, val_loss, val_accuracy) per epoch. The default path must still give these numbers.
-RECORDED = {
-    "seed_cnn": [
-        [1.359829664, 0.691666667, 0.075729065, 1.0],
-        [0.049663257, 0.991666667, 0.00010105, 1.0],
-        [0.007778993, 0.997916667, 2.9111e-05, 1.0],
-    ],
-    "vgg_bn": [
-        [2.088469267, 0.291666667, 2.390907288, 0.091666669],
-        [1.638846993, 0.466666667, 2.662878513, 0.091666669],
-    ],
-}
-RECORDED_CONFIGS = {
-    "seed_cnn": dict(epochs=3, patience=5),
-    "vgg_bn": dict(model="vgg_bn", epochs=2, patience=5, batch_size=64, schedule="cosine", weight_decay=1e-4),
-}
-
-
-@pytest.mark.parametrize("model", sorted(RECORDED))
-def test_fashion_mnist_default_path_gives_the_recorded_history(idx_dir, tmp_path, model):
-    config = TrainConfig(**RECORDED_CONFIGS[model])
-    splits = load_dataset(config, data_dir=tmp_path / "tfds", source_dir=idx_dir)  # uint8, as the CLI loads
-    assert splits.train.images.dtype == np.uint8
-    fit(config, splits, tmp_path / "run")
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
-    got = [[e[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")] for e in history]
-    np.testing.assert_allclose(got, RECORDED[model], rtol=1e-5, atol=1e-7)
-
-
 def test_a_model_is_checked_against_the_data_description_when_it_is_built():
     faces = DataSpec("lfw_faces", (25, 25, 1), ("face", "not_face"))
     with pytest.raises(ValueError, match="at least 32×32, got 25×25"):
