@@ -22,6 +22,7 @@ from typing import Any
 
 from cnn.config import TrainConfig
 from cnn.data import Splits
+from cnn.models import check_model_args
 from cnn.sweep import check_field, resolve, set_field
 from cnn.train import fit
 
@@ -107,9 +108,11 @@ def trial_config(base: dict[str, Any], values: dict[str, Any]) -> TrainConfig:
     for path, value in values.items():
         fields = set_field(fields, path, value)
     try:
-        return TrainConfig(**fields)
+        config = TrainConfig(**fields)
+        check_model_args(config)
     except (ValueError, TypeError) as e:
         raise TuneError(str(e)) from None
+    return config
 
 
 def check_search(base: dict[str, Any], dims: list[Dimension]) -> None:

@@ -13,9 +13,17 @@ import pytest
 
 from cnn import TrainConfig, applications
 from cnn.applications import WeightsError, build, imagenet_file, preprocess_input
+from cnn.data import DataSpec
 from cnn.models import build_model, model_summary
 from cnn.summary import layer_rows, totals
-from cnn.transfer import format_counts, load_backbone, parameter_counts, transfer_config, transfer_state
+from cnn.transfer import (
+    SOURCES_DATA,
+    format_counts,
+    load_backbone,
+    parameter_counts,
+    transfer_config,
+    transfer_state,
+)
 from tests.keras_files import KERAS_BUILDERS, keras_model, write_keras2_h5
 
 keras = pytest.importorskip("keras")
@@ -117,9 +125,9 @@ def test_parameter_counts_equal_keras(name, include_top):
 def test_the_sources_inception_v3_transfer_model_counts():
     config = transfer_config(
         "inception_v3", "mixed7", 10, head_units=[64], base_args={"include_top": False},
-        input_shape=(75, 75, 3), num_classes=10, optimizer="rmsprop", lr=5e-4,
+        optimizer="rmsprop", lr=5e-4,
     )  # fmt: skip
-    state, labels = transfer_state(config, None, freeze="backbone")
+    state, labels = transfer_state(config, SOURCES_DATA, None, freeze="backbone")
     counts = parameter_counts(state.params, labels, state.batch_stats)
     assert counts == {"trainable": 443_082, "non_trainable": 8_975_264}
     assert "Total params: 9,418,346" in format_counts(counts)
@@ -222,10 +230,9 @@ def test_zoo_registry_summary_and_a_backbone_from_a_keras_file(oracle):
             "head": [],
             "base_args": {"include_top": False},
         },
-        input_shape=(32, 32, 3),
-        num_classes=3,
     )
-    state, _ = transfer_state(config, backbone, freeze="backbone")
+    colour = DataSpec("three", (32, 32, 3), ("a", "b", "c"))
+    state, _ = transfer_state(config, colour, backbone, freeze="backbone")
     assert state.input_shape == (32, 32, 3)  # what evaluate and predict check images against
     kernel = state.params["base"]["conv1_conv"]["kernel"]
     np.testing.assert_allclose(kernel, o["model"].get_layer("conv1_conv").kernel.numpy(), rtol=1e-6)

@@ -71,9 +71,11 @@ jax.config.update("jax_enable_x64", True)  # only for the float64 reference; the
 import jax.numpy as jnp, numpy as np, optax
 from cnn import TrainConfig
 from cnn.parallel import batch_sharding, data_mesh, replicate
+from cnn.data import FASHION_MNIST
 from cnn.state import initial_state, model_variables
 
-state = initial_state(TrainConfig(model="vgg_bn", model_args={"augment": False, "dropout_rate": 0.0}))
+config = TrainConfig(model="vgg_bn", model_args={"augment": False, "dropout_rate": 0.0})
+state = initial_state(config, FASHION_MNIST)
 rng = np.random.default_rng(0)
 batch = {"image": rng.random((32, 28, 28, 1)).astype(np.float32), "label": rng.integers(0, 10, 32)}
 
@@ -154,7 +156,10 @@ def test_two_processes_end_with_the_parameters_of_one(idx_dir, prepared, tmp_pat
     _, one, _ = restore_run(tmp_path / "single", epoch=2)
     _, two, _ = restore_run(tmp_path / "group", epoch=2)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+        # float rounding of the gradients summed over two processes, after 20 steps; it depends on the CPU
+        # (on an AMD EPYC without AVX-512, 22 of conv2's 18,432 weights differ by up to 7.1e-5, at 87cde3a
+        # as now)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-4)
     assert json.loads((tmp_path / "group" / "history.json").read_text())[-1]["loss"] == pytest.approx(
         json.loads((tmp_path / "single" / "history.json").read_text())[-1]["loss"], rel=1e-4
     )
