@@ -25,11 +25,12 @@ from cnn.data import FASHION_MNIST
 from cnn.members import Members
 from cnn.models import model_for
 from cnn.run_folder import run_metadata
-from cnn.state import create_train_state, initial_state, make_optimizer
+from cnn.state import initial_state
 from cnn.steps import eval_sums, train_chunk
 from cnn.summary import layer_rows, totals
+from cnn.together import MODES, images_per_second
 
-SCHEMA_VERSION = 2  # 2: several named peers (`peers`, `ratios`), the matmul peak
+SCHEMA_VERSION = 3  # 2: several named peers (`peers`, `ratios`), the matmul peak; 3: seeds as matmul
 
 
 class PeerError(ValueError):
@@ -275,14 +276,17 @@ def format_row(
 
 
 SEEDS_HEADER = (
-    "| model | batch | seeds | sequential img/s | vmapped img/s | speed-up |\n|---|---|---|---|---|---|"
+    "| model | batch | seeds | sequential img/s | vmapped img/s | speed-up | vmapped, convolutions as matmul "
+    "img/s | speed-up |\n|---|---|---|---|---|---|---|---|"
 )
 
 
 def format_seeds_row(r: dict[str, Any]) -> str:
+    matmul = r.get("vmapped_matmul_images_per_second")  # reports before schema 3 have none
     return (
         f"| `{r['model']}` | {r['batch_size']} | {r['seeds']} | {r['sequential_images_per_second']:,.0f} | "
-        f"{r['vmapped_images_per_second']:,.0f} | {r['speedup']:.2f} |"
+        f"{r['vmapped_images_per_second']:,.0f} | {r['speedup']:.2f} | "
+        + (f"{matmul:,.0f} | {r['matmul_speedup']:.2f} |" if matmul else "– | – |")
     )
 
 
@@ -305,63 +309,26 @@ def measure_seeds(
     windows: int = 3,
     data_size: int = 48_000,
 ) -> dict[str, Any]:
-    """Training images/s of `seeds` runs trained together (`cnn.members.Members`: the train step under
-    `jax.vmap`) against the same runs one after another, after compilation; medians of `windows`
-    windows."""
-    runners = _seed_runners(model, batch_size, seeds, data_size)
-    for run in runners.values():
-        run(10, 0)  # compile and warm up
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for w in range(windows):
-        for name, run in runners.items():
-            t = time.perf_counter()
-            run(steps, w * steps)
-            rates[name].append(seeds * steps * batch_size / (time.perf_counter() - t))
-    seq, vm = statistics.median(rates["sequential"]), statistics.median(rates["vmapped"])
+    """Training images/s of `seeds` runs trained together (vmapped, the convolutions grouped or as batched
+    matrix products) and one after another (see `cnn.together`), after compilation; medians of `windows`
+    windows of `steps` steps (`data_size` is not used: the steps cycle over `steps` batches)."""
+    config = TrainConfig(model=model, batch_size=batch_size)
+    rates = {
+        mode: [images_per_second(config, FASHION_MNIST, seeds, mode, steps) for _ in range(windows)]
+        for mode in MODES
+    }
+    seq, vm, mm = (statistics.median(rates[m]) for m in ("sequential", "vmap", "vmap_matmul"))
     return {
         "model": model,
         "batch_size": batch_size,
         "seeds": seeds,
         "sequential_images_per_second": seq,
         "vmapped_images_per_second": vm,
+        "vmapped_matmul_images_per_second": mm,
         "speedup": vm / seq,
+        "matmul_speedup": mm / seq,
         "windows": rates,
     }
-
-
-def _seed_runners(model: str, batch_size: int, seeds: int, data_size: int) -> dict[str, Any]:
-    """Two ways to train `seeds` runs `count` steps from step `offset`: one after another, and together."""
-    config = TrainConfig(model=model, batch_size=batch_size)
-    images, labels = _synthetic(data_size)
-    tx, net = make_optimizer(config), model_for(config, FASHION_MNIST)
-    states = [create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)]
-    group = Members(seeds)
-    stacked = [group.stack([create_train_state(net, tx, jax.random.PRNGKey(s)) for s in range(seeds)])]
-    orders = [jax.random.permutation(jax.random.PRNGKey(100 + s), data_size) for s in range(seeds)]
-    rngs = [jax.random.PRNGKey(200 + s) for s in range(seeds)]
-    stacked_orders, stacked_rngs, live = jnp.stack(orders), jnp.stack(rngs), np.ones(seeds, bool)
-    per_epoch = data_size // batch_size
-    one, many = _chunk_program(Members(1)), _chunk_program(group)
-
-    def sequential(count: int, offset: int) -> None:
-        for s in range(seeds):
-            for i in range(count):
-                start = ((offset + i) % per_epoch) * batch_size
-                states[s], m = one(
-                    states[s], images, labels, orders[s], start, rngs[s], 1, batch_size=batch_size, steps=1
-                )
-        jax.block_until_ready(m)
-
-    def together(count: int, offset: int) -> None:
-        for i in range(count):
-            start = ((offset + i) % per_epoch) * batch_size
-            stacked[0], m = many(
-                stacked[0], images, labels, stacked_orders, start, stacked_rngs, 1, live=live,
-                batch_size=batch_size, steps=1,
-            )  # fmt: skip
-        jax.block_until_ready(m)
-
-    return {"sequential": sequential, "vmapped": together}
 
 
 # ------------------------------------------------------------------------------------------- overhead

@@ -1,8 +1,9 @@
 """How several runs of one program (the seeds of a sweep's variant) train fastest on this machine: together
 as one vmapped program, their convolutions as XLA's grouped convolution (`vmap`) or as the input's patches
 times each run's kernel (`vmap_matmul`), or one after another (`sequential`). Measured, not assumed: a few
-steps of each after compiling, once per device, network, input, batch size and number of runs, and
-remembered beside the compilation cache (`~/.cache/cnn/jax-together.json`)."""
+steps of each after compiling, once per device, input shape, batch size and number of runs (with the
+network that first asks: measuring costs three compilations, so the networks of one sweep share the answer),
+and remembered beside the compilation cache (`~/.cache/cnn/jax-together.json`)."""
 
 from __future__ import annotations
 
@@ -74,10 +75,9 @@ def images_per_second(config: TrainConfig, spec: DataSpec, runs: int, mode: str,
 
 def _key(config: TrainConfig, spec: DataSpec, runs: int) -> str:
     device = jax.devices()[0]
-    model = json.dumps([config.model, config.model_args, config.head, config.precision], sort_keys=True)
     shape = "x".join(map(str, spec.image_shape))
     where = f"{device.platform}:{device.device_kind}|jax {jax.__version__}"
-    return f"{where}|{model}|{shape}|{spec.num_classes}|bs {config.batch_size}|{runs} runs"
+    return f"{where}|{shape}|{config.precision}|bs {config.batch_size}|{runs} runs"
 
 
 def _file() -> Path | None:

@@ -181,6 +181,8 @@ def test_the_measurement_is_made_once_per_machine_and_network(monkeypatch, tmp_p
     assert together.choose(config, FASHION_MNIST, 5)[0] == "vmap" and len(calls) == 3  # remembered
     together.choose(config, FASHION_MNIST, 6)
     assert len(calls) == 6  # another number of runs: measured again
+    together.choose(TrainConfig(model="seed_cnn", batch_size=48), FASHION_MNIST, 6)
+    assert len(calls) == 6  # another network of the same input and batch: the answer is shared
 
 
 def test_the_three_ways_of_training_runs_together_are_measured(tiny_splits):
