@@ -143,8 +143,10 @@ def _sweep_parser(sub: Any) -> None:
     sweep.add_argument(
         "--together",
         default="auto",
-        choices=["auto", "vmap", "sequential"],
-        help="seeds in one vmapped program or one after another (auto: vmap except on the CPU)",
+        choices=["auto", "vmap", "vmap_matmul", "sequential"],
+        help="the seeds of a variant (and variants differing only in lr or weight decay) as one vmapped "
+        "program (its convolutions grouped, or as batched matmuls), or one after another (auto: the "
+        "fastest measured)",
     )
     sweep.add_argument("--out", type=Path, required=True)
     add_config_flags(sweep.add_argument_group("the data set of every run"), only=DATA_FIELDS)
@@ -173,7 +175,7 @@ def _experiments_parser(sub: Any) -> None:
     experiments.add_argument(
         "--limit-train", type=int, metavar="N", help="each script's --limit-train", **given
     )
-    experiments.add_argument("--together", choices=["auto", "vmap", "sequential"], **given)
+    experiments.add_argument("--together", choices=["auto", "vmap", "vmap_matmul", "sequential"], **given)
     experiments.add_argument("--data-dir", help="tfds data dir", **given)
     experiments.add_argument("--source-dir", help="folder with the Fashion-MNIST IDX files", **given)
     add_config_flags(experiments.add_argument_group("the data set"), only=DATA_FIELDS)

@@ -419,7 +419,8 @@ def experiment_parser(
         "--together",
         default="auto",
         choices=TOGETHER,
-        help="seeds in one vmapped program, or one after another (auto: fastest measured)",
+        help="seeds in one vmapped program (its convolutions grouped, or as batched matmuls), or one after "
+        "another (auto: the fastest measured)",
     )
     return parser
 
