@@ -1,17 +1,34 @@
-"""The experiment scripts of `experiments/` run in one process (`python -m cnn experiments [NAMES]`), so that
+"""What every experiment script of `experiments/` shares (its flags, the runner, per-seed curves), and the
+scripts run in one process (`python -m cnn experiments [NAMES]`), so that
 they share what costs more than their training: the data set is read once, and every network they have in
 common compiles once (the padding, stride and pooling baselines are one network). Each script still runs
 alone (`python experiments/padding.py`); both write the same tables."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 from cnn import costs
+from cnn.config import DATA_FIELDS, add_config_flags
+from cnn.data import Splits
+from cnn.sweep import (
+    TOGETHER,
+    SweepError,
+    Variant,
+    data_fields,
+    markdown_table,
+    resolve,
+    run_sweep,
+    sweep_data,
+)
 
 FOLDER = Path(__file__).resolve().parent.parent / "experiments"
 # The comparisons of padding, stride and pooling with their baselines: what `make experiments` runs.
@@ -61,3 +78,75 @@ def run_experiments(names: Sequence[str], argv: Sequence[str] = (), out: Path | 
             flush=True,
         )
     return report
+
+
+# ------------------------------------------------------------------------------------ what scripts share
+def experiment_parser(
+    description: str, epochs: int = 10, seeds: int = 3, limit_train: int | None = None
+) -> argparse.ArgumentParser:
+    """The flags every experiment script shares."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--epochs", type=int, default=epochs, help="most epochs (early stopping may end sooner)"
+    )
+    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1")
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=limit_train,
+        metavar="N",
+        help="use only N training images (default: all 48,000)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: experiments/results/NAME")
+    add_config_flags(parser.add_argument_group("the data set"), only=DATA_FIELDS)
+    parser.add_argument("--data-dir", default=None, help="tfds data dir")
+    parser.add_argument("--source-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument(
+        "--together",
+        default="auto",
+        choices=TOGETHER,
+        help="seeds in one vmapped program (its convolutions grouped, or as batched matmuls), or one after "
+        "another (auto: the fastest measured)",
+    )
+    return parser
+
+
+def run_experiment(
+    name: str, variants: Sequence[Variant], args: argparse.Namespace, base: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], Splits, Path]:
+    """Runs an experiment's variants with its flags; returns the table rows, the data and the output dir."""
+    if args.seeds < 1:
+        raise SweepError(f"seeds: expected at least 1, got {args.seeds}")
+    base = {**data_fields(args), "epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
+    resolve(base, variants)  # fail on a bad definition before loading any data
+    out = args.out or Path(__file__).resolve().parent.parent / "experiments" / "results" / name
+    splits = sweep_data(base, args.data_dir, args.source_dir)
+    rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
+    print(markdown_table(rows))
+    return rows, splits, out
+
+
+def seed_curves(
+    out: Path, variants: Sequence[Variant], seeds: int, measure: Callable[[Path], list[float]]
+) -> dict[str, np.ndarray]:
+    """`measure(run_dir)` for every finished seed of every variant: variant name -> `(seeds, points)`."""
+    return {
+        v.name: np.array(
+            [
+                measure(out / v.name / f"seed{s}")
+                for s in range(seeds)
+                if (out / v.name / f"seed{s}" / "results.json").is_file()
+            ]
+        )
+        for v in variants
+    }
+
+
+def mean_and_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation over seeds (axis 0); a single seed has a std of 0."""
+    return values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
+
+
+def block(filters: int, **fields: Any) -> dict[str, Any]:
+    """A ConvNet block as a JSON-able dict (for `model_args`)."""
+    return {"filters": filters, **fields}

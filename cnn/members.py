@@ -8,12 +8,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn.config import TrainConfig
 from cnn.layers import conv_formulation
 
 FORMULATIONS = ("conv", "matmul")  # how the convolutions of runs trained together compute, see `Members`
@@ -103,3 +105,23 @@ def _stack(trees: list[Any]) -> Any:
 @jax.jit
 def _member(tree: Any, i: jax.Array) -> Any:
     return jax.tree.map(lambda x: x[i], tree)
+
+
+# What runs trained together may differ in: the rest of their configs (model, data, batch size, ...) is
+# the one program they share.
+TOGETHER_FIELDS = ("seed", "lr", "weight_decay")
+
+
+def check_together(configs: Sequence[TrainConfig], workdirs: Sequence[Path]) -> None:
+    """Refuses runs that cannot share one program (naming the field), or share a folder."""
+    if not configs or len(configs) != len(workdirs) or len(set(workdirs)) != len(workdirs):
+        raise ValueError("fit_together: give one distinct workdir per config (and at least one config)")
+    first = {k: v for k, v in configs[0].to_dict().items() if k not in TOGETHER_FIELDS}
+    for c in configs[1:]:
+        other = {k: v for k, v in c.to_dict().items() if k not in TOGETHER_FIELDS}
+        differ = sorted(k for k in first if first[k] != other[k])
+        if differ:
+            raise ValueError(
+                f"fit_together: runs trained together may differ only in {', '.join(TOGETHER_FIELDS)}; "
+                f"these differ: {', '.join(differ)}"
+            )

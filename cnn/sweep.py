@@ -20,22 +20,23 @@ import itertools
 import json
 import math
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, field_default
+from cnn.config import DATA_FIELDS, TrainConfig, field_default
 from cnn.data import DataSpec, Splits
 from cnn.datasets import load_dataset
+from cnn.members import TOGETHER_FIELDS
 from cnn.models import check_model_args, model_for
 from cnn.plots import plot_sweep
 from cnn.run_folder import write_json
 from cnn.summary import layer_rows, totals
 from cnn.together import CONV, MODES, choose
-from cnn.train import TOGETHER_FIELDS, Interrupted, fit, fit_together
+from cnn.train import Interrupted, fit, fit_together
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -394,37 +395,6 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "results.md").write_text(markdown_table(rows) + "\n")
 
 
-# ------------------------------------------------------------------------------------------ experiments
-def experiment_parser(
-    description: str, epochs: int = 10, seeds: int = 3, limit_train: int | None = None
-) -> argparse.ArgumentParser:
-    """The flags every experiment script shares."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--epochs", type=int, default=epochs, help="most epochs (early stopping may end sooner)"
-    )
-    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1")
-    parser.add_argument(
-        "--limit-train",
-        type=int,
-        default=limit_train,
-        metavar="N",
-        help="use only N training images (default: all 48,000)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="default: experiments/results/NAME")
-    add_config_flags(parser.add_argument_group("the data set"), only=DATA_FIELDS)
-    parser.add_argument("--data-dir", default=None, help="tfds data dir")
-    parser.add_argument("--source-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument(
-        "--together",
-        default="auto",
-        choices=TOGETHER,
-        help="seeds in one vmapped program (its convolutions grouped, or as batched matmuls), or one after "
-        "another (auto: the fastest measured)",
-    )
-    return parser
-
-
 def data_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The data-set fields of parsed flags (see `cnn.config.DATA_FIELDS`), as JSON-able config fields."""
     fields = {name: getattr(args, name, field_default(name)) for name in DATA_FIELDS}
@@ -436,44 +406,3 @@ def sweep_data(base: dict[str, Any], data_dir: Any = None, source_dir: Any = Non
     """The data set of a sweep's `base` fields (loaded once per process: every variant and seed shares
     it), each variant's model checked against its description before any training."""
     return load_dataset(TrainConfig(**base), data_dir=data_dir, source_dir=source_dir)
-
-
-def run_experiment(
-    name: str, variants: Sequence[Variant], args: argparse.Namespace, base: dict[str, Any] | None = None
-) -> tuple[list[dict[str, Any]], Splits, Path]:
-    """Runs an experiment's variants with its flags; returns the table rows, the data and the output dir."""
-    if args.seeds < 1:
-        raise SweepError(f"seeds: expected at least 1, got {args.seeds}")
-    base = {**data_fields(args), "epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
-    resolve(base, variants)  # fail on a bad definition before loading any data
-    out = args.out or Path(__file__).resolve().parent.parent / "experiments" / "results" / name
-    splits = sweep_data(base, args.data_dir, args.source_dir)
-    rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
-    print(markdown_table(rows))
-    return rows, splits, out
-
-
-def seed_curves(
-    out: Path, variants: Sequence[Variant], seeds: int, measure: Callable[[Path], list[float]]
-) -> dict[str, np.ndarray]:
-    """`measure(run_dir)` for every finished seed of every variant: variant name -> `(seeds, points)`."""
-    return {
-        v.name: np.array(
-            [
-                measure(out / v.name / f"seed{s}")
-                for s in range(seeds)
-                if (out / v.name / f"seed{s}" / "results.json").is_file()
-            ]
-        )
-        for v in variants
-    }
-
-
-def mean_and_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample standard deviation over seeds (axis 0); a single seed has a std of 0."""
-    return values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
-
-
-def block(filters: int, **fields: Any) -> dict[str, Any]:
-    """A ConvNet block as a JSON-able dict (for `model_args`)."""
-    return {"filters": filters, **fields}

@@ -30,7 +30,7 @@ from cnn.bookkeeping import Run
 from cnn.config import TrainConfig
 from cnn.data import Split, Splits
 from cnn.evaluation import mean_metrics, metric_sums
-from cnn.members import Members
+from cnn.members import Members, check_together
 from cnn.parallel import batch_sharding, check_batch_size, is_parallel, replicate
 from cnn.placement import HostData, training_data
 from cnn.run_folder import check_workdir, prepare_workdir, workdir_lock
@@ -109,11 +109,6 @@ def fit_seeds(
     return fit_together(configs, splits, [Path(workdir) / f"seed{s}" for s in seeds], mesh, conv)
 
 
-# What runs trained together may differ in: the rest of their configs (model, data, batch size, ...) is
-# the one program they share.
-TOGETHER_FIELDS = ("seed", "lr", "weight_decay")
-
-
 def fit_together(
     configs: Sequence[TrainConfig],
     splits: Splits,
@@ -127,21 +122,6 @@ def fit_together(
     ends as it would alone, within float tolerance (a test checks 1e-5 on the CPU)."""
     check_together(configs, [Path(w) for w in workdirs])
     return train_runs(configs, splits, workdirs, mesh=mesh, members=Members(len(configs), conv))
-
-
-def check_together(configs: Sequence[TrainConfig], workdirs: Sequence[Path]) -> None:
-    """Refuses runs that cannot share one program (naming the field), or share a folder."""
-    if not configs or len(configs) != len(workdirs) or len(set(workdirs)) != len(workdirs):
-        raise ValueError("fit_together: give one distinct workdir per config (and at least one config)")
-    first = {k: v for k, v in configs[0].to_dict().items() if k not in TOGETHER_FIELDS}
-    for c in configs[1:]:
-        other = {k: v for k, v in c.to_dict().items() if k not in TOGETHER_FIELDS}
-        differ = sorted(k for k in first if first[k] != other[k])
-        if differ:
-            raise ValueError(
-                f"fit_together: runs trained together may differ only in {', '.join(TOGETHER_FIELDS)}; "
-                f"these differ: {', '.join(differ)}"
-            )
 
 
 def training_split(config: TrainConfig, splits: Splits) -> Split:

@@ -18,10 +18,11 @@ import numpy as np
 
 from cnn.datasets.transforms import shift
 from cnn.evaluation import predict
+from cnn.experiments import block, experiment_parser, mean_and_std, run_experiment, seed_curves
 from cnn.layers import rotate
 from cnn.results import restore_run
 from cnn.state import model_variables
-from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
+from cnn.sweep import Variant
 
 ANGLES = (0, 15, 30, 45, 90, 135, 180)
 SHIFTS = (1, 2, 3, 4)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cnn import Split, TrainConfig, fit, load_dataset, predict, restore_run
-from cnn.sweep import experiment_parser, markdown_mean_std
+from cnn.experiments import experiment_parser
+from cnn.sweep import markdown_mean_std
 from cnn.transfer import few_shot, imagenet_backbone, load_backbone, train_few_shot
 from cnn.viz import plot_predictions
 

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 from cnn import fit, load_dataset
+from cnn.experiments import experiment_parser
 from cnn.models import model_for
 from cnn.summary import format_summary, layer_rows
-from cnn.sweep import experiment_parser
 from cnn.transfer import (
     SOURCES_DATA,
     format_counts,

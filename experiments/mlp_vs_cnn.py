@@ -1,6 +1,7 @@
 """The dense baseline against the seed CNN, at similar parameter counts (and LeNet-5 for scale)."""
 
-from cnn.sweep import Variant, experiment_parser, run_experiment
+from cnn.experiments import experiment_parser, run_experiment
+from cnn.sweep import Variant
 
 
 def variants() -> list[Variant]:

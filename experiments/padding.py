@@ -1,6 +1,7 @@
 """Same vs valid padding: does keeping the border matter, and more so in a deeper stack?"""
 
-from cnn.sweep import Variant, block, experiment_parser, run_experiment
+from cnn.experiments import block, experiment_parser, run_experiment
+from cnn.sweep import Variant
 
 
 def variants() -> list[Variant]:

@@ -1,6 +1,7 @@
 """Max vs average vs no pooling vs strided convolution vs depth-wise max; global-average head vs flatten."""
 
-from cnn.sweep import Variant, block, experiment_parser, run_experiment
+from cnn.experiments import block, experiment_parser, run_experiment
+from cnn.sweep import Variant
 
 DOWNSAMPLING = ("max", "avg", "none", "strided_conv", "depthwise_max")
 

@@ -7,8 +7,9 @@ import numpy as np
 
 from cnn.datasets.transforms import shift
 from cnn.evaluation import predict
+from cnn.experiments import block, experiment_parser, mean_and_std, run_experiment, seed_curves
 from cnn.results import restore_run
-from cnn.sweep import Variant, block, experiment_parser, mean_and_std, run_experiment, seed_curves
+from cnn.sweep import Variant
 
 SHIFTS = range(5)
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # down, up, right, left

@@ -1,6 +1,7 @@
 """Stride-1 convolution + max pooling vs stride-2 and stride-3 convolutions: size, accuracy and speed."""
 
-from cnn.sweep import Variant, block, experiment_parser, run_experiment
+from cnn.experiments import block, experiment_parser, run_experiment
+from cnn.sweep import Variant
 
 
 def variants() -> list[Variant]:

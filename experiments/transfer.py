@@ -11,7 +11,7 @@ import numpy as np
 
 from cnn import TrainConfig, fit
 from cnn.datasets.fashion_mnist import load_fashion_mnist
-from cnn.sweep import experiment_parser
+from cnn.experiments import experiment_parser
 from cnn.transfer import METHODS, class_subset, few_shot, load_backbone, train_few_shot
 
 # The backbones: the recipe each is pretrained with, and the layer it is cut at by default.
