@@ -25,7 +25,8 @@ from cnn.state import TrainState, learning_rate, steps_per_epoch
 class Run:
     """One run of the loop: its config, folder, checkpoints, run state (epoch, history, early stopping)
     and TensorBoard log (None: `--no-tensorboard`, or not process 0). `together`: how many runs train
-    in its program (its lines name it by its seed when there are several)."""
+    in its program; `label`: how its lines name it then (its seed, and its learning rate and weight decay
+    where those differ between the runs)."""
 
     config: TrainConfig
     workdir: Path
@@ -33,17 +34,18 @@ class Run:
     record: RunState
     events: EventLog | None = None
     together: int = 1
+    label: str = ""
 
     @classmethod
     def open(
-        cls, config: TrainConfig, workdir: Path, state: TrainState, together: int = 1
+        cls, config: TrainConfig, workdir: Path, state: TrainState, together: int = 1, label: str = ""
     ) -> tuple[TrainState, Run]:
         """The run in `workdir` resumed from its latest good checkpoint (or `state`, fresh)."""
         state, record, checkpoints = resume(Checkpoints(workdir / "checkpoints"), state, config, workdir)
         if record.history:  # a run killed between its checkpoint and its history file
             write_history(workdir, record.history)
         return state, cls(
-            config, workdir, checkpoints, record, open_events(config, workdir, record), together
+            config, workdir, checkpoints, record, open_events(config, workdir, record), together, label
         )
 
     @property
@@ -52,8 +54,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        """How the run's lines name it when it trains beside others: its seed."""
-        return f"seed {self.config.seed}"
+        """How the run's lines name it when it trains beside others: its label, else its seed."""
+        return self.label or f"seed {self.config.seed}"
 
     def record_epoch(
         self, state: TrainState, epoch: int, metrics: dict[str, float], timing: dict[str, float]

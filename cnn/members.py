@@ -125,3 +125,11 @@ def check_together(configs: Sequence[TrainConfig], workdirs: Sequence[Path]) -> 
                 f"fit_together: runs trained together may differ only in {', '.join(TOGETHER_FIELDS)}; "
                 f"these differ: {', '.join(differ)}"
             )
+
+
+def run_labels(configs: Sequence[TrainConfig]) -> list[str]:
+    """How each of several runs trained together is named in its lines: the `TOGETHER_FIELDS` that differ
+    between them, e.g. `lr 0.001, seed 0` (`seed 0` alone when only the seeds differ)."""
+    differ = [k for k in TOGETHER_FIELDS if len({getattr(c, k) for c in configs}) > 1] or ["seed"]
+    order = [k for k in ("lr", "weight_decay", "seed") if k in differ]
+    return [", ".join(f"{k} {getattr(c, k):g}" for k in order) for c in configs]

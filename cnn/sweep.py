@@ -210,7 +210,8 @@ def run_sweep(
 
 
 def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, mode: str) -> None:
-    """The runs of one group, as `mode`; a failure is recorded in each of its variants' `error.json` (the
+    """The runs of one group, as `mode`; a failure is recorded in its variant's `error.json` (a group of
+    several variants that fails trains each variant on its own, so that only the failing one is marked; the
     sweep goes on; a signal stops it, every run's epoch saved)."""
     names = list(dict.fromkeys(v.name for v, _, _ in runs))
     folders = {v.name: w.parent for v, _, w in runs}
@@ -226,6 +227,11 @@ def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, 
     except Interrupted:
         raise
     except Exception as e:  # one failed variant must not end the sweep
+        if len(names) > 1:  # which variant failed: each alone (a finished epoch is resumed, not redone)
+            print(f"[{', '.join(names)}] FAILED together ({type(e).__name__}); each variant on its own")
+            for name in names:
+                _train_group([r for r in runs if r[0].name == name], splits, mode)
+            return
         for name in names:
             folders[name].mkdir(parents=True, exist_ok=True)
             write_json(

@@ -30,7 +30,7 @@ from cnn.bookkeeping import Run
 from cnn.config import TrainConfig
 from cnn.data import Split, Splits
 from cnn.evaluation import mean_metrics, metric_sums
-from cnn.members import Members, check_together
+from cnn.members import Members, check_together, run_labels
 from cnn.parallel import batch_sharding, check_batch_size, is_parallel, replicate
 from cnn.placement import HostData, training_data
 from cnn.run_folder import check_workdir, prepare_workdir, workdir_lock
@@ -119,7 +119,7 @@ def fit_together(
     """Several runs as one vmapped program: configs that differ only in their seed, learning rate and
     weight decay (the optimizer keeps those two in its state, `optax.inject_hyperparams`), e.g. 4 learning
     rates × 8 seeds on one GPU. Each run has its own folder, shuffling, dropout and early stopping, and
-    ends as it would alone, within float tolerance (a test checks 1e-5 on the CPU)."""
+    ends as it would alone, within float tolerance (a test checks 1e-4 on the CPU)."""
     check_together(configs, [Path(w) for w in workdirs])
     return train_runs(configs, splits, workdirs, mesh=mesh, members=Members(len(configs), conv))
 
@@ -159,7 +159,11 @@ def train_runs(
             stack.enter_context(workdir_lock(w))  # one run per workdir; a second process is refused
             prepare_workdir(w, c, splits.spec, overwrite)  # checked again under the lock: no race
         fresh = init_states or start_states(configs, splits, len(train))
-        opened = [Run.open(c, w, s, members.count) for c, w, s in zip(configs, workdirs, fresh, strict=True)]
+        labels = run_labels(configs)
+        opened = [
+            Run.open(c, w, s, members.count, label)
+            for c, w, s, label in zip(configs, workdirs, fresh, labels, strict=True)
+        ]
         runs = [run for _, run in opened]
         for run in runs:
             stack.callback(run.close)

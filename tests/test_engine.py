@@ -35,7 +35,7 @@ TIMING = (
 )
 
 
-def test_a_diverging_vmapped_variant_is_stopped_named_and_recorded(tiny_splits, tmp_path):
+def test_a_diverging_vmapped_variant_is_stopped_named_and_recorded(tiny_splits, tmp_path, capsys):
     variants = [Variant("exploding", {"lr": 1e30}), Variant("fine", {"lr": 1e-3})]
     base = {"epochs": 2, "limit_train": 128, "steps_per_call": 2}
     rows = run_sweep(base, variants, [0, 1], tiny_splits, tmp_path, together="vmap")
@@ -46,12 +46,23 @@ def test_a_diverging_vmapped_variant_is_stopped_named_and_recorded(tiny_splits, 
         assert not (tmp_path / "exploding" / f"seed{seed}" / "history.json").exists()
     by_name = {r["variant"]: r for r in rows}
     assert by_name["fine"]["seeds_finished"] == 2 and by_name["exploding"]["seeds_finished"] == 0
+    assert not (tmp_path / "fine" / "error.json").exists()
+    out = capsys.readouterr().out  # the two learning rates trained as one program until one diverged
+    assert "[exploding, fine] FAILED together (TrainingDiverged); each variant on its own" in out
     json.loads((tmp_path / "results.json").read_text())  # strictly valid JSON (no NaN) even then
 
 
 def test_fit_seeds_raises_naming_the_seed(tiny_splits, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"seed 3: a NaN or Inf .* epoch 1, step 2 of 4"):
         fit_seeds(TrainConfig(epochs=1, limit_train=128, lr=1e30), [3, 4], tiny_splits, tmp_path)
+
+
+def test_runs_trained_together_are_named_by_what_differs():
+    from cnn.members import run_labels
+
+    assert run_labels([TrainConfig(seed=3), TrainConfig(seed=4)]) == ["seed 3", "seed 4"]
+    mixed = [TrainConfig(lr=1e30, seed=0), TrainConfig(lr=1e-3, seed=0), TrainConfig(lr=1e-3, seed=1)]
+    assert run_labels(mixed) == ["lr 1e+30, seed 0", "lr 0.001, seed 0", "lr 0.001, seed 1"]
 
 
 def test_vmapped_seeds_honour_steps_per_call_and_time_compilation(tiny_splits, tmp_path):
