@@ -11,7 +11,7 @@ from typing import Any
 
 from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, config_from_args, json_object, recipes
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_RUNTIME, EXIT_NO_SPACE = 2, 3, 4, 5
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_RUNTIME, EXIT_NO_SPACE, EXIT_RUNS_FAILED = 2, 3, 4, 5, 6
 EXIT_CODES = {  # shown by `python -m cnn train --help`
     0: "done",
     EXIT_BAD_INPUT: "a bad setting or input: a one-line message, nothing trained, written or lost",
@@ -20,6 +20,8 @@ EXIT_CODES = {  # shown by `python -m cnn train --help`
     "the earlier checkpoints are kept",
     EXIT_NO_SPACE: "no space left (a full disk, a quota or a file-size limit), the path named: the earlier "
     "checkpoints and files are kept; free space and run the command again to resume",
+    EXIT_RUNS_FAILED: "a sweep, experiment or tune study ran to its end but some of its runs failed (every "
+    "trial, for tune): the failures are named, the other runs kept and reported",
     130: "stopped by SIGINT (Ctrl-C) after saving the epoch in progress: run the command again to resume",
     143: "stopped by SIGTERM after saving the epoch in progress: run the command again to resume",
 }
@@ -324,6 +326,7 @@ def _bench(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from cnn.sweep import (
         SweepError,
+        check_finished,
         data_fields,
         grid_variants,
         markdown_table,
@@ -351,10 +354,11 @@ def _sweep(args: argparse.Namespace) -> None:
     splits = sweep_data(base, args.data_dir, args.source_dir)
     rows = run_sweep(base, variants, list(range(args.seeds)), splits, args.out, together=args.together)
     print(markdown_table(rows))
+    check_finished(rows, variants)
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from cnn.sweep import data_fields, sweep_data
+    from cnn.sweep import RunsFailed, data_fields, sweep_data
     from cnn.tune import (
         TuneError,
         check_search,
@@ -386,6 +390,9 @@ def _tune(args: argparse.Namespace) -> None:
     study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed)
     for path in write_report(study, args.out):
         print(path)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not complete:
+        raise RunsFailed(f"every trial of the study failed ({len(study.trials)}); see {args.out}/trials")
     best = study.best_trial
     print(f"Best trial {best.number}: {TrainConfig(**base).monitor} {best.value:.4f}, {best.params}")
 
@@ -438,6 +445,7 @@ def _main(argv: list[str] | None) -> int:
     from cnn.data import DataError
     from cnn.disk import DiskFull, out_of_space
     from cnn.run_folder import WorkdirError
+    from cnn.sweep import RunsFailed
     from cnn.train import Interrupted, TrainingDiverged, TrainingFailed
 
     try:
@@ -462,6 +470,9 @@ def _main(argv: list[str] | None) -> int:
     except TrainingFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_RUNTIME
+    except RunsFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_RUNS_FAILED
     except jax.errors.JaxRuntimeError as e:
         print(f"error: XLA runtime error: {str(e).strip().splitlines()[0][:300]}", file=sys.stderr)
         return EXIT_RUNTIME

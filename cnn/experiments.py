@@ -21,8 +21,10 @@ from cnn.config import DATA_FIELDS, add_config_flags
 from cnn.data import Splits
 from cnn.sweep import (
     TOGETHER,
+    RunsFailed,
     SweepError,
     Variant,
+    check_finished,
     data_fields,
     markdown_table,
     resolve,
@@ -57,11 +59,16 @@ def script(name: str) -> ModuleType:
     return module
 
 
+# The experiments whose runs failed in this process (name -> what failed), from `run_experiment`.
+FAILED: dict[str, str] = {}
+
+
 def run_experiments(names: Sequence[str], argv: Sequence[str] = (), out: Path | None = None) -> dict:
     """Runs the experiments `names` one after another in this process, each with the flags `argv` (and
     `--out OUT/NAME` when `out` is given); returns each one's wall seconds and compilations."""
     modules = {name: script(name) for name in names}  # every name checked before any work
     report = {}
+    FAILED.clear()
     for name, module in modules.items():
         print(f"=== {name} ===", flush=True)
         start, t = costs.snapshot(), time.perf_counter()
@@ -77,6 +84,8 @@ def run_experiments(names: Sequence[str], argv: Sequence[str] = (), out: Path | 
             f"{name}: {r['seconds']:.1f} s, {r['compilations']} compilations ({r['compile_seconds']:.1f} s)",
             flush=True,
         )
+    if FAILED:
+        raise RunsFailed(f"runs failed in {', '.join(FAILED)}: " + "; ".join(FAILED.values()))
     return report
 
 
@@ -123,6 +132,11 @@ def run_experiment(
     splits = sweep_data(base, args.data_dir, args.source_dir)
     rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
     print(markdown_table(rows))
+    try:
+        check_finished(rows, variants)
+    except RunsFailed as e:  # the script goes on to its figures; `run_experiments` reports it at the end
+        FAILED[name] = str(e)
+        print(f"{name}: {e}", flush=True)
     return rows, splits, out
 
 

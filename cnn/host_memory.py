@@ -8,7 +8,7 @@ memory is returned to the system, so each training step page-faults much of its 
 `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824`. The cost: the process keeps its peak memory
 instead of returning it between calls.
 
-Measured on a 2-core AMD EPYC (seed CNN, one step per call, one probe each, same session): batch 128 (two
+Measured on a 2-core AMD EPYC (seed CNN, one step per call, one probe each, one after another): batch 128 (two
 micro-batches of 64) 25.9 → 16.5 ms a step, batch 32 unchanged (5.1 vs 5.3 ms). Not changed: a block
 larger than a thread's heap (64 MiB; XLA's worker threads allocate in heaps of their own) is still mapped
 by itself, as in a batch-norm model's unsplit step at batch 256 (72 ms with glibc's defaults, 81 with

@@ -5,6 +5,7 @@ keeps one run per folder, the checks that the run asked for is the run found the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -19,8 +20,9 @@ from typing import Any
 
 import jax
 
-from cnn.config import ConfigError, TrainConfig, config_differences, without_removed
+from cnn.config import REMOVED_FIELDS, ConfigError, TrainConfig, config_differences, without_removed
 from cnn.data import FASHION_MNIST, DataSpec
+from cnn.events import HPARAMS
 from cnn.host_memory import keep_freed_memory
 from cnn.parallel import is_primary
 
@@ -127,6 +129,9 @@ def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = Fa
     config_file = workdir / "config.json"
     if overwrite or not config_file.exists():
         return None
+    why = not_a_run(config_file)
+    if why and "not readable" not in why:
+        raise WorkdirError(f"workdir {workdir} is not a cnn run ({why}); use another --workdir")
     try:
         saved = json.loads(config_file.read_text())
         differences = config_differences(saved["config"], config)
@@ -172,15 +177,62 @@ def make_workdir(workdir: Path) -> None:
         raise WorkdirError(f"workdir {workdir} is not writable (read-only?); use another --workdir")
 
 
+# What a run writes inside its subfolders: orbax's epoch folders (and their temporary names while saving),
+# tensorboardX's event files (and the hparams subfolder), checkpoints moved aside as damaged.
+RUN_SUBFOLDERS = {
+    "checkpoints": lambda name: name.isdigit() or ".orbax-checkpoint-tmp" in name,
+    "events": lambda name: name.startswith("events.out.tfevents.") or name == HPARAMS,
+    "damaged": lambda name: name.startswith("epoch-"),
+}
+
+
 def foreign_entries(workdir: Path) -> list[str]:
-    """What `workdir` holds that a run did not write (sorted names)."""
-    return sorted(
-        p.name for p in workdir.iterdir() if p.name not in RUN_ENTRIES and not p.name.endswith(RUN_SUFFIXES)
-    )
+    """What `workdir` holds that a run did not write (sorted paths relative to it), looking inside the
+    subfolders a run writes too: a `checkpoints/model_final.pt` is not a run's."""
+    found = []
+    for p in workdir.iterdir():
+        if p.name not in RUN_ENTRIES and not p.name.endswith(RUN_SUFFIXES):
+            found.append(p.name)
+        elif p.name in RUN_SUBFOLDERS:
+            if not p.is_dir() or p.is_symlink():
+                found.append(p.name)
+                continue
+            ours = RUN_SUBFOLDERS[p.name]
+            found += [f"{p.name}/{q.name}" for q in p.iterdir() if not ours(q.name)]
+            if p.name == "events" and (p / HPARAMS).is_dir():
+                found += [f"events/{HPARAMS}/{q.name}" for q in (p / HPARAMS).iterdir() if not ours(q.name)]
+    return sorted(found)
+
+
+def not_a_run(config_file: Path) -> str | None:
+    """Why `config_file` is not a config.json this project wrote (None: it is one): a JSON object with the
+    run's settings (`config`: known fields, a model) and the machine's metadata (`versions`)."""
+    try:
+        saved = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"its config.json is not readable JSON ({type(e).__name__})"
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} | set(REMOVED_FIELDS)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return "its config.json has no run config (no 'config' object)"
+    unknown = sorted(set(saved["config"]) - fields)
+    if unknown or "model" not in saved["config"] or not isinstance(saved.get("versions"), dict):
+        what = f"unknown fields {', '.join(unknown[:3])}" if unknown else "no model or no versions"
+        return f"its config.json is not one cnn writes ({what})"
+    return None
 
 
 def check_overwrite(workdir: Path) -> None:
-    """Refuses `--overwrite` of a folder holding anything a run did not write, naming it."""
+    """Refuses `--overwrite` of a folder that is not a run this project wrote (decided by its config.json's
+    content, not by file names) or that holds anything a run did not write, naming what was found."""
+    entries = [p.name for p in workdir.iterdir() if not p.name.startswith(LOCK_FILE)]
+    config_file = workdir / "config.json"
+    why = not_a_run(config_file) if config_file.is_file() else "it has no config.json" if entries else None
+    if why:
+        shown = ", ".join(sorted(entries)[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise WorkdirError(
+            f"--overwrite: {workdir} is not a cnn run ({why}; it holds {shown}); nothing was deleted. "
+            "Use another --workdir."
+        )
     foreign = foreign_entries(workdir)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from cnn.config import DATA_FIELDS, TrainConfig, field_default
+from cnn.config import DATA_FIELDS, TrainConfig, config_differences, field_default
 from cnn.data import DataSpec, Splits
 from cnn.datasets import load_dataset
 from cnn.members import TOGETHER_FIELDS
 from cnn.models import check_model_args, model_for
 from cnn.plots import plot_sweep
-from cnn.run_folder import write_json
+from cnn.run_folder import saved_spec, write_json
 from cnn.summary import layer_rows, totals
 from cnn.together import CONV, MODES, choose
 from cnn.train import Interrupted, fit, fit_together
@@ -188,16 +188,21 @@ def run_sweep(
             model_for(config, splits.spec)  # the shapes, now that the data is known
         except ValueError as e:
             raise SweepError(f"variant {variant.name}: {e}") from None
+    finished = {  # every run folder checked before any training: a sweep reuses only its own runs
+        (i, s): reusable(out / v.name / f"seed{s}", dataclasses.replace(c, seed=s), splits.spec)
+        for i, (v, c) in enumerate(zip(variants, configs, strict=True))
+        for s in seeds
+    }
     out.mkdir(parents=True, exist_ok=True)
     for group in together_groups(variants, configs):
         runs = [
             (variants[i], dataclasses.replace(configs[i], seed=s), out / variants[i].name / f"seed{s}")
             for i in group
             for s in seeds
-            if not (out / variants[i].name / f"seed{s}" / "results.json").is_file()
+            if not finished[i, s]
         ]
         for i in group:
-            if all((out / variants[i].name / f"seed{s}" / "results.json").is_file() for s in seeds):
+            if all(finished[i, s] for s in seeds):
                 print(f"[{variants[i].name}] finished before: skipped")
         if runs:
             mode = seeds_mode(together, runs[0][1], splits.spec, len(runs))
@@ -207,6 +212,47 @@ def run_sweep(
     write_tables(rows, out)
     plot_sweep(rows, out)
     return rows
+
+
+class RunsFailed(RuntimeError):
+    """A sweep, experiment or tune study ran to its end, but some of its runs failed (each recorded in its
+    `error.json`); the others are kept and reported. The CLI exits with `EXIT_RUNS_FAILED`."""
+
+
+def check_finished(rows: Sequence[dict[str, Any]], variants: Sequence[Variant]) -> None:
+    """Raises RunsFailed naming the variants (of `variants`, this sweep's) with a failed or missing run."""
+    names = {v.name for v in variants}
+    failed = [r for r in rows if r["variant"] in names and (r["error"] or r["seeds_finished"] < r["seeds"])]
+    if failed:
+        raise RunsFailed(
+            f"{len(failed)} of {len(names)} variant(s) failed: "
+            + "; ".join(f"{r['variant']} ({r['error'] or 'unfinished'})"[:200] for r in failed)
+            + ". The other variants are kept and in the tables; each failure is in its variant's error.json"
+        )
+
+
+def reusable(workdir: Path, config: TrainConfig, spec: DataSpec) -> bool:
+    """Whether `workdir` holds a finished run of exactly `config` on the data `spec` describes (the sweep
+    skips it); False for an empty folder or a run to resume (fewer epochs). Raises SweepError, naming what
+    differs, when the folder holds a run of another config or data: its results would be reported as this
+    sweep's."""
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        return False
+    try:
+        saved = json.loads(config_file.read_text())
+        differences = config_differences(saved["config"], config) + saved_spec(saved).differences(spec)
+        epochs = int(saved["config"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SweepError(f"{workdir}: its config.json is unreadable ({e}); give another --out") from None
+    if epochs > config.epochs:
+        differences.append(f"epochs: {epochs} -> {config.epochs}")
+    if differences:
+        raise SweepError(
+            f"{workdir} holds a run of another config or data ({'; '.join(differences)}); a sweep reuses a "
+            "run only when both equal its own: give another --out (or move that folder away)"
+        )
+    return epochs == config.epochs and (workdir / "results.json").is_file()
 
 
 def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, mode: str) -> None:

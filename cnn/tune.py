@@ -24,7 +24,7 @@ from cnn.config import TrainConfig
 from cnn.data import Splits
 from cnn.models import check_model_args
 from cnn.sweep import check_field, resolve, set_field
-from cnn.train import fit
+from cnn.train import TrainingDiverged, TrainingFailed, fit
 
 JOURNAL = "study.journal"
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
@@ -135,6 +135,7 @@ def open_study(out: Path, name: str, direction: str, sampler: str, pruner: str, 
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trials are reported here, not in its log lines
     out.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
@@ -189,7 +190,11 @@ def objective(base: dict[str, Any], dims: list[Dimension], splits: Splits, out: 
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        results = fit(config, splits, out / f"trial-{trial.number:04d}", on_epoch_end=report)
+        try:
+            results = fit(config, splits, out / f"trial-{trial.number:04d}", on_epoch_end=report)
+        except (TrainingDiverged, TrainingFailed) as e:  # recorded as failed; the study goes on
+            print(f"Trial {trial.number} failed: {e}", flush=True)
+            raise
         trial.set_user_attr("test_accuracy", results["test_accuracy"])
         return results[config.monitor]  # minimised (val_loss) or maximised (val_accuracy)
 
@@ -271,8 +276,6 @@ def run_study(study: Any, run: Any, trials: int, timeout: float | None) -> None:
     """Trials until the study holds `trials` of them (counting every process's) or `timeout` seconds pass;
     a diverged or failed trial is recorded as failed and the search goes on."""
     import optuna
-
-    from cnn.train import TrainingDiverged, TrainingFailed
 
     if len(study.trials) >= trials:
         return

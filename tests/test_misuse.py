@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnn.cli import main
+from cnn.config import TrainConfig
 from cnn.datasets import LOADED
 from cnn.run_folder import LOCK_FILE, WorkdirBusy, WorkdirError, clear_run, exclusive_file_lock, workdir_lock
 from tests.processes import ROOT, subprocess_env
@@ -68,12 +69,59 @@ def test_overwrite_deletes_exactly_what_a_run_wrote(idx_dir, tmp_path, capsys):
     assert "notes.txt" in one_line_error(capsys) and (run / "results.json").is_file()
 
 
+def _run_config() -> str:
+    return json.dumps({"config": TrainConfig().to_dict(), "data": {}, "versions": {"jax": "0"}})
+
+
 def test_clear_run_keeps_the_folder_and_removes_only_run_files(tmp_path):
     (tmp_path / "checkpoints" / "3").mkdir(parents=True)
-    for name in ("config.json", "history.json", "results.json", "curves.png", "results.json.tmp"):
+    (tmp_path / "events" / "hparams").mkdir(parents=True)
+    (tmp_path / "events" / "events.out.tfevents.1.host").write_text("")
+    (tmp_path / "events" / "hparams" / "events.out.tfevents.2.host").write_text("")
+    for name in ("history.json", "results.json", "curves.png", "results.json.tmp"):
         (tmp_path / name).write_text("{}")
+    (tmp_path / "config.json").write_text(_run_config())
     clear_run(tmp_path)
     assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "config, found",
+    [
+        ('{"name": "my-project", "version": 2}', "has no run config"),
+        ('{"config": {"model": "resnet", "layers": 50}, "versions": {}}', r"writes \(unknown fields layers"),
+        ("not json", "is not readable JSON"),
+        (None, "it has no config.json"),
+    ],
+    ids=["another-config", "foreign-fields", "unreadable", "no-config"],
+)
+def test_overwrite_decides_from_content_not_names(tmp_path, config, found):
+    """A folder holding a run's file names (someone else's config.json, results.json, checkpoints/ and
+    events/) is not a run: refused, naming why, with nothing deleted."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model_final.pt").write_text("weights")
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "events.out.tfevents.123").write_text("")
+    (tmp_path / "results.json").write_text("{}")
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    before = tree_hash(tmp_path)
+    pattern = f"is not a cnn run \\(.*{found}.*nothing was deleted"
+    with pytest.raises(WorkdirError, match=pattern):
+        clear_run(tmp_path)
+    assert tree_hash(tmp_path) == before
+
+
+def test_overwrite_refuses_a_run_folder_holding_files_the_run_did_not_write(tmp_path):
+    (tmp_path / "config.json").write_text(_run_config())
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "model_final.pt").write_text("weights")
+    (tmp_path / "events" / "hparams").mkdir(parents=True)
+    (tmp_path / "events" / "hparams" / "notes.md").write_text("mine")
+    before = tree_hash(tmp_path)
+    with pytest.raises(WorkdirError, match=r"also holds checkpoints/model_final.pt, events/hparams/notes.md"):
+        clear_run(tmp_path)
+    assert tree_hash(tmp_path) == before
 
 
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])

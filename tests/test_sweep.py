@@ -38,9 +38,9 @@ def test_vmapped_seeds_equal_sequential_runs(tiny_splits, tmp_path, misleading):
         h_seq = json.loads((tmp_path / f"seq{seed}" / "history.json").read_text())
         for a, b in zip(h_vmap, h_seq, strict=True):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-                # 1e-3: vmapped convolutions are grouped convolutions, rounded otherwise, and Adam's first steps
-                # amplify the difference: on AMD EPYC seed 1's epoch-2 val_loss is 0.29402 vs 0.29413 (the
-                # same at 87cde3a); a run with another seed's shuffling or dropout is off by far more
+                # 1e-3: vmapped convolutions are grouped convolutions, rounded otherwise, and Adam's first
+                # steps amplify the difference: on AMD EPYC seed 1's epoch-2 val_loss is 0.29402 vs 0.29413
+                # (the same at 87cde3a); a run with another seed's shuffling or dropout is off by far more
                 assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), (seed, a["epoch"], key)
         _, state_v, _ = restore_run(tmp_path / "vmapped" / f"seed{seed}")
         _, state_s, _ = restore_run(tmp_path / f"seq{seed}")
@@ -220,3 +220,22 @@ def test_a_second_sweep_into_the_same_folder_keeps_the_first_ones_rows(tiny_spli
     table = (tmp_path / "results.md").read_text()
     assert "| bs16 |" in table and "| bs32 |" in table
     assert [r["variant"] for r in json.loads((tmp_path / "results.json").read_text())] == ["bs32", "bs16"]
+    # the same variant name under another base: its finished run is not this sweep's, refused before training
+    before = (tmp_path / "results.md").read_text()
+    refused = r"bs32/seed0 holds a run of another config or data \(lr: 0.001 -> 0.01"
+    with pytest.raises(SweepError, match=refused):
+        run_sweep({**base, "lr": 0.01}, [Variant("bs32", {"batch_size": 32})], [0], tiny_splits, tmp_path)
+    assert (tmp_path / "results.md").read_text() == before
+
+
+def test_a_sweep_with_a_failed_variant_exits_non_zero_keeping_the_others(idx_dir, tmp_path, capsys):
+    from cnn.cli import EXIT_RUNS_FAILED, main
+
+    data = ["--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds")]
+    args = ["--grid", "batch_size=[4096,32]", "--seeds", "1", "--base", '{"epochs": 1, "limit_train": 128}']
+    assert main(["sweep", *args, *data, "--out", str(tmp_path / "s")]) == EXIT_RUNS_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 of 2 variant(s) failed: batch_size=4096 (ValueError: batch_size: 4096")
+    assert err.count("\n") == 1
+    assert (tmp_path / "s" / "batch_size=32" / "seed0" / "results.json").is_file()
+    assert "| batch_size=32 |" in (tmp_path / "s" / "results.md").read_text()

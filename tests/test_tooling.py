@@ -86,6 +86,17 @@ def test_a_study_of_trials_each_a_run_with_pruning_a_table_and_plots(idx_dir, tm
     assert len(list(out.glob("trial-*"))) == 4
 
 
+def test_a_study_whose_every_trial_failed_exits_non_zero(idx_dir, tmp_path, capsys):
+    from cnn.cli import EXIT_RUNS_FAILED
+
+    space = ["--space", "lr=loguniform(1e29,1e30)", "--trials", "2", "--pruner", "none"]
+    assert main(tune_args(idx_dir, tmp_path, *space)) == EXIT_RUNS_FAILED
+    captured = capsys.readouterr()
+    assert "every trial of the study failed (2)" in captured.err and captured.err.count("\n") == 1
+    assert "Trial 1 failed: training diverged" in captured.out and "[I " not in captured.out + captured.err
+    assert (tmp_path / "study" / "trials.md").is_file()  # the report is still written
+
+
 def test_several_workers_share_one_study_through_its_journal(idx_dir, tmp_path):
     import optuna
     from optuna.storages import JournalStorage
