@@ -88,6 +88,7 @@ def plot_sweep(rows: list[dict[str, Any]], out: Path) -> None:
         ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], "o-", label=r["variant"])
     ax.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", title="Validation curves")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if done:  # every variant failed: an empty plot, no legend
+        ax.legend(fontsize=7)
     fig.savefig(out / "val_curves.png", dpi=100)
     plt.close(fig)

@@ -157,3 +157,31 @@ def test_shift_moves_and_zero_fills():
     np.testing.assert_array_equal(left[:, :, :2], images[:, :, 2:])
     assert (left[:, :, 2:] == 0).all()
     np.testing.assert_array_equal(shift(images, 0, 0), images)
+
+
+def test_the_experiments_command_runs_scripts_in_one_process_and_exits_6_when_runs_failed(
+    idx_dir, tmp_path, monkeypatch, capsys
+):
+    import types
+
+    from cnn import experiments
+    from cnn.cli import EXIT_RUNS_FAILED
+    from cnn.sweep import Variant
+
+    def fake(name: str, batch_size: int) -> types.ModuleType:
+        def run(argv):
+            args = experiments.experiment_parser(name).parse_args(argv)
+            experiments.run_experiment(name, [Variant(f"bs{batch_size}", {"batch_size": batch_size})], args)
+
+        return types.SimpleNamespace(main=run)
+
+    scripts = {"fine": fake("fine", 32), "too_big": fake("too_big", 4096)}
+    monkeypatch.setattr(experiments, "script", scripts.__getitem__)
+    data = ["--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds")]
+    flags = ["--epochs", "1", "--seeds", "1", "--limit-train", "64", "--together", "sequential"]
+    code = main(["experiments", "too_big", "fine", *flags, *data, "--out", str(tmp_path / "e")])
+    captured = capsys.readouterr()
+    assert code == EXIT_RUNS_FAILED  # the failure is named, and the next experiment still ran
+    assert captured.err.startswith("error: runs failed in too_big: 1 of 1 variant(s) failed: bs4096")
+    assert (tmp_path / "e" / "fine" / "bs32" / "seed0" / "results.json").is_file()
+    assert "fine: " in captured.out and "compilations" in captured.out
