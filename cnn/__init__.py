@@ -11,6 +11,9 @@ persistent compilation cache on in a per-user folder (`cnn.compile_cache`); `CNN
 `CNN_COMPILE_CACHE=off` leave either alone.
 """
 
+import sys
+import warnings
+
 from cnn.compile_cache import use_compile_cache
 from cnn.config import TrainConfig
 from cnn.data import FASHION_MNIST_CLASSES as CLASS_NAMES
@@ -18,7 +21,7 @@ from cnn.data import DataSpec, Split, Splits
 from cnn.datasets import load_dataset
 from cnn.datasets.fashion_mnist import load_fashion_mnist
 from cnn.evaluation import InputError, evaluate, predict
-from cnn.host_memory import keep_freed_memory
+from cnn.host_memory import keep_freed_memory, setting_error
 from cnn.models import MODELS, build_model, model_for, model_summary
 from cnn.parallel import data_mesh
 from cnn.plots import plot_architecture, plot_curves
@@ -29,6 +32,8 @@ from cnn.summary import format_summary, layer_rows
 from cnn.train import fit, fit_seeds, fit_together
 
 keep_freed_memory()  # XLA:CPU's buffers reused between calls instead of page-faulted afresh
+if setting_error() and sys.argv[:1] != ["-m"]:  # `python -m cnn` refuses it in one line instead
+    warnings.warn(setting_error(), stacklevel=2)
 use_compile_cache()  # a second identical command reads its programs back instead of compiling them
 
 __all__ = [

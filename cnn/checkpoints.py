@@ -22,6 +22,17 @@ HEADROOM = 1.25  # the bytes of a checkpoint's arrays, times this: room for orba
 RESUME_HINT = "run the same command again to resume; the earlier checkpoints are kept"
 
 
+def nonfinite(tree: Any) -> list[str]:
+    """The paths (`conv1/kernel`) of the float arrays in `tree` that hold a NaN or an Inf: a run never saves
+    such values (its NaN guard stops it first), so in a checkpoint or a weight file they mean damage."""
+    found = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            found.append("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
+    return found
+
+
 def _score(metrics: dict[str, float]) -> float:
     # Checkpoints written before the score was configurable saved it as "val_loss".
     return metrics["score"] if "score" in metrics else metrics["val_loss"]

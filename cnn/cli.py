@@ -444,10 +444,14 @@ def _main(argv: list[str] | None) -> int:
 
     from cnn.data import DataError
     from cnn.disk import DiskFull, out_of_space
+    from cnn.host_memory import setting_error
     from cnn.run_folder import WorkdirError
     from cnn.sweep import RunsFailed
     from cnn.train import Interrupted, TrainingDiverged, TrainingFailed
 
+    if setting_error():  # before anything else, --help included: the environment is wrong for every command
+        print(f"error: {setting_error()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a one-line usage error (2), already printed

@@ -32,18 +32,23 @@ M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's <malloc.h>
 M_MMAP_MAX = -4
 
 
+def setting_error() -> str | None:
+    """What is wrong with `$CNN_MALLOC` (None: unset, 'keep' or 'default'). The CLI refuses to start on it
+    (exit 2); `import cnn` elsewhere warns and leaves glibc's settings alone."""
+    value = os.environ.get(ENV_VAR, "")
+    if value in ("", "keep", "default"):
+        return None
+    return f"${ENV_VAR}={value!r}: use 'keep' (the default) or 'default' (glibc's own settings), or unset it"
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Sets glibc's malloc to keep freed memory for the next call (see the module's text). Returns whether
     the settings are in force: False where the C library is not glibc or `CNN_MALLOC=default` is set.
     Applied once: later calls return the first answer."""
     value = os.environ.get(ENV_VAR, "")
-    if value == "default":
+    if value == "default" or setting_error():  # an unknown value leaves glibc alone (and is reported)
         return False
-    if value not in ("", "keep"):
-        raise ValueError(
-            f"${ENV_VAR}={value!r}: use 'keep' (the default) or 'default' (glibc's own settings)"
-        )
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from cnn.checkpoints import Checkpoints
+from cnn.checkpoints import Checkpoints, nonfinite
 from cnn.config import TrainConfig
 from cnn.data import DataSpec, Splits
 from cnn.evaluation import mean_metrics, metric_sums
@@ -75,6 +75,10 @@ def write_results(workdir: Path, results: dict[str, Any], run: RunState) -> None
     )
 
 
+class CheckpointDamaged(ValueError):
+    """A saved checkpoint whose weights hold NaN or Inf values (the message names them)."""
+
+
 def restore_run(
     workdir: str | Path, epoch: int | None = None
 ) -> tuple[TrainConfig, TrainState, dict[str, Any]]:
@@ -102,6 +106,13 @@ def restore_state(
         if chosen not in checkpoints.epochs():
             raise RunNotFoundError(f"epoch {chosen} is not saved in {workdir}; saved: {checkpoints.epochs()}")
         params, batch_stats, meta = checkpoints.restore_variables(chosen)
+        damaged = nonfinite({"params": params, "batch_stats": batch_stats})
+        if damaged:
+            raise CheckpointDamaged(
+                f"the checkpoint of epoch {chosen} in {workdir} holds NaN or Inf values "
+                f"({', '.join(damaged[:3])}): it is damaged; restore it from a backup, or train the run "
+                "again (--overwrite)"
+            )
         # The variables into a fresh state of the run's model: any optimizer it was trained with (a frozen
         # backbone's, say) restores, and the optimizer state, needed only to resume, starts anew.
         state = initial_state(config, spec).replace(

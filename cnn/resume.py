@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnn.checkpoints import Checkpoints
+from cnn.checkpoints import Checkpoints, nonfinite
 from cnn.config import TrainConfig
 from cnn.state import TrainState
 
@@ -80,6 +80,9 @@ def resume(
         try:
             restored, meta = checkpoints.restore(epoch, state)
             run = RunState.from_dict(meta, config.patience)
+            damaged = nonfinite({"params": restored.params, "batch_stats": restored.batch_stats})
+            if damaged:
+                raise ValueError(f"NaN or Inf values in {', '.join(damaged[:3])}")
         except Exception as error:  # orbax, tensorstore and json raise many kinds
             checkpoints = _set_aside(checkpoints, epoch, workdir, error)
             continue

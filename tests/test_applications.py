@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import h5py
 import jax
 import numpy as np
 import pytest
@@ -186,6 +187,17 @@ def test_mismatched_files_name_the_layer_and_both_shapes(oracle, tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(WeightsError, match="junk.h5 is not a readable Keras weight file"):
         build("vgg16", input_shape=(32, 32, 3), weights=tmp_path / "junk.h5")
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(o["keras2"].read_bytes())
+    with h5py.File(damaged, "r+") as f:  # one NaN in the second convolution's kernel
+        kernels = []
+        f.visititems(lambda name, item: kernels.append(name) if name.endswith("kernel:0") else None)
+        kernel = f[sorted(kernels)[1]]
+        values = kernel[...]
+        values.flat[7] = np.nan
+        kernel[...] = values
+    with pytest.raises(WeightsError, match=r"layer \S+ \(.*damaged.h5\) holds NaN or Inf values \(.*kernel"):
+        build("vgg16", input_shape=(32, 32, 3), weights=damaged)
 
 
 def test_options_checked_as_keras_checks_them():

@@ -63,6 +63,19 @@ def test_cnn_malloc_default_leaves_glibc_alone():
 
 
 def test_unknown_cnn_malloc_value_is_named_with_the_fix():
-    done = _probe(CNN_MALLOC="fast")
-    assert done.returncode != 0
+    done = _probe(CNN_MALLOC="fast")  # a notebook: a warning, and glibc left alone
+    assert done.returncode == 0 and done.stdout.split() == ["False", "True", "False"]
     assert "$CNN_MALLOC='fast'" in done.stderr and "use 'keep'" in done.stderr
+    for command in (["--help"], ["train", "--epochs", "1"]):  # the CLI: one line, exit 2, before any work
+        cli = subprocess.run(
+            [sys.executable, "-m", "cnn", *command],
+            env={**os.environ, "JAX_PLATFORMS": "cpu", "CNN_MALLOC": "garbage"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 2 and cli.stdout == "", cli.stderr
+        assert (
+            cli.stderr == "error: $CNN_MALLOC='garbage': use 'keep' (the default) or 'default' (glibc's "
+            "own settings), or unset it\n"
+        )

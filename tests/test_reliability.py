@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,7 @@ from cnn.cli import main
 from cnn.data import FASHION_MNIST, Split, Splits
 from cnn.evaluation import InputError, check_images, check_labels, evaluate, predict
 from cnn.models.convnet import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
+from cnn.results import CheckpointDamaged, restore_run
 from cnn.state import initial_state, run_keys
 from cnn.train import TrainingDiverged
 from tests.processes import ROOT, run_process, subprocess_env, train_command
@@ -165,20 +167,47 @@ def _misleading(splits: Splits) -> Splits:
     return Splits(train, Split(train.images, (train.labels + 1) % 10), splits.test)
 
 
-def _damage_truncate(latest: Path) -> None:
+def _damage_truncate(latest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = [p for p in (latest / "state").rglob("*") if p.is_file() and p.stat().st_size > 0]
     for path in files:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def _damage_missing_item(latest: Path) -> None:
+def _damage_missing_item(latest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.rmtree(latest / "meta")
 
 
+def _damage_nan(latest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN in the first weight of epoch `latest`, as a bit flip on disk would leave it (orbax's files
+    cannot be edited in place, so its reads are wrapped)."""
+    epoch = int(latest.name)
+
+    def poison(params):
+        leaves, tree = jax.tree.flatten(params)
+        return jax.tree.unflatten(tree, [leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan), *leaves[1:]])
+
+    restore, variables = Checkpoints.restore, Checkpoints.restore_variables
+
+    def restore_poisoned(self, e, template):
+        state, meta = restore(self, e, template)
+        return (state.replace(params=poison(state.params)) if e == epoch else state), meta
+
+    def variables_poisoned(self, e):
+        params, stats, meta = variables(self, e)
+        return (poison(jax.tree.map(jnp.asarray, params)) if e == epoch else params), stats, meta
+
+    monkeypatch.setattr(Checkpoints, "restore", restore_poisoned)
+    monkeypatch.setattr(Checkpoints, "restore_variables", variables_poisoned)
+    with pytest.raises(CheckpointDamaged, match=rf"epoch {epoch} in .* holds NaN or Inf values \(\w+/"):
+        restore_run(latest.parent.parent, epoch)
+
+
 @pytest.mark.parametrize(
-    "damage", [_damage_truncate, _damage_missing_item], ids=["truncated", "missing-item"]
+    "damage", [_damage_truncate, _damage_missing_item, _damage_nan], ids=["truncated", "missing-item", "nan"]
 )
-def test_a_damaged_latest_checkpoint_falls_back_and_keeps_the_best(tiny_splits, tmp_path, capsys, damage):
+def test_a_damaged_latest_checkpoint_falls_back_and_keeps_the_best(
+    tiny_splits, tmp_path, capsys, monkeypatch, damage
+):
     splits = _misleading(tiny_splits)
     config = TrainConfig(batch_size=32, epochs=4, patience=10, steps_per_call=1)
     reference = fit(config, splits, tmp_path / "reference")
@@ -191,7 +220,7 @@ def test_a_damaged_latest_checkpoint_falls_back_and_keeps_the_best(tiny_splits, 
     checkpoints.close()
     best = reference["best_epoch"]
     assert best < 3 and kept == [best, 3]
-    damage(workdir / "checkpoints" / "3")
+    damage(workdir / "checkpoints" / "3", monkeypatch)
     capsys.readouterr()
 
     resumed = fit(config, splits, workdir)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnn.applications.names import Names
+from cnn.checkpoints import nonfinite
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -213,6 +214,12 @@ def match_weights(
             p, s = _convert(kind, named, layer_params)
         except (KeyError, WeightsError) as e:
             raise WeightsError(f"weights: layer {name} ({pairs[name]} in {path}): {e}") from None
+        damaged = nonfinite({"params": p, "stats": s})
+        if damaged:
+            raise WeightsError(
+                f"weights: layer {name} ({pairs[name]} in {path}) holds NaN or Inf values "
+                f"({', '.join(damaged[:3])}): the file is damaged; download it again"
+            )
         _check_shapes(layer_params, p, name, pairs[name])
         new_params[name] = p
         if s is not None:
