@@ -106,7 +106,25 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# The largest values integer fields may take: counts (epochs, batch sizes, steps, image sizes) are int32
+# on the device, a seed seeds NumPy and JAX (32 bits).
+MAX_COUNT, MAX_SEED = 2**31 - 1, 2**32 - 1
+INT_FIELDS = ("epochs", "batch_size", "patience", "micro_batch", "limit_train", "eval_batch_size")
+
+
+def _check_ranges(c: TrainConfig) -> None:
+    """Integers too large for their use (a 70-bit seed), named with the largest that works."""
+    values = {f: getattr(c, f) for f in (*INT_FIELDS, "steps_per_call", "seed")}
+    if isinstance(c.image_size, tuple | list):
+        values.update({f"image_size[{i}]": v for i, v in enumerate(c.image_size)})
+    for field, v in values.items():
+        high = MAX_SEED if field == "seed" else MAX_COUNT
+        if _is_int(v) and v > high:
+            raise ConfigError(f"{field}: got {v}, which is too large; expected at most {high:,}")
+
+
 def _check_numbers(c: TrainConfig) -> None:
+    _check_ranges(c)
     _check(c, "epochs", _is_int(c.epochs) and c.epochs >= 1, "an integer >= 1")
     _check(c, "batch_size", _is_int(c.batch_size) and c.batch_size >= 1, "an integer >= 1")
     _check(c, "lr", _is_number(c.lr) and 0 < c.lr < math.inf, "a finite number > 0")

@@ -205,6 +205,21 @@ def layout_table() -> str:
     return "\n".join(lines)
 
 
+def overhead_table(path: str) -> str:
+    """`bench --overhead`'s JSON as the README's table, with the machine and command beside it."""
+    from cnn.bench import format_overhead
+
+    report = json.loads(Path(path).read_text())
+    host, versions = report["host"], report["versions"]
+    commit = (report.get("git_commit") or "?")[:8]
+    return (
+        format_overhead(report)
+        + f"\n\nMachine: {host['cores']}-core {host['cpu']} ({report['device']['platform']}), jax "
+        f"{versions['jax']}; command: `python -m cnn bench --overhead {' '.join(report['train_args'])}`; "
+        f"commit `{commit}`."
+    )
+
+
 def replace_block(block: str, table: str, readme: Path = README) -> None:
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     text = readme.read_text()
@@ -244,6 +259,8 @@ if __name__ == "__main__":
                 replace_block(name, table, EXPERIMENTS / "README.md")
     elif command == "layout":
         replace_block("layout", layout_table())
+    elif command == "overhead" and args:  # overhead FILE
+        replace_block("overhead", overhead_table(args[0]))
     elif command == "bench" and args:  # bench FILE [BLOCK]
         replace_block(args[1] if len(args) > 1 else "bench", bench_table(args[0]))
     else:

@@ -200,6 +200,19 @@ def test_mismatched_files_name_the_layer_and_both_shapes(oracle, tmp_path):
         build("vgg16", input_shape=(32, 32, 3), weights=damaged)
 
 
+@pytest.mark.parametrize("shape", [(75, 75), (75.0, 75, 3), (75, 0, 3), 75, "75x75x3", (75, True, 3)])
+def test_a_malformed_input_shape_is_named(shape):
+    with pytest.raises(ValueError, match=r"input_shape: expected three positive integers .* got"):
+        build("inception_v3", input_shape=shape)
+
+
+def test_weights_that_are_a_folder_or_a_misspelt_name_are_named(tmp_path):
+    with pytest.raises(WeightsError, match="is a folder; give a Keras weight file"):
+        build("vgg16", input_shape=(32, 32, 3), weights=tmp_path)
+    with pytest.raises(WeightsError, match="'ImageNet': the published weights are named 'imagenet'"):
+        build("vgg16", input_shape=(32, 32, 3), weights="ImageNet")
+
+
 def test_options_checked_as_keras_checks_them():
     with pytest.raises(ValueError, match="at least 75×75"):
         build("inception_v3", input_shape=(64, 64, 3))

@@ -165,6 +165,9 @@ def test_batch_larger_than_training_set_fails_before_writing(tiny_splits, tmp_pa
         ("val_fraction", 1.5),
         ("monitor", "accuracy"),
         ("seed", -3),
+        ("seed", 2**70),
+        ("epochs", 2**40),
+        ("image_size", (2**31, 28)),
     ],
 )
 def test_invalid_config_names_the_field(field, value):

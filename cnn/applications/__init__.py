@@ -83,6 +83,22 @@ def _spec(name: str) -> Spec:
     return APPLICATIONS[name]
 
 
+def check_input_shape(input_shape: Any) -> tuple[int, int, int]:
+    """`input_shape` as (H, W, C) of positive integers; else a ValueError naming the argument."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    ok = shape is not None and len(shape) == 3
+    ok = ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1 for v in shape)
+    if not ok:
+        raise ValueError(
+            f"input_shape: expected three positive integers (height, width, channels), e.g. (75, 75, 3); "
+            f"got {input_shape!r}"
+        )
+    return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
+
 def application(
     name: str,
     *,
@@ -96,7 +112,7 @@ def application(
     size; with the top, VGG16 (whose dense layers fix the size) at exactly 224×224 only with ImageNet
     weights (see `build`)."""
     spec = _spec(name)
-    h, w, c = tuple(input_shape)
+    h, w, c = check_input_shape(input_shape)
     if min(h, w) < spec.min_size:
         raise ValueError(
             f"input_shape: {name} needs images of at least {spec.min_size}×{spec.min_size}, got {h}×{w}"
@@ -238,7 +254,11 @@ def load_weights(
 ) -> dict[str, Any]:
     """`variables` with every layer's arrays from a Keras weight file ('imagenet': the published one, found
     in Keras' cache folders), converted once and cached as an orbax checkpoint."""
+    if isinstance(weights, str) and weights.lower() == "imagenet" and weights != "imagenet":
+        raise WeightsError(f"weights: {weights!r}: the published weights are named 'imagenet' (lower case)")
     path = find_file(*imagenet_file(name, include_top)) if str(weights) == "imagenet" else Path(weights)
+    if path.is_dir():
+        raise WeightsError(f"weights: {path} is a folder; give a Keras weight file (.h5, .keras)")
     if not path.is_file():
         raise WeightsError(f"weights: {path} does not exist")
     order = keras_order(model, input_shape)
