@@ -129,7 +129,7 @@ def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = Fa
     config_file = workdir / "config.json"
     if overwrite or not config_file.exists():
         return None
-    why = not_a_run(config_file)
+    why = not_a_run(config_file, strict=False)
     if why and "not readable" not in why:
         raise WorkdirError(f"workdir {workdir} is not a cnn run ({why}); use another --workdir")
     try:
@@ -204,9 +204,10 @@ def foreign_entries(workdir: Path) -> list[str]:
     return sorted(found)
 
 
-def not_a_run(config_file: Path) -> str | None:
+def not_a_run(config_file: Path, strict: bool = True) -> str | None:
     """Why `config_file` is not a config.json this project wrote (None: it is one): a JSON object with the
-    run's settings (`config`: known fields, a model) and the machine's metadata (`versions`)."""
+    run's settings (`config`: known fields, a model) and, `strict` (before deleting anything), the
+    machine's metadata (`versions`)."""
     try:
         saved = json.loads(config_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -215,7 +216,8 @@ def not_a_run(config_file: Path) -> str | None:
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         return "its config.json has no run config (no 'config' object)"
     unknown = sorted(set(saved["config"]) - fields)
-    if unknown or "model" not in saved["config"] or not isinstance(saved.get("versions"), dict):
+    versions = isinstance(saved.get("versions"), dict) or not strict
+    if unknown or "model" not in saved["config"] or not versions:
         what = f"unknown fields {', '.join(unknown[:3])}" if unknown else "no model or no versions"
         return f"its config.json is not one cnn writes ({what})"
     return None
