@@ -443,6 +443,7 @@ def _main(argv: list[str] | None) -> int:
     import jax
 
     from cnn.data import DataError
+    from cnn.datasets.prepared import PreparationInterrupted
     from cnn.disk import DiskFull, out_of_space
     from cnn.host_memory import setting_error
     from cnn.run_folder import WorkdirError
@@ -465,7 +466,7 @@ def _main(argv: list[str] | None) -> int:
         commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz, "sweep": _sweep}
         commands.update(tune=_tune, experiments=_experiments)
         commands[args.command](args)
-    except Interrupted as e:
+    except (Interrupted, PreparationInterrupted) as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
     except TrainingDiverged as e:

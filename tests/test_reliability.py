@@ -484,3 +484,41 @@ def test_fuzz_architecture_validator_agrees_with_the_real_network(blocks, head):
         else:
             last = f"block{i}_conv{b.convs}" if b.convs > 1 else f"block{i}_conv"
         assert tuple(inter[last]["__call__"][-1].shape[1:]) == shape, last
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_preparing_the_data_stops_at_once_keeping_nothing_half_prepared(
+    idx_dir, tmp_path, sig, code
+):
+    # Slow the preparation down (each example waits) so that the signal lands in the middle of it.
+    slow = (
+        "import time\nfrom cnn.datasets import fashion_mnist as f\n"
+        "_g = f.FashionMnistIdx._generate_examples\n"
+        "def slow(self, *a):\n    for x in _g(self, *a):\n        time.sleep(0.01)\n        yield x\n"
+        "f.FashionMnistIdx._generate_examples = slow"
+    )
+    data_dir = tmp_path / "tfds"
+    process = subprocess.Popen(
+        train_command(idx_dir, data_dir, tmp_path / "run", *SMALL, prelude=slow),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while not list(data_dir.rglob("*.tmp*")) and not list(data_dir.rglob("incomplete*")):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    started = time.monotonic()
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert time.monotonic() - started < 5  # at once, not after preparing (let alone training)
+    assert process.returncode == code, err
+    name = signal.Signals(sig).name
+    assert (
+        err == f"{name}: stopped while preparing the data set in {data_dir / 'fashion_mnist_idx'}; nothing "
+        "half-prepared was kept. Run the command again to prepare it.\n"
+    )
+    assert not list(data_dir.rglob("incomplete*")) and not list(data_dir.rglob("dataset_info.json"))
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -12,8 +12,11 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -35,13 +38,56 @@ class _QuietTfds(logging.Filter):
 logging.getLogger("absl").addFilter(_QuietTfds())
 
 
+class PreparationInterrupted(Exception):
+    """SIGINT or SIGTERM while a data set was being prepared: tfds removed its temporary folder, nothing
+    half-prepared is kept. `exit_code` is 128 + the signal number (130, 143), as shells report a signal."""
+
+    def __init__(self, signum: int, where: str):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: stopped while preparing the data set in {where}; nothing half-prepared was kept. Run "
+            "the command again to prepare it."
+        )
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def stopped_by_signals(where: str) -> Iterator[None]:
+    """SIGINT and SIGTERM raise PreparationInterrupted at once (the first one; the next ones are ignored so
+    that tfds' clean-up of its temporary folder runs to its end). Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not raised:
+            raised.append(signum)
+            raise PreparationInterrupted(signum, where)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except BaseException:
+        if raised:  # tfds re-raises it with the example being encoded pasted into its message
+            raise PreparationInterrupted(raised[0], where) from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
     """tfds' preparation, with a full disk (or a quota, or a file-size limit) reported in one line and the
-    half-written temporary folder removed: nothing half-prepared is left to be taken for good."""
+    half-written temporary folder removed: nothing half-prepared is left to be taken for good. SIGINT or
+    SIGTERM stops it at once (PreparationInterrupted)."""
     tfds.disable_progress_bar()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints sizes and paths; cnn says its own
-            builder.download_and_prepare()
+        with (
+            stopped_by_signals(str(Path(builder.data_dir).parent)),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            builder.download_and_prepare()  # tfds prints sizes and paths; cnn says its own
     except (OSError, RuntimeError, ValueError) as e:
         if not out_of_space(e):
             raise
