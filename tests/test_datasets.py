@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cnn import TrainConfig, fit, load_dataset, restore_run
+from cnn.cli import main
 from cnn.data import DataError, DataSpec, Split, Splits
 from cnn.datasets import image_folder
 from cnn.datasets.fashion_mnist import load_fashion_mnist
@@ -269,3 +270,26 @@ def test_val_split_last_holds_out_the_end_unshuffled_as_keras(idx_dir, tmp_path)
     folder = _write_folder(tmp_path / "photos", fmt=None)
     splits = load_dataset(_config(folder, image_size=(8, 8), val_split="last"), data_dir=tmp_path / "tfds")
     assert len(splits.val) == round(0.2 * (len(splits.train) + len(splits.val)))
+
+
+@pytest.mark.parametrize(("model", "size", "smallest"), [("seed_cnn", 3, "4×4"), ("lenet5", 1, "12×12")])
+def test_an_image_size_too_small_for_the_network_is_refused_before_any_image_is_read(
+    tmp_path, capsys, model, size, smallest
+):
+    root = _write_folder(tmp_path / "photos")
+    data, run = tmp_path / "tfds", tmp_path / "run"
+    argv = ["train", "--dataset", str(root), "--model", model, "--image-size", str(size), str(size)]
+    assert main([*argv, "--data-dir", str(data), "--workdir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: input: {model} cannot take {size}×{size} images (a layer's output shrinks to nothing); the "
+        f"smallest square size it takes is {smallest}: resize the images (--image-size H W) or choose "
+        "another model\n"
+    )
+    assert not data.exists() and not run.exists()
+    # the same check when the data decides the size (no --image-size): when the model is built
+    spec = DataSpec("tiny", (size, size, 3), ["a", "b"])
+    with pytest.raises(ValueError, match=f"smallest square size it takes is {smallest}"):
+        model_for(TrainConfig(model=model), spec)
+    side = int(smallest.split("×")[0])
+    assert model_for(TrainConfig(model=model), DataSpec("ok", (side, side, 3), ["a", "b"]))

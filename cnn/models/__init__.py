@@ -112,8 +112,12 @@ def model_for(config: TrainConfig, spec: DataSpec) -> nn.Module:
 
 def check_model_args(config: TrainConfig) -> None:
     """The model's name, arguments and their kinds checked before any data is loaded (ValueError naming
-    the problem); the checks that need the image shape run when the model is built (`model_for`)."""
-    build_model(config.model, **{**config.model_args, "num_classes": 2 if config.head == "sigmoid" else 10})
+    the problem); the checks that need the image shape run when the model is built (`model_for`), or here
+    already when `image_size` fixes it (an input too small for the network is refused before any image is
+    decoded or resized)."""
+    shape = None if config.image_size is None else (*config.image_size, config.channels or 1)
+    num_classes = 2 if config.head == "sigmoid" else 10
+    build_model(config.model, input_shape=shape, **{**config.model_args, "num_classes": num_classes})
 
 
 def build_model(name: str, input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
@@ -141,7 +145,43 @@ def _build(name: str, input_shape: tuple[int, ...] | None, kwargs: dict[str, Any
     except TypeError as e:
         raise ValueError(f"model_args: {name} does not take these arguments ({e})") from None
     check_fields(name, model)
+    if input_shape is not None and not fits(model, input_shape):
+        raise ValueError(
+            f"input: {name} cannot take {input_shape[0]}×{input_shape[1]} images (a layer's output shrinks "
+            f"to nothing); the smallest square size it takes is {smallest_size(model, input_shape)}: resize "
+            "the images (--image-size H W) or choose another model"
+        )
     return model
+
+
+def fits(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+    """Whether every layer of `model` has a non-empty output for one `input_shape` image (from shapes
+    alone: `jax.eval_shape`, nothing computed or compiled)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+
+    def outputs(v: Any, x: Any) -> Any:
+        return model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+
+    try:
+        variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+        _, inside = jax.eval_shape(outputs, variables, x)
+    except (ZeroDivisionError, ValueError, TypeError):  # an initialiser's fan-in of 0, an empty window
+        return False
+    return all(0 not in leaf.shape for leaf in jax.tree.leaves((variables, inside)))
+
+
+def smallest_size(model: nn.Module, input_shape: tuple[int, ...], largest: int = 1024) -> str:
+    """The smallest S for which `model` takes S×S images of `input_shape`'s channels (bisection)."""
+    low, high = max(input_shape[:2]), largest
+    if not fits(model, (high, high, *input_shape[2:])):
+        return f"above {largest}"
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(model, (mid, mid, *input_shape[2:])) else (mid, high)
+    return f"{high}×{high}"
 
 
 def check_fields(name: str, model: nn.Module) -> None:
