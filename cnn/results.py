@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cnn.checkpoints import Checkpoints, nonfinite
 from cnn.config import TrainConfig
@@ -79,6 +80,30 @@ class CheckpointDamaged(ValueError):
     """A saved checkpoint whose weights hold NaN or Inf values (the message names them)."""
 
 
+class ConfigMismatch(ValueError):
+    """A run's config.json describes another network than the weights its checkpoint holds."""
+
+
+def shape_mismatch(model: Any, saved: Any) -> str | None:
+    """The first parameter whose shape (or presence) differs between the model's `model` and the saved
+    `saved` parameters, as 'Conv_0/kernel: (3, 3, 1, 32) in the checkpoint, (5, 5, 1, 32) for the model'."""
+
+    def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+        return {
+            "/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        }
+
+    ours, theirs = shapes(model), shapes(saved)
+    for name in sorted(set(ours) | set(theirs)):
+        a, b = theirs.get(name), ours.get(name)
+        if a != b:
+            saved_as = "absent" if a is None else f"{a}"
+            model_as = "absent" if b is None else f"{b}"
+            return f"{name}: {saved_as} in the checkpoint, {model_as} for the model config.json describes"
+    return None
+
+
 def restore_run(
     workdir: str | Path, epoch: int | None = None
 ) -> tuple[TrainConfig, TrainState, dict[str, Any]]:
@@ -115,7 +140,14 @@ def restore_state(
             )
         # The variables into a fresh state of the run's model: any optimizer it was trained with (a frozen
         # backbone's, say) restores, and the optimizer state, needed only to resume, starts anew.
-        state = initial_state(config, spec).replace(
+        fresh = initial_state(config, spec)
+        misfit = shape_mismatch(fresh.params, params)
+        if misfit:
+            raise ConfigMismatch(
+                f"the run in {workdir}: its config.json does not fit the weights of its checkpoint (epoch "
+                f"{chosen}): {misfit}. Was config.json edited by hand? Restore it, or train the run again"
+            )
+        state = fresh.replace(
             params=jax.tree.map(jnp.asarray, params),
             batch_stats=None if batch_stats is None else jax.tree.map(jnp.asarray, batch_stats),
         )

@@ -23,7 +23,7 @@ from cnn.cli import main
 from cnn.data import FASHION_MNIST, Split, Splits
 from cnn.evaluation import InputError, check_images, check_labels, evaluate, predict
 from cnn.models.convnet import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
-from cnn.results import CheckpointDamaged, restore_run
+from cnn.results import CheckpointDamaged, ConfigMismatch, restore_run
 from cnn.state import initial_state, run_keys
 from cnn.train import TrainingDiverged
 from tests.processes import ROOT, run_process, subprocess_env, train_command
@@ -522,3 +522,19 @@ def test_a_signal_while_preparing_the_data_stops_at_once_keeping_nothing_half_pr
     )
     assert not list(data_dir.rglob("incomplete*")) and not list(data_dir.rglob("dataset_info.json"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_config_edited_by_hand_is_named_with_both_shapes(tiny_splits, idx_dir, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    fit(TrainConfig(epochs=1, limit_train=64, batch_size=32), tiny_splits, workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["data"]["image_shape"] = [32, 32, 1]  # the dense layer's input is now 8×8×64, not 7×7×64
+    (workdir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(
+        ConfigMismatch, match=r"dense1/kernel: \(3136, 100\) in the checkpoint, \(4096, 100\)"
+    ):
+        restore_run(workdir)
+    capsys.readouterr()
+    assert main(["viz", "--workdir", str(workdir), "--source-dir", str(idx_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Was config.json edited by hand?" in err and "Traceback" not in err
