@@ -102,7 +102,8 @@ def check_images(images: Any, shape: Sequence[int], what: str = "images") -> np.
         raise InputError(f"{what}: {int(np.isnan(images).sum())} NaN value(s); clean the input first")
     low, high = float(images.min()), float(images.max())
     if low < 0 or high > 1:
-        hint = " (they look like 0..255 pixels: divide by 255)" if high <= 255 and low >= 0 else ""
+        looks_like_pixels = 2 <= high <= 255 and low >= 0
+        hint = " (they look like 0..255 pixels: divide by 255)" if looks_like_pixels else ""
         raise InputError(f"{what}: float values must lie in [0, 1], got [{low:g}, {high:g}]{hint}")
     return images
 
@@ -128,9 +129,19 @@ def output_classes(state: TrainState) -> int:
     return max(int(logits.shape[-1]), 2)
 
 
+def check_batch(batch_size: Any) -> int:
+    """`batch_size` of `evaluate`/`predict`: an integer >= 1; else InputError."""
+    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
 def evaluate(state: TrainState, split: Split, batch_size: int = 1000) -> dict[str, float]:
     """Mean loss and accuracy of `state` on `split`; the last batch is padded and masked, never dropped.
     Raises InputError for images or labels the model cannot take (see `check_images`, `check_labels`)."""
+    batch_size = check_batch(batch_size)
+    if not isinstance(split, Split):
+        raise TypeError(f"split: expected a cnn.data.Split (images, labels), got {type(split).__name__}")
     images = check_images(split.images, state.input_shape, "split.images")
     labels = check_labels(split.labels, len(images), output_classes(state), "split.labels")
     return mean_metrics(jax.device_get(metric_sums(state, Split(images, labels), batch_size)))
@@ -143,6 +154,7 @@ def predict(state: TrainState, images: np.ndarray, batch_size: int = 1000) -> np
     """Class probabilities `(N, classes)` of `images` `(N, H, W, C)` (float in [0, 1] or uint8: the same
     pixels give the same probabilities); a model with one sigmoid output gives `[1 - p, p]`. Raises
     InputError naming the problem for anything else (see `check_images`)."""
+    batch_size = check_batch(batch_size)
     images = check_images(images, state.input_shape)
     x, _, mask = padded(images, np.zeros(len(images), np.int32), batch_size)
     out = [np.asarray(_probabilities(state, batch)) for batch in x]

@@ -148,6 +148,7 @@ def train_runs(
     """The runs of `configs` (one, or several sharing one program: `members`) trained on `splits`, each in
     its folder (locked, checked and prepared before any work), resumed where they stopped; returns their
     results."""
+    check_arguments(configs, splits)
     config, workdirs = configs[0], [Path(w) for w in workdirs]
     members = members or Members(len(configs))
     train = training_split(config, splits)
@@ -275,6 +276,19 @@ def add_on_host(totals: dict[str, np.ndarray], metrics: dict[str, np.ndarray]) -
     return {
         k: np.minimum(v, metrics[k]) if k == "first_nonfinite" else v + metrics[k] for k, v in totals.items()
     }
+
+
+def check_arguments(configs: Sequence[Any], splits: Any) -> None:
+    """TypeErrors for arguments of the wrong kind from Python callers (a dict for a config, no splits)."""
+    for config in configs:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(
+                f"config: expected a cnn.TrainConfig (TrainConfig(**fields)), got {type(config).__name__}"
+            )
+    if not isinstance(splits, Splits):
+        raise TypeError(
+            f"splits: expected cnn.data.Splits (e.g. cnn.load_dataset(config)), got {type(splits).__name__}"
+        )
 
 
 def check_finite(

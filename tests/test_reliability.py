@@ -538,3 +538,22 @@ def test_a_config_edited_by_hand_is_named_with_both_shapes(tiny_splits, idx_dir,
     assert main(["viz", "--workdir", str(workdir), "--source-dir", str(idx_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Was config.json edited by hand?" in err and "Traceback" not in err
+
+
+def test_python_callers_get_type_and_value_errors_naming_the_argument(tiny_splits, tmp_path):
+    with pytest.raises(TypeError, match=r"config: expected a cnn.TrainConfig .*got dict"):
+        fit({"epochs": 1}, tiny_splits, tmp_path / "a")
+    with pytest.raises(TypeError, match=r"splits: expected cnn.data.Splits .*got NoneType"):
+        fit(TrainConfig(epochs=1), None, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    state = initial_state(TrainConfig(), FASHION_MNIST)
+    for batch_size in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match=rf"batch_size: expected an integer >= 1, got {batch_size!r}"):
+            evaluate(state, tiny_splits.test, batch_size)
+        with pytest.raises(InputError, match="batch_size: expected an integer >= 1"):
+            predict(state, tiny_splits.test.images, batch_size)
+    just_above = np.full((2, 28, 28, 1), 1.0001, np.float32)  # not 0..255 pixels: no such hint
+    with pytest.raises(InputError, match=r"float values must lie in \[0, 1\], got \[1.0001, 1.0001\]$"):
+        predict(state, just_above)
+    with pytest.raises(InputError, match="they look like 0..255 pixels"):
+        predict(state, just_above * 200)
