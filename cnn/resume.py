@@ -4,6 +4,7 @@ reads back (a damaged one is moved aside, never deleted, and the one before it i
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -88,7 +89,22 @@ def resume(
             continue
         print(f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})")
         return restored, run, checkpoints
+    trained = _history_epochs(workdir)
+    if trained:  # a history without checkpoints: they were deleted, or moved away
+        print(
+            f"Warning: {workdir} records {trained} trained epoch(s) in history.json but holds no complete "
+            "checkpoint to resume from (deleted, or the process was killed before its first save completed); "
+            "training from the start, and history.json will be rewritten",
+            flush=True,
+        )
     return state, RunState(stopping=EarlyStopping(config.patience)), checkpoints
+
+
+def _history_epochs(workdir: Path) -> int:
+    try:
+        return len(json.loads((workdir / "history.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def _set_aside(checkpoints: Checkpoints, epoch: int, workdir: Path, error: Exception) -> Checkpoints:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -127,6 +128,20 @@ def test_a_finished_run_is_not_trained_again(trained, tiny_splits):
     epochs = []
     again = fit(TrainConfig(**FAST), tiny_splits, workdir, on_epoch_end=lambda e, m: epochs.append(e))
     assert epochs == [] and again["test_accuracy"] == results["test_accuracy"]
+
+
+def test_a_run_whose_checkpoints_were_deleted_says_so_and_trains_again(
+    trained, tiny_splits, tmp_path, capsys
+):
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained[0], workdir)
+    shutil.rmtree(workdir / "checkpoints")
+    capsys.readouterr()
+    epochs = []
+    fit(TrainConfig(**FAST), tiny_splits, workdir, on_epoch_end=lambda e, m: epochs.append(e))
+    out = capsys.readouterr().out
+    assert "records 4 trained epoch(s) in history.json but holds no complete checkpoint" in out
+    assert epochs == [1, 2, 3, 4]
 
 
 def test_last_partial_batch_is_used(tiny_splits, tmp_path):
