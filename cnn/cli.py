@@ -360,7 +360,9 @@ def _sweep(args: argparse.Namespace) -> None:
 def _tune(args: argparse.Namespace) -> None:
     from cnn.sweep import RunsFailed, data_fields, sweep_data
     from cnn.tune import (
+        JOURNAL,
         TuneError,
+        check_journal,
         check_search,
         objective,
         open_study,
@@ -376,6 +378,7 @@ def _tune(args: argparse.Namespace) -> None:
         raise TuneError(f"--trials and --workers: expected at least 1, got {args.trials} and {args.workers}")
     base = {**data_fields(args), **args.base}
     check_search(base, dims)  # every error before the data is loaded
+    check_journal(args.out / JOURNAL)
     splits = sweep_data(base, args.data_dir, args.source_dir)
     direction = "minimize" if TrainConfig(**base).monitor == "val_loss" else "maximize"
     study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed)

@@ -137,6 +137,7 @@ def open_study(out: Path, name: str, direction: str, sampler: str, pruner: str, 
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trials are reported here, not in its log lines
     out.mkdir(parents=True, exist_ok=True)
+    check_journal(out / JOURNAL)
     storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     pruners = {
@@ -154,6 +155,31 @@ def open_study(out: Path, name: str, direction: str, sampler: str, pruner: str, 
     )
     recover(study, storage)
     return study
+
+
+def check_journal(path: Path) -> None:
+    """Refuses, before Optuna reads or appends anything, a journal whose complete lines are not all JSON
+    objects (a damaged file, or not a journal): TuneError naming the file and the line."""
+    if not path.exists():
+        return
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TuneError(
+            f"{path}: not a readable Optuna journal ({e}); move it away or give another --out"
+        ) from None
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        if not line.endswith("\n") or not line.strip():  # a line still being written by another process
+            continue
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise TuneError(
+                f"{path}: line {number} is not an Optuna journal record (the file is damaged, or not a "
+                "journal); nothing was written to it: move it away or give another --out"
+            )
 
 
 def recover(study: Any, storage: Any) -> list[int]:

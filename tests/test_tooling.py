@@ -97,6 +97,21 @@ def test_a_study_whose_every_trial_failed_exits_non_zero(idx_dir, tmp_path, caps
     assert (tmp_path / "study" / "trials.md").is_file()  # the report is still written
 
 
+def test_a_damaged_journal_is_named_and_left_as_it_was(idx_dir, tmp_path, capsys):
+    journal = tmp_path / "study" / "study.journal"
+    journal.parent.mkdir()
+    journal.write_text('{"op_code": 0, "worker_id": "a"}\nnot json at all\n')
+    before = journal.read_bytes()
+    args = tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--trials", "1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {journal}: line 2 is not an Optuna journal record (the file is damaged, or not a journal); "
+        "nothing was written to it: move it away or give another --out\n"
+    )
+    assert journal.read_bytes() == before and not (tmp_path / "tfds").exists()  # before the data is read
+
+
 def test_several_workers_share_one_study_through_its_journal(idx_dir, tmp_path):
     import optuna
     from optuna.storages import JournalStorage
