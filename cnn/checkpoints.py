@@ -6,6 +6,7 @@ folder and renames it when complete, so a killed process leaves no half-written 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,17 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from cnn.disk import DiskFull, check_room, out_of_space
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops orbax's warning that an item has no metadata file (`state/_CHECKPOINT_METADATA`, which the
+    handlers used here never write): printed on every restore, it says nothing about the checkpoint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("orbax" in record.pathname and str(record.msg).startswith("Metadata file does not exist"))
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
 
 TIE_BREAK = 1e-12  # far below the gap between two distinct float32 scores
 HEADROOM = 1.25  # the bytes of a checkpoint's arrays, times this: room for orbax's index and metadata
