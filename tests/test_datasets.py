@@ -4,6 +4,7 @@ any input shape and number of classes, the one-sigmoid binary head."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -293,3 +294,24 @@ def test_an_image_size_too_small_for_the_network_is_refused_before_any_image_is_
         model_for(TrainConfig(model=model), spec)
     side = int(smallest.split("×")[0])
     assert model_for(TrainConfig(model=model), DataSpec("ok", (side, side, 3), ["a", "b"]))
+
+
+def test_every_bit_depth_is_scaled_not_clipped(tmp_path):
+    grey16 = np.array([[0, 257, 32896, 65535]], np.uint16)  # 0, 1, 128, 255 in 8 bits
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    assert image_folder.decode(tmp_path / "g16.png")[..., 0].tolist() == [[0, 1, 128, 255]]
+    Image.fromarray(grey16.astype(np.int32)).save(tmp_path / "i32.tiff")
+    assert image_folder.decode(tmp_path / "i32.tiff")[..., 0].tolist() == [[0, 1, 128, 255]]
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(tmp_path / "f.tiff")
+    assert image_folder.decode(tmp_path / "f.tiff")[..., 0].tolist() == [[0, 128, 255]]
+    Image.fromarray(np.array([[0.0, 900.0]], np.float32)).save(tmp_path / "hdr.tiff")
+    with pytest.raises(DataError, match=r"hdr.tiff is a mode-F image with values 0..900, outside \[0, 1\]"):
+        image_folder.decode(tmp_path / "hdr.tiff")
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 200, 40, 40] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.save(tmp_path / "p.png", transparency=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow warns when a palette with transparency goes straight to RGB
+        assert image_folder.decode(tmp_path / "p.png").tolist() == [[[0, 0, 0], [200, 40, 40]]]

@@ -69,13 +69,38 @@ def decode(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            gray = image.mode in GRAY_MODES
-            array = np.asarray(image.convert("L" if gray else "RGB"))
+            array = to_uint8(image, path)
+    except DataError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(
             f"dataset: {path} is not a readable image ({e}); fix or delete it, or pass --skip-bad-images"
         ) from None
     return array[..., None] if array.ndim == 2 else array
+
+
+def to_uint8(image: Image.Image, path: Path) -> np.ndarray:
+    """The image's pixels as uint8, scaled from its bit depth rather than clipped (Pillow's `convert("L")`
+    clips 16-bit values at 255): 16-bit grey / 32-bit integers within 0..65535 by 257, floats in [0, 1] by
+    255; palette images through RGBA (their transparency dropped, as every alpha channel is). Other
+    ranges are refused naming the mode and the range."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image)
+        low, high = float(values.min()), float(values.max())
+        if mode == "F" and low >= 0 and high <= 1:
+            return np.rint(values * 255).astype(np.uint8)
+        if mode != "F" and low >= 0 and high <= 65535:
+            return np.rint(values.astype(np.float64) / 257).astype(np.uint8)
+        span = "[0, 1]" if mode == "F" else "0..65535"
+        raise DataError(
+            f"dataset: {path} is a mode-{mode} image with values {low:g}..{high:g}, outside {span}: convert "
+            "it to 8-bit (or scale it into that range) first, or pass --skip-bad-images"
+        )
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA")  # a palette with transparency, as Pillow asks
+        return np.asarray(image.convert("RGB"))
+    return np.asarray(image.convert("L" if mode in GRAY_MODES else "RGB"))
 
 
 def read_split(
