@@ -154,8 +154,11 @@ class ImageFolderSet(tfds.core.GeneratorBasedBuilder):
     """tfds builder over an image folder (Tensor features, array_record, no TensorFlow); one config per
     folder contents and transforms (see `fingerprint`)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Images decoded with Pillow, resized to a common size."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Images decoded with Pillow, resized to a common size.",
+        "1.1.0": "16-bit, 32-bit integer and float images scaled to 8 bits instead of clipped.",
+    }
 
     def __init__(
         self,
