@@ -145,7 +145,8 @@ def _build(name: str, input_shape: tuple[int, ...] | None, kwargs: dict[str, Any
     except TypeError as e:
         raise ValueError(f"model_args: {name} does not take these arguments ({e})") from None
     check_fields(name, model)
-    if input_shape is not None and not fits(model, input_shape):
+    checks_itself = "input_shape" in inspect.signature(factory).parameters  # the zoo, convnets, famous ones
+    if input_shape is not None and not checks_itself and not fits(model, input_shape):
         raise ValueError(
             f"input: {name} cannot take {input_shape[0]}×{input_shape[1]} images (a layer's output shrinks "
             f"to nothing); the smallest square size it takes is {smallest_size(model, input_shape)}: resize "
