@@ -33,3 +33,15 @@ def run_process(command: list[str], timeout: int = 240, **env: str) -> subproces
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env=subprocess_env(**env), cwd=ROOT
     )
+
+
+def start_process(command: list[str], **env: str) -> subprocess.Popen:
+    """`command` started in the background (output captured as text), for tests that signal it."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(**env),
+        cwd=ROOT,
+    )

@@ -26,7 +26,7 @@ from cnn.models.convnet import ArchitectureError, ConvBlock, ConvNet, convnet, c
 from cnn.results import CheckpointDamaged, ConfigMismatch, restore_run
 from cnn.state import initial_state, run_keys
 from cnn.train import TrainingDiverged
-from tests.processes import ROOT, run_process, subprocess_env, train_command
+from tests.processes import ROOT, run_process, start_process, subprocess_env, train_command
 
 # Timing fields differ between any two runs; every other number of results.json must be identical.
 TIMING = {"train_seconds", "compile_seconds", "compilations", "compile_cache_hits", "images_per_second"}
@@ -137,14 +137,7 @@ def test_sigterm_and_ctrl_c_save_then_exit_with_the_documented_code(
         "import time, cnn.train\n_e = cnn.train.train_epoch\n"
         "cnn.train.train_epoch = lambda *a, **k: (time.sleep(0.7), _e(*a, **k))[1]"
     )
-    process = subprocess.Popen(
-        train_command(idx_dir, prepared, tmp_path, *SMALL, prelude=slow),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        cwd=ROOT,
-    )
+    process = start_process(train_command(idx_dir, prepared, tmp_path, *SMALL, prelude=slow))
     deadline = time.monotonic() + 120
     while not (tmp_path / "history.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -498,14 +491,7 @@ def test_a_signal_while_preparing_the_data_stops_at_once_keeping_nothing_half_pr
         "f.FashionMnistIdx._generate_examples = slow"
     )
     data_dir = tmp_path / "tfds"
-    process = subprocess.Popen(
-        train_command(idx_dir, data_dir, tmp_path / "run", *SMALL, prelude=slow),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        cwd=ROOT,
-    )
+    process = start_process(train_command(idx_dir, data_dir, tmp_path / "run", *SMALL, prelude=slow))
     deadline = time.monotonic() + 120
     while not list(data_dir.rglob("*.tmp*")) and not list(data_dir.rglob("incomplete*")):
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
