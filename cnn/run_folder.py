@@ -230,18 +230,22 @@ def check_overwrite(workdir: Path) -> None:
     config_file = workdir / "config.json"
     why = not_a_run(config_file) if config_file.is_file() else "it has no config.json" if entries else None
     if why:
-        shown = ", ".join(sorted(entries)[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         raise WorkdirError(
-            f"--overwrite: {workdir} is not a cnn run ({why}; it holds {shown}); nothing was deleted. "
-            "Use another --workdir."
+            f"--overwrite: {workdir} is not a cnn run ({why}; it holds {_listed(entries)}); nothing was "
+            "deleted. Use another --workdir."
         )
     foreign = foreign_entries(workdir)
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise WorkdirError(
-            f"--overwrite: {workdir} is not only a cnn run: it also holds {shown}; nothing was deleted. "
-            "Use another --workdir, or move those out first."
+            f"--overwrite: {workdir} is not only a cnn run: it also holds {_listed(foreign)}; nothing was "
+            "deleted. Use another --workdir, or move those out first."
         )
+
+
+def _listed(names: list[str]) -> str:
+    """The first five of `names` (sorted), and how many more."""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(sorted(names)[:5]) + more
 
 
 def clear_run(workdir: Path) -> None:
