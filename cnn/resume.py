@@ -77,7 +77,8 @@ def resume(
     run starts afresh. Unfinished temporary directories of an interrupted save are ignored by orbax."""
     for unfinished in sorted(checkpoints.directory.glob("*.orbax-checkpoint-tmp*")):
         print(f"Warning: ignoring {unfinished}, an unfinished checkpoint save (the run was interrupted)")
-    for epoch in sorted(checkpoints.epochs(), reverse=True):
+    saved = sorted(checkpoints.epochs(), reverse=True)
+    for epoch in saved:
         try:
             restored, meta = checkpoints.restore(epoch, state)
             run = RunState.from_dict(meta, config.patience)
@@ -90,7 +91,7 @@ def resume(
         print(f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})")
         return restored, run, checkpoints
     trained = _history_epochs(workdir)
-    if trained:  # a history without checkpoints: they were deleted, or moved away
+    if trained and not saved:  # a history without checkpoints (damaged ones were named above)
         print(
             f"Warning: {workdir} records {trained} trained epoch(s) in history.json but holds no complete "
             "checkpoint to resume from (deleted, or the process was killed before its first save completed); "
