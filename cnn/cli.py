@@ -127,6 +127,8 @@ def _bench_parser(sub: Any) -> None:
 
 
 def _sweep_parser(sub: Any) -> None:
+    from cnn.sweep import TOGETHER
+
     sweep = sub.add_parser("sweep", help="train a grid of configs, several seeds each")
     sweep.add_argument(
         "--grid",
@@ -145,7 +147,7 @@ def _sweep_parser(sub: Any) -> None:
     sweep.add_argument(
         "--together",
         default="auto",
-        choices=["auto", "vmap", "vmap_matmul", "sequential"],
+        choices=TOGETHER,
         help="the seeds of a variant (and variants differing only in lr or weight decay) as one vmapped "
         "program (its convolutions grouped, or as batched matmuls), or one after another (auto: the "
         "fastest measured)",
@@ -160,6 +162,7 @@ EXPERIMENT_FLAGS = ("epochs", "seeds", "limit_train", "together", "data_dir", "s
 
 def _experiments_parser(sub: Any) -> None:
     from cnn.experiments import DEFAULT
+    from cnn.sweep import TOGETHER
 
     experiments = sub.add_parser(
         "experiments",
@@ -177,7 +180,7 @@ def _experiments_parser(sub: Any) -> None:
     experiments.add_argument(
         "--limit-train", type=int, metavar="N", help="each script's --limit-train", **given
     )
-    experiments.add_argument("--together", choices=["auto", "vmap", "vmap_matmul", "sequential"], **given)
+    experiments.add_argument("--together", choices=TOGETHER, **given)
     experiments.add_argument("--data-dir", help="tfds data dir", **given)
     experiments.add_argument("--source-dir", help="folder with the Fashion-MNIST IDX files", **given)
     add_config_flags(experiments.add_argument_group("the data set"), only=DATA_FIELDS)
