@@ -24,7 +24,7 @@ LAYERS = [
     {"state"},
     {"steps", "placement"},
     {"evaluation"},
-    {"run_folder", "resume"},
+    {"run_folder", "resume", "explain"},
     {"results"},
     {"bookkeeping"},
     {"train", "together"},
