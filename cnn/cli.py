@@ -1,4 +1,5 @@
-"""Command line: `python -m cnn train | summary | bench | viz | sweep | tune | experiments`. Parsing only;
+"""Command line: `python -m cnn train | summary | bench | viz | sweep | tune | experiments | predict |
+evaluate | export`. Parsing only;
 the logic is in the library."""
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     _tune_parser(sub)
     _experiments_parser(sub)
     _viz_and_summary_parsers(sub)
+    _use_parsers(sub)
     for name, command in sub.choices.items():
         if name in ("train", "sweep", "tune", "experiments", "bench"):
             command.add_argument(
@@ -208,8 +210,14 @@ def _tune_parser(sub: Any) -> None:
     tune.add_argument("--pruner", default="median", choices=["median", "none"])
     tune.add_argument("--seed", type=int, default=None, help="of the sampler (default: random)")
     tune.add_argument("--study", default="cnn", help="the study's name in the journal")
-    tune.add_argument("--workers", type=int, default=1, help="local processes working on the study")
-    tune.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # set for the extra ones
+    tune.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local processes working on the study (this one waits for them, passes SIGTERM or SIGINT on "
+        "and reports)",
+    )
+    tune.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # set for those it starts
     tune.add_argument("--out", type=Path, required=True, help="the journal, trials and plots")
     add_config_flags(tune.add_argument_group("the data set of every trial"), only=DATA_FIELDS)
     _data_location_flags(tune)
@@ -221,10 +229,21 @@ def _viz_and_summary_parsers(sub: Any) -> None:
     )
     viz.add_argument("--workdir", type=Path, required=True)
     viz.add_argument("--out", type=Path, default=None, help="default: WORKDIR/viz")
+    viz.add_argument(
+        "--cam",
+        default=None,
+        metavar="LAYER",
+        help="also explain test images: Grad-CAM of LAYER (a layer with feature maps, e.g. conv2) and "
+        "SmoothGrad, into OUT/cam_LAYER.png",
+    )
     _data_location_flags(viz)
 
     summary = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
-    summary.add_argument("--model", default=TrainConfig.model)
+    from cnn.models import MODELS
+
+    summary.add_argument(
+        "--model", default=TrainConfig.model, help=f"one of {', '.join(MODELS)} (default: %(default)s)"
+    )
     summary.add_argument("--model-args", type=json_object, default={}, metavar="JSON")
     summary.add_argument(
         "--input-shape",
@@ -235,6 +254,32 @@ def _viz_and_summary_parsers(sub: Any) -> None:
         help="image shape (default: Fashion-MNIST's 28 28 1, or a famous network's smallest)",
     )
     summary.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the diagram")
+
+
+def _use_parsers(sub: Any) -> None:
+    predict = sub.add_parser("predict", help="classify image files or folders with a finished run")
+    predict.add_argument("--workdir", type=Path, required=True)
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--top", type=int, default=3, metavar="K", help="classes per image (default 3)")
+    form = predict.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    form.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="a finished run's report: per-class F1, top-k, calibration, into WORKDIR/eval"
+    )
+    evaluate.add_argument("--workdir", type=Path, required=True)
+    evaluate.add_argument("--split", default="test", choices=("test", "val", "train"))
+    evaluate.add_argument(
+        "--dataset", default=None, help="another data set with the run's classes (default: the run's own)"
+    )
+    evaluate.add_argument("--flip", action="store_true", help="test-time augmentation: average with mirrors")
+    evaluate.add_argument("--out", type=Path, default=None, help="default: WORKDIR/eval")
+    _data_location_flags(evaluate)
+
+    export = sub.add_parser("export", help="a finished run's network as a jax.export (StableHLO) file")
+    export.add_argument("--workdir", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="e.g. model.jaxexport")
 
 
 def _data_location_flags(parser: argparse.ArgumentParser) -> None:
@@ -283,6 +328,8 @@ def _summary(args: argparse.Namespace) -> None:
     check_model_name(args.model)
     shape = tuple(args.input_shape) if args.input_shape else default_input_shape(args.model)
     rows = layer_rows(build_model(args.model, input_shape=shape, **args.model_args), shape)
+    if args.plot:  # before the table: a path that cannot be written fails first
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
     print(format_summary(rows, title=args.model))
     if args.plot:
         plot_architecture(rows, args.plot, title=args.model)
@@ -364,14 +411,14 @@ def _tune(args: argparse.Namespace) -> None:
     from cnn.sweep import RunsFailed, data_fields, sweep_data
     from cnn.tune import (
         JOURNAL,
+        StudyInterrupted,
         TuneError,
         check_journal,
         check_search,
-        objective,
         open_study,
         read_space,
-        run_study,
-        start_workers,
+        run_workers,
+        search,
         without_workers,
         write_report,
     )
@@ -381,19 +428,22 @@ def _tune(args: argparse.Namespace) -> None:
         raise TuneError(f"--trials and --workers: expected at least 1, got {args.trials} and {args.workers}")
     base = {**data_fields(args), **args.base}
     check_search(base, dims)  # every error before the data is loaded
-    check_journal(args.out / JOURNAL)
-    splits = sweep_data(base, args.data_dir, args.source_dir)
+    check_journal(args.out / JOURNAL, args.study)
+    splits = sweep_data(base, args.data_dir, args.source_dir)  # prepared once, before any worker starts
     direction = "minimize" if TrainConfig(**base).monitor == "val_loss" else "maximize"
-    study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed)
-    workers = start_workers(without_workers(args.argv), args.workers, args.seed) if args.workers > 1 else []
-    try:
-        run_study(study, objective(base, dims, splits, args.out), args.trials, args.timeout)
-    finally:
-        for worker in workers:
-            worker.wait()
+    study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed, args.worker)
+    if args.workers > 1:  # this process starts them, passes a signal on, waits and reports
+        run_workers(without_workers(args.argv), args.workers, args.out)
+    else:
+        try:
+            search(study, base, dims, splits, args.out, args.trials, args.timeout)
+        except StudyInterrupted as e:
+            if args.worker:  # the process that started it says so, once
+                sys.exit(e.exit_code)
+            raise
     if args.worker:  # the first process reports
         return
-    study = open_study(args.out, args.study, direction, args.sampler, args.pruner, args.seed)
+    study = open_study(args.out, args.study, direction, args.sampler, args.pruner, None)
     for path in write_report(study, args.out):
         print(path)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -427,7 +477,39 @@ def _viz(args: argparse.Namespace) -> None:
 
     config, _, _ = restore_run(args.workdir)  # a missing run fails here, before the data is loaded
     splits = load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
-    for path in write_all(args.workdir, splits, args.out):
+    for path in write_all(args.workdir, splits, args.out, cam=args.cam):
+        print(path)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from cnn.classify import classify_files, format_csv, format_table
+
+    result = classify_files(args.workdir, args.inputs, args.top)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_csv(result) if args.csv else format_table(result), end="" if args.csv else "\n")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from cnn.run_report import evaluate_run
+
+    report, paths = evaluate_run(
+        args.workdir, args.split, args.dataset, args.flip, args.out, args.data_dir, args.source_dir
+    )
+    top = ", ".join(f"top-{k} {v:.4f}" for k, v in report["top_k_accuracy"].items())
+    print(
+        f"{report['split']}: {report['examples']:,} examples, accuracy {report['accuracy']:.4f} ({top}), "
+        f"macro F1 {report['macro']['f1']:.4f}, ECE {report['ece']:.4f}"
+    )
+    for path in paths:
+        print(path)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from cnn.export import export_run
+
+    for path in export_run(args.workdir, args.out):
         print(path)
 
 
@@ -470,7 +552,9 @@ def _main(argv: list[str] | None) -> int:
 
             use_compile_cache("off")
         commands = {"train": _train, "summary": _summary, "bench": _bench, "viz": _viz, "sweep": _sweep}
-        commands.update(tune=_tune, experiments=_experiments)
+        commands.update(
+            tune=_tune, experiments=_experiments, predict=_predict, evaluate=_evaluate, export=_export
+        )
         commands[args.command](args)
     except (Interrupted, PreparationInterrupted) as e:
         print(str(e), file=sys.stderr)

@@ -94,7 +94,9 @@ def spatial_layers(network: Network, image_shape: Sequence[int]) -> dict[str, tu
     return {k: tuple(v.shape) for k, v in found.items() if k != "_busy" and len(v.shape) == 4}
 
 
-def _resolve(network: Network, layer: str, image_shape: Sequence[int]) -> tuple[str, tuple[int, ...]]:
+def find_layer(network: Network, layer: str, image_shape: Sequence[int]) -> tuple[str, tuple[int, ...]]:
+    """The path and output shape of the one layer with feature maps named `layer` (its path or its own
+    name); ValueError listing the layers there are."""
     layers = spatial_layers(network, image_shape)
     matches = [k for k in layers if layer in (k, k.rsplit("/", 1)[-1])]
     if len(matches) != 1:
@@ -185,7 +187,7 @@ def grad_cam(
     """
     batch_size = check_batch(batch_size)
     images = _checked(network, images)
-    path, shape = _resolve(network, layer, images.shape[1:])
+    path, shape = find_layer(network, layer, images.shape[1:])
     targets = _targets(network, images, classes, batch_size)
     apply, variables, pixels = _parts(network)
     cams = []

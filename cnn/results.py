@@ -154,3 +154,18 @@ def restore_state(
     finally:
         checkpoints.close()
     return state, meta
+
+
+def finished_run(workdir: str | Path) -> tuple[TrainConfig, DataSpec, TrainState, dict[str, Any]]:
+    """The config, data description, best-epoch state and checkpoint metadata of the finished run in
+    `workdir` (what `predict`, `evaluate` and `export` use); RunNotFoundError for a folder without a run or
+    a run that has not finished (it names the command that finishes it)."""
+    workdir = Path(workdir)
+    config, spec, _ = read_run(workdir)
+    if not (workdir / "results.json").is_file():
+        raise RunNotFoundError(
+            f"the run in {workdir} has not finished (no results.json); finish it first: "
+            f"python -m cnn train --workdir {workdir} with the same settings"
+        )
+    state, meta = restore_state(workdir, config, spec)
+    return config, spec, state, meta

@@ -18,6 +18,7 @@ from cnn import conv
 from cnn.data import FASHION_MNIST, FASHION_MNIST_CLASSES, Splits, to_float
 from cnn.disk import read_json
 from cnn.evaluation import predict
+from cnn.explain import find_layer, grad_cam, smoothgrad
 from cnn.plots import plot_curves
 from cnn.results import restore_run
 from cnn.state import TrainState, model_variables
@@ -295,11 +296,52 @@ def first_conv(params: Any) -> str:
     raise ValueError("layer: the model has no convolution")
 
 
-def write_all(workdir: str | Path, splits: Splits, out: str | Path | None = None) -> list[Path]:
+def plot_explanations(
+    state: TrainState,
+    images: np.ndarray,
+    layer: str,
+    labels: np.ndarray | None = None,
+    class_names: tuple[str, ...] = FASHION_MNIST_CLASSES,
+    samples: int = 25,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """Why the network answered as it did, per image (a column each): the image titled with the predicted
+    class (red when wrong), the Grad-CAM of `layer` for that class over it, and the SmoothGrad saliency
+    (`samples` noisy copies) of the same class."""
+    probabilities = predict(state, images)
+    cams = grad_cam(state, images, layer)
+    saliency = smoothgrad(state, images, samples=samples)
+    fig, axes = plt.subplots(3, len(images), figsize=(1.8 * len(images), 6), squeeze=False)
+    for i, column in enumerate(axes.T):
+        for ax in column:
+            ax.axis("off")
+        guess = int(probabilities[i].argmax())
+        wrong = labels is not None and guess != labels[i]
+        show_image(column[0], images[i])
+        column[0].set_title(
+            f"{class_names[guess]} {probabilities[i][guess]:.0%}",
+            fontsize=8,
+            color="red" if wrong else "black",
+        )
+        show_image(column[1], images[i])
+        column[1].imshow(cams[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        column[2].imshow(saliency[i], cmap="hot", vmin=0, vmax=1)
+    axes[1, 0].set_title(f"Grad-CAM {layer}", fontsize=8, loc="left")
+    axes[2, 0].set_title("SmoothGrad", fontsize=8, loc="left")
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def write_all(
+    workdir: str | Path, splits: Splits, out: str | Path | None = None, cam: str | None = None
+) -> list[Path]:
     """Every picture of a run, from its best checkpoint, into `out` (default `workdir/viz`), with the data
     set's own class names and colours. A model without convolutions gets every picture but the filters
-    and feature maps."""
+    and feature maps. With `cam` (a layer name), also `cam_LAYER.png`: `plot_explanations` of the first
+    8 test images."""
     _, state, _ = restore_run(workdir)
+    if cam is not None:
+        find_layer(state, cam, state.input_shape)  # a wrong name fails before any picture is drawn
     names = splits.class_names
     out = Path(out or Path(workdir) / "viz")
     out.mkdir(parents=True, exist_ok=True)
@@ -319,6 +361,10 @@ def write_all(workdir: str | Path, splits: Splits, out: str | Path | None = None
         ),
         **_convolution_pictures(state, test.images[0]),
     }
+    if cam is not None:
+        written[f"cam_{cam.replace('/', '_')}.png"] = lambda p: plot_explanations(
+            state, test.images[:8], cam, test.labels[:8], names, path=p
+        )
     paths = []
     for filename, draw in written.items():
         draw(out / filename)

@@ -1,0 +1,71 @@
+"""A trained network out of the project (`python -m cnn export`): its best weights and the forward pass as a
+serialized `jax.export` program (StableHLO, the batch dimension symbolic), for CPU and CUDA, beside a JSON
+file with its class names and input. Loading it needs JAX alone, not `cnn`:
+
+    import jax, numpy as np
+    program = jax.export.deserialize(open("seed_cnn.jaxexport", "rb").read())
+    logits = program.call(images)  # uint8 (N, 28, 28, 1), any N
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cnn.data import to_float
+from cnn.results import finished_run
+from cnn.run_folder import write_json
+from cnn.state import TrainState, model_variables
+
+PLATFORMS = ("cpu", "cuda")
+
+
+def _logits(state: TrainState, images: jax.Array) -> jax.Array:
+    """The model's logits of uint8 images, the pixels turned into [0, 1] exactly as evaluation does."""
+    return state.apply_fn(model_variables(state), to_float(images, exact=True), train=False)
+
+
+def export_state(state: TrainState, platforms: tuple[str, ...] = PLATFORMS) -> jax.export.Exported:
+    """`state`'s forward pass, uint8 images `(batch, H, W, C)` -> float32 logits `(batch, outputs)`, with its
+    weights as constants, exported for `platforms` with a symbolic batch size."""
+    (batch,) = jax.export.symbolic_shape("batch")
+    spec = jax.ShapeDtypeStruct((batch, *state.input_shape), jnp.uint8)
+    return jax.export.export(jax.jit(functools.partial(_logits, state)), platforms=platforms)(spec)
+
+
+def export_run(workdir: str | Path, out: str | Path, platforms: tuple[str, ...] = PLATFORMS) -> list[Path]:
+    """The finished run in `workdir` (its best epoch) as `out` (the serialized program) and `out` + .json
+    (class names, input shape and dtype, output, the run); the folder of `out` is created. Returns both
+    paths."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"out: {out} is a folder; give a file name, e.g. {out / 'model.jaxexport'}")
+    config, spec, state, meta = finished_run(workdir)
+    exported = export_state(state, platforms)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(exported.serialize())
+    outputs = int(exported.out_avals[0].shape[-1])
+    description: dict[str, Any] = {
+        "format": "jax.export (StableHLO), load with jax.export.deserialize(bytes).call(images)",
+        "run": str(workdir),
+        "model": config.model,
+        "epoch": meta.get("epoch"),
+        "class_names": list(spec.class_names),
+        "input": {"shape": ["batch", *spec.image_shape], "dtype": "uint8", "pixels": "0..255"},
+        "output": {
+            "shape": ["batch", outputs],
+            "dtype": "float32",
+            "meaning": "logits: softmax for probabilities"
+            if outputs > 1
+            else "one logit: sigmoid for class 1",
+        },
+        "platforms": list(exported.platforms),
+        "jax_version": jax.__version__,
+    }
+    description_path = out.with_name(out.name + ".json")
+    write_json(description_path, description)
+    return [out, description_path]
