@@ -77,8 +77,8 @@ class Run:
         print(epoch_line(config, epoch, metrics, timing, who), flush=True)
         if record.stopping.stopped:
             print(
-                f"Early stopping{f' ({who})' if who else ''}: no better {config.monitor} for "
-                f"{config.patience} epochs; restoring epoch {record.stopping.best_epoch}"
+                f"Early stopping: no better {config.monitor} for {config.patience} epochs; restoring "
+                f"epoch {record.stopping.best_epoch}{f' ({who})' if who else ''}"
             )
 
     def finish(self, state: TrainState, splits: Splits, extra: dict[str, Any]) -> dict[str, Any]:

@@ -88,7 +88,15 @@ def resume(
         except Exception as error:  # orbax, tensorstore and json raise many kinds
             checkpoints = _set_aside(checkpoints, epoch, workdir, error)
             continue
-        print(f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})")
+        if run.stopping.stopped or run.epoch >= config.epochs:
+            print(
+                f"{workdir} has finished ({run.epoch} epoch(s), best: epoch {run.stopping.best_epoch}): "
+                "nothing to train; evaluating its best epoch again"
+            )
+        else:
+            print(
+                f"Resuming {workdir} after epoch {run.epoch} (best so far: epoch {run.stopping.best_epoch})"
+            )
         return restored, run, checkpoints
     trained = _history_epochs(workdir)
     if trained and not saved:  # a history without checkpoints (damaged ones were named above)
@@ -115,7 +123,7 @@ def _set_aside(checkpoints: Checkpoints, epoch: int, workdir: Path, error: Excep
     shutil.move(str(checkpoints.directory / str(epoch)), aside)
     checkpoints = Checkpoints(checkpoints.directory)
     left = checkpoints.epochs()
-    reason = str(error).splitlines()[0][:200] if str(error) else ""
+    reason = str(error).splitlines()[0].split(" See full TensorStore details")[0][:200] if str(error) else ""
     fallback = f"Falling back to epoch {max(left)}." if left else "No other checkpoint: starting afresh."
     print(
         f"Warning: the checkpoint of epoch {epoch} in {workdir} is damaged ({type(error).__name__}: "

@@ -123,11 +123,15 @@ def test_same_seed_same_history_and_resume_matches_an_uninterrupted_run(
     assert resumed["test_accuracy"] == results["test_accuracy"]
 
 
-def test_a_finished_run_is_not_trained_again(trained, tiny_splits):
+def test_a_finished_run_is_not_trained_again(trained, tiny_splits, capsys):
     workdir, results = trained
     epochs = []
+    capsys.readouterr()
     again = fit(TrainConfig(**FAST), tiny_splits, workdir, on_epoch_end=lambda e, m: epochs.append(e))
     assert epochs == [] and again["test_accuracy"] == results["test_accuracy"]
+    out = capsys.readouterr().out
+    assert "has finished (4 epoch(s)" in out and "nothing to train" in out and "Resuming" not in out
+    assert not (workdir / ".cnn-run.lock").exists()  # the lock goes with the run
 
 
 def test_a_run_whose_checkpoints_were_deleted_says_so_and_trains_again(
@@ -336,3 +340,23 @@ def test_the_progress_bar_moves_on_a_terminal(idx_dir, tmp_path):
     text = output.decode(errors="replace")
     shown = [int(k) for k in re.findall(r"\| *(\d+)/15 ", text)]
     assert max(shown, default=0) >= 2 and "img_s=" in text, text[-2000:]  # the bar moves, with the rate
+
+
+def test_resuming_on_data_that_changed_is_refused_naming_the_change(tmp_path, capsys):
+    from tests.test_datasets import _write_folder
+
+    root = _write_folder(tmp_path / "photos", per_class=10)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", str(root), "--data-dir", str(tmp_path / "tfds"), "--workdir", str(run)]
+    assert main([*args, "--epochs", "1", "--batch-size", "8"]) == 0
+    saved = (run / "config.json").read_text()
+    _write_folder(root, per_class=14)  # 12 images more
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run trained on other data" in err and "sizes" in err and "fingerprint" in err
+    (root / "emu").rename(root / "ostrich")
+    assert main([*args, "--epochs", "2", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "class_names: ['cat', 'dog', 'emu'] -> ['cat', 'dog', 'ostrich']" in err
+    assert (run / "config.json").read_text() == saved and json.loads((run / "history.json").read_text())
