@@ -57,12 +57,17 @@ def read_images(paths: Sequence[Path], spec: DataSpec) -> tuple[np.ndarray, list
         except DataError as e:
             reason = str(e).removeprefix(f"dataset: {path} ").split("; fix or delete it")[0]
             skipped.append({"file": str(path), "reason": reason})
-            print(f"Skipping {path}: {reason}", file=sys.stderr)
             continue
         images.append(to_channels(resize(image[None], (h, w)), c)[0])
         kept.append(path)
     if not images:
-        raise DataError(f"predict: none of the {len(paths)} file(s) is a readable image")
+        first = skipped[0]
+        raise DataError(
+            f"predict: none of the {len(paths)} file(s) is a readable image "
+            f"({first['file']} {first['reason']})"
+        )
+    for skip in skipped:
+        print(f"Skipping {skip['file']}: {skip['reason']}", file=sys.stderr)
     return np.stack(images), kept, skipped
 
 

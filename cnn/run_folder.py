@@ -43,7 +43,7 @@ class WorkdirBusy(WorkdirError):
 LOCK_FILE = ".cnn-run.lock"
 RUN_ENTRIES = {
     "config.json", "history.json", "results.json", "curves.png", "checkpoints", "damaged", "events",
-    LOCK_FILE, f"{LOCK_FILE}.pid",
+    LOCK_FILE, f"{LOCK_FILE}.pid",  # removed when a run ends; left in folders by older versions
 }  # fmt: skip
 RUN_SUFFIXES = (".json.tmp",)
 
@@ -261,32 +261,80 @@ def clear_run(workdir: Path) -> None:
 @contextlib.contextmanager
 def workdir_lock(workdir: str | Path) -> Iterator[None]:
     """Holds an exclusive lock on `workdir` (an fcntl lock on `.cnn-run.lock`, which records the holder's
-    host, PID and start time) while a run writes there. A second process gets `WorkdirBusy` naming the
-    holder; a lock left by a killed process is released by the operating system and taken over."""
+    host, PID and start time) while a run writes there, and removes the lock file when the run ends. A second
+    process gets `WorkdirBusy` naming the holder; a lock left by a killed process is released by the
+    operating system and taken over."""
     workdir = Path(workdir)
     make_workdir(workdir)
     if not is_primary():
         yield
         return
     path = workdir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    fallback = None
+    fd, fallback = open_locked(path, workdir)
     try:
-        fallback = _lock(fd, path, workdir)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(_me()).encode())
         yield
     finally:
-        os.close(fd)  # releases the lock
-        if fallback is not None:
-            fallback.unlink(missing_ok=True)
+        release_lock(fd, path, fallback)
 
 
 def _me() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _lock(fd: int, path: Path, workdir: Path) -> Path | None:
+LOCK_TRIES = 20
+
+
+def open_locked(path: Path, workdir: Path) -> tuple[int, Path | None]:
+    """`path` opened (created where missing) and locked: its descriptor, and the fall-back lock file where
+    fcntl locks are not supported (else None). A holder removes the file when it releases it, so a file
+    opened before that is no longer the lock once locked: then it is opened again."""
+    for _ in range(LOCK_TRIES):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fallback = take_lock(fd, path, workdir)
+        except WorkdirBusy:
+            removed = not names_file(path, fd)  # a removed file, briefly held by another opener: retry
+            os.close(fd)
+            if removed:
+                continue
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        if names_file(path, fd):
+            return fd, fallback
+        os.close(fd)  # a released (removed) file: the lock is whatever `path` names now
+        if fallback is not None:
+            fallback.unlink(missing_ok=True)
+    raise WorkdirBusy(
+        f"workdir {workdir}: its lock file {path} keeps being replaced by other runs; wait for them to "
+        "finish, or use another --workdir"
+    )
+
+
+def names_file(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd` (not removed, not replaced by a new one)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def release_lock(fd: int, path: Path, fallback: Path | None) -> None:
+    """Removes the lock file while still holding it (a process that opened it meanwhile sees, once it has
+    locked it, that it was removed, and opens the new one), then releases the lock."""
+    if names_file(path, fd):
+        path.unlink(missing_ok=True)
+    os.close(fd)  # releases the fcntl lock
+    if fallback is not None:
+        fallback.unlink(missing_ok=True)
+
+
+def take_lock(fd: int, path: Path, workdir: Path) -> Path | None:
     """Locks `fd`; returns the fall-back lock file where fcntl locks are not supported (else None)."""
     import fcntl
 

@@ -4,6 +4,7 @@ any input shape and number of classes, the one-sigmoid binary head."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -161,6 +162,36 @@ def test_changed_files_prepare_anew(tmp_path):
     assert len(second.train) + len(second.val) + len(second.test) == 36 > len(first.train)
 
 
+def test_link_loops_in_an_image_folder_are_not_walked_or_are_refused_in_one_line(tmp_path):
+    root = _write_folder(
+        tmp_path / "photos", classes={"cat": COLOURS["cat"], "dog": COLOURS["dog"]}, per_class=2
+    )
+    (root / "cat" / "up").symlink_to("..")  # links to folders inside a class are not followed
+    (root / "cat" / "self").symlink_to("self")
+    (root / "dog" / "002.png").symlink_to("002.png")  # a link to itself is no image file
+    (root / "dog" / "003.png").symlink_to("000.png")  # a link to an image is one
+    files = image_folder.image_files(root, image_folder.class_names(root))
+    assert [(p.relative_to(root).as_posix(), label) for p, label in files] == [
+        ("cat/000.png", 0), ("cat/001.png", 0), ("dog/000.png", 1), ("dog/001.png", 1), ("dog/003.png", 1)
+    ]  # fmt: skip
+    stamp = image_folder.fingerprint(root, None, None, False)
+    assert len(stamp) == 16
+    # a class folder that is a link to another disk: the files behind it count
+    elsewhere = _write_folder(tmp_path / "elsewhere", classes={"emu": COLOURS["emu"]}, per_class=2)
+    (root / "emu").symlink_to(elsewhere / "emu")
+    linked = image_folder.fingerprint(root, None, None, False)
+    assert linked != stamp
+    _write_folder(elsewhere, classes={"emu": COLOURS["emu"]}, per_class=3)
+    assert image_folder.fingerprint(root, None, None, False) not in (stamp, linked)
+    (root / "emu").unlink()
+    (root / "dog").rename(root / "wolf")  # a class renamed: the same files under another name
+    assert image_folder.fingerprint(root, None, None, False) != stamp
+    (root / "loop").symlink_to(".")  # a "class" holding the whole data set again
+    with pytest.raises(DataError, match=f"^dataset: {re.escape(str(root / 'loop'))} is a link .*a loop") as e:
+        load_dataset(_config(root), data_dir=tmp_path / "tfds")
+    assert "\n" not in str(e.value)
+
+
 def test_lfw_faces_are_the_real_200_photos(tmp_path):
     pytest.importorskip("skimage")
     splits = load_dataset(TrainConfig(dataset="lfw_faces"), data_dir=tmp_path / "tfds")
@@ -296,7 +327,29 @@ def test_an_image_size_too_small_for_the_network_is_refused_before_any_image_is_
     assert model_for(TrainConfig(model=model), DataSpec("ok", (side, side, 3), ["a", "b"]))
 
 
+def _png_rgb16(path: Path, pixels: np.ndarray) -> None:
+    """A 48-bit (16 bits per channel) RGB PNG, which Pillow reads but cannot write."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
 def test_every_bit_depth_is_scaled_not_clipped(tmp_path):
+    rgb16 = np.array([[[0, 257, 65535], [32896, 65535, 0]]], np.uint16)  # (0, 1, 255), (128, 255, 0)
+    _png_rgb16(tmp_path / "rgb16.png", rgb16)
+    assert image_folder.decode(tmp_path / "rgb16.png").tolist() == [[[0, 1, 255], [128, 255, 0]]]
     grey16 = np.array([[0, 257, 32896, 65535]], np.uint16)  # 0, 1, 128, 255 in 8 bits
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     assert Image.open(tmp_path / "g16.png").mode == "I;16"

@@ -3,24 +3,38 @@ workdir (a lock, taken over after SIGKILL), and bad inputs refused in one line w
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cnn import run_folder
 from cnn.cli import main
 from cnn.config import TrainConfig
 from cnn.datasets import LOADED
-from cnn.run_folder import LOCK_FILE, WorkdirBusy, WorkdirError, clear_run, exclusive_file_lock, workdir_lock
-from tests.processes import ROOT, subprocess_env
+from cnn.run_folder import (
+    LOCK_FILE,
+    WorkdirBusy,
+    WorkdirError,
+    clear_run,
+    exclusive_file_lock,
+    take_lock,
+    workdir_lock,
+)
+from tests.processes import ROOT, run_process, subprocess_env, train_command
 
 TINY = ["--epochs", "1", "--limit-train", "64", "--batch-size", "32"]
 
@@ -81,8 +95,10 @@ def test_clear_run_keeps_the_folder_and_removes_only_run_files(tmp_path):
     for name in ("history.json", "results.json", "curves.png", "results.json.tmp"):
         (tmp_path / name).write_text("{}")
     (tmp_path / "config.json").write_text(_run_config())
+    for name in (LOCK_FILE, f"{LOCK_FILE}.pid"):  # left by an older version, or held by the clearing run
+        (tmp_path / name).write_text("{}")
     clear_run(tmp_path)
-    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+    assert tmp_path.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, f"{LOCK_FILE}.pid"]
 
 
 @pytest.mark.parametrize(
@@ -134,16 +150,55 @@ def test_a_workdir_that_is_a_file_is_one_line(idx_dir, tmp_path, capsys, overwri
     assert (tmp_path / "afile").read_text() == "data"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_workdir_is_one_line(idx_dir, tmp_path, capsys):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+def as_a_normal_user() -> list[str]:
+    """The command prefix that runs a command as user `nobody` where the tests run as root (who writes into
+    read-only folders), else none; skips the test where root cannot drop its privileges."""
+    if os.geteuid() != 0:
+        return []
     try:
-        assert train(idx_dir, tmp_path, folder / "run") == 2
-        assert "no permission" in one_line_error(capsys)
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("running as root, and there is no user nobody to drop privileges to")
+    setpriv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    probe = [sys.executable, "-c", "import cnn"]  # the interpreter and the package readable by nobody
+    for prefix in (setpriv, ["runuser", "-u", "nobody", "--"]):
+        if shutil.which(prefix[0]) and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+            found = subprocess.run(
+                [*prefix, *probe], capture_output=True, text=True, cwd="/", env=subprocess_env()
+            )
+            if found.returncode == 0:
+                return prefix
+            pytest.skip(f"running as root, and nobody cannot run this Python and cnn: {found.stderr[-300:]}")
+    pytest.skip("running as root, and unable to drop privileges (neither setpriv nor runuser works)")
+
+
+def test_a_read_only_workdir_is_one_line(idx_dir, prepared):
+    """As a normal user, in a process of its own: `nobody` where the tests run as root (as in CI), in a
+    folder it can reach (pytest's tmp_path is private to root), with a home of its own."""
+    prefix = as_a_normal_user()
+    shared = Path(tempfile.mkdtemp(prefix="cnn-read-only-"))
+    home, data, read_only = shared / "home", shared / "idx", shared / "read-only"
+    try:
+        shutil.copytree(idx_dir, data)
+        shutil.copytree(prepared, home / "tfds")  # the data set prepared already: only the workdir is new
+        read_only.mkdir()
+        for path in (shared, data, read_only, *data.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        read_only.chmod(0o555)
+        if prefix:
+            nobody = pwd.getpwnam("nobody")
+            for path in (home, *home.rglob("*")):
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        command = train_command(data, home / "tfds", read_only / "run", *TINY)
+        env = {"HOME": str(home), "MPLCONFIGDIR": str(home / "mpl"), "CNN_COMPILE_CACHE": str(home / "jax")}
+        result = run_process([*prefix, *command], **env)
     finally:
-        folder.chmod(0o755)
+        if read_only.exists():
+            read_only.chmod(0o755)
+        shutil.rmtree(shared)
+    assert result.returncode == 2, f"{' '.join(prefix)} python ...: {result.stderr}"
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "no permission" in result.stderr
 
 
 def hold_lock(workdir: Path) -> subprocess.Popen:
@@ -171,16 +226,64 @@ def test_a_second_process_on_a_workdir_is_refused_and_writes_nothing(idx_dir, tm
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    # the killed holder's lock went with it: the next run takes the folder over
+    # the killed holder's lock went with it: the next run takes the folder over, and removes the lock file
     assert train(idx_dir, tmp_path, run) == 0 and (run / "results.json").is_file()
+    assert not (run / LOCK_FILE).exists()
 
 
 def test_the_lock_is_released_after_a_run_and_nested_use_is_refused(tmp_path):
     with workdir_lock(tmp_path / "w"):
         holder = json.loads((tmp_path / "w" / LOCK_FILE).read_text())
         assert holder["pid"] == os.getpid()
+        with pytest.raises(WorkdirBusy, match=f"PID {os.getpid()}"), workdir_lock(tmp_path / "w"):
+            pass
+    assert list((tmp_path / "w").iterdir()) == []  # the lock file goes with the lock
     with workdir_lock(tmp_path / "w"):  # released: taken again
         pass
+
+
+@pytest.mark.parametrize("meanwhile", ["no-run", "another-run"])
+def test_a_lock_file_removed_after_it_was_opened_is_not_taken_for_the_lock(tmp_path, monkeypatch, meanwhile):
+    """The classic race of removing a lock file: B opens the file, A ends its run (removes it, unlocks),
+    and B's flock succeeds on a file no longer in the folder. B must open the folder's lock file anew:
+    taking it when it is free, refused when a third run C has taken it meanwhile."""
+    workdir, a_run, c_run = tmp_path / "w", contextlib.ExitStack(), contextlib.ExitStack()
+    a_run.enter_context(workdir_lock(workdir))
+    named, ended = [], []  # named: whether the folder's lock file is the file each take_lock call locked
+
+    def a_ends_between_open_and_lock(fd, path, folder):
+        if not ended:  # B has opened A's file: A ends, and C may start
+            ended.append(a_run.close())
+            if meanwhile == "another-run":
+                c_run.enter_context(workdir_lock(workdir))
+        try:
+            return take_lock(fd, path, folder)
+        finally:
+            named.append(run_folder.names_file(path, fd))
+
+    monkeypatch.setattr(run_folder, "take_lock", a_ends_between_open_and_lock)
+    with c_run:
+        if meanwhile == "another-run":
+            with pytest.raises(WorkdirBusy, match=f"PID {os.getpid()}"), workdir_lock(workdir):
+                pass
+        else:
+            with workdir_lock(workdir):
+                assert json.loads((workdir / LOCK_FILE).read_text())["pid"] == os.getpid()
+    # B's first file was A's, removed; its second the folder's: C's (locked first: refused) or its own
+    assert named == ([True, False, True] if meanwhile == "another-run" else [False, True])
+    assert list(workdir.iterdir()) == []
+
+
+def test_the_fallback_lock_is_removed_with_the_lock_file(tmp_path, monkeypatch):
+    def no_fcntl_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_fcntl_locks)
+    with workdir_lock(tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, f"{LOCK_FILE}.pid"]
+        with pytest.raises(WorkdirBusy, match=f"PID {os.getpid()}"), workdir_lock(tmp_path):
+            pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_fallback_lock_file_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, capsys):

@@ -35,8 +35,16 @@ def layout(root: Path) -> dict[str, Path]:
 
 
 def class_names(folder: Path) -> tuple[str, ...]:
-    """The class sub-folders of `folder`, sorted; DataError for fewer than two."""
-    names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    """The class sub-folders of `folder`, sorted; DataError for fewer than two, or for a link back to
+    `folder` or above it (a loop: that "class" would hold every image)."""
+    folders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for p in folders:
+        if p.is_symlink() and folder.resolve().is_relative_to(p.resolve()):
+            raise DataError(
+                f"dataset: {p} is a link to {p.resolve()}, which holds {folder} (a loop, not a class "
+                "folder); remove the link"
+            )
+    names = tuple(sorted(p.name for p in folders))
     if not names:
         raise DataError(
             f"dataset: {folder} holds no class folders; put each class's images in {folder}/CLASS/"
@@ -49,7 +57,9 @@ def class_names(folder: Path) -> tuple[str, ...]:
 
 
 def image_files(folder: Path, names: tuple[str, ...]) -> list[tuple[Path, int]]:
-    """(file, class index) of every image under `folder/CLASS/`; DataError for a class without images."""
+    """(file, class index) of every image under `folder/CLASS/`; DataError for a class without images.
+    Links to images are followed, links to folders inside a class are not (as Keras' default
+    `follow_links=False`), so a link loop there is never walked."""
     files = []
     for label, name in enumerate(names):
         found = sorted(
@@ -139,14 +149,31 @@ def read_split(
     return out, np.array(labels, np.int64), skipped
 
 
+def walk_files(root: Path) -> list[Path]:
+    """Every file under `root`, sorted, following links to folders (a class folder may be a link to
+    another disk) but never into a folder already walked or one above it (no loops)."""
+    seen, found = {root.resolve()}, []
+    for here, folders, files in os.walk(root, followlinks=True):
+        here_real = Path(here).resolve()
+        keep = []
+        for name in sorted(folders):
+            real = (Path(here) / name).resolve()
+            if real not in seen and not here_real.is_relative_to(real):
+                seen.add(real)
+                keep.append(name)
+        folders[:] = keep
+        found += [Path(here) / f for f in files if (Path(here) / f).is_file()]
+    return sorted(found)
+
+
 def fingerprint(root: Path, size: Any, channels: Any, skip_bad: bool) -> str:
-    """A short hash of every file's path, size and modification time and of the transforms: any change
-    prepares the data set anew instead of reusing a stale one."""
+    """A short hash of every file's path, size and modification time (behind links to folders too, see
+    `walk_files`) and of the transforms: any change prepares the data set anew instead of reusing a stale
+    one. A link that leads nowhere (or to itself) is no file."""
     digest = hashlib.sha256(f"{root.resolve()}|{size}|{channels}|{skip_bad}".encode())
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            digest.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for p in walk_files(root):
+        st = p.stat()
+        digest.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
