@@ -280,6 +280,9 @@ def _use_parsers(sub: Any) -> None:
     export = sub.add_parser("export", help="a finished run's network as a jax.export (StableHLO) file")
     export.add_argument("--workdir", type=Path, required=True)
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="e.g. model.jaxexport")
+    export.add_argument(
+        "--onnx", action="store_true", help="also FILE with the suffix .onnx (needs the onnx extra: jax2onnx)"
+    )
 
 
 def _data_location_flags(parser: argparse.ArgumentParser) -> None:
@@ -509,7 +512,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from cnn.export import export_run
 
-    for path in export_run(args.workdir, args.out):
+    for path in export_run(args.workdir, args.out, onnx=args.onnx):
         print(path)
 
 

@@ -191,7 +191,7 @@ class MaxPool(_Pool):
         size, strides = self.window()
         if padding_mode(self.padding) == "valid" and size == strides:
             return window_max(x, size)
-        return nn.max_pool(x, size, strides, padding_mode(self.padding).upper())
+        return nn.max_pool(x, window_shape=size, strides=strides, padding=padding_mode(self.padding).upper())
 
 
 def window_max(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -245,7 +245,13 @@ class AvgPool(_Pool):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         size, strides = self.window()
-        return nn.avg_pool(x, size, strides, padding_mode(self.padding).upper(), count_include_pad=False)
+        return nn.avg_pool(
+            x,
+            window_shape=size,
+            strides=strides,
+            padding=padding_mode(self.padding).upper(),
+            count_include_pad=False,
+        )
 
 
 class Flatten(nn.Module):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-time set-up, safe to re-run: a virtual environment in .venv with the package, its dev and photos extras,
+# One-time set-up, safe to re-run: a virtual environment in .venv with the package, its dev, photos and onnx extras,
 # and the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist where apt is available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[dev,photos]'
+    .venv/bin/python -m pip install --quiet -e '.[dev,photos,onnx]'
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -325,3 +325,28 @@ def test_an_exported_run_gives_the_same_logits_in_a_process_without_cnn(run, tmp
     np.testing.assert_allclose(theirs, ours, atol=1e-6, rtol=0)
     assert main(["export", "--workdir", str(run), "--out", str(tmp_path)]) == 2
     assert "is a folder; give a file name" in one_line_error(capsys)
+    assert main(["export", "--workdir", str(run), "--out", str(tmp_path / "m.onnx"), "--onnx"]) == 2
+    assert "is the ONNX file's name" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("model", ["seed_cnn", "lenet5", "vgg_bn"])  # max and average pooling, batch norm
+def test_onnx_export_gives_the_same_logits_in_onnxruntime(model, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from cnn.config import TrainConfig
+    from cnn.export import export_onnx
+    from cnn.state import initial_state, model_variables
+
+    state = initial_state(TrainConfig(model=model), FASHION_MNIST)
+    path = export_onnx(state, tmp_path / f"{model}.onnx")
+    session = onnxruntime.InferenceSession(str(path))
+    images = (np.random.default_rng(0).random((5, 28, 28, 1)) * 255).astype(np.uint8)
+    ours = np.asarray(state.apply_fn(model_variables(state), images.astype(np.float32) / 255, train=False))
+    for n in (1, 5):
+        theirs = session.run(None, {session.get_inputs()[0].name: images[:n]})[0]
+        np.testing.assert_allclose(theirs, ours[:n], atol=1e-5, rtol=1e-5)
+
+
+def test_onnx_export_without_jax2onnx_names_the_extra(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # as if it were not installed
+    assert main(["export", "--workdir", str(run), "--out", str(tmp_path / "m.jaxexport"), "--onnx"]) == 2
+    assert "--onnx needs jax2onnx and onnx: pip install -e '.[onnx]'" in one_line_error(capsys)
