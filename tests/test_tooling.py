@@ -187,10 +187,10 @@ def test_a_killed_workers_trial_is_marked_failed_and_tried_again(idx_dir, tmp_pa
         time.sleep(0.5)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    assert main(tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--trials", "3")) == 0
+    assert main(tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--trials", "2")) == 0
     study = optuna.load_study(study_name="cnn", storage=JournalStorage(JournalFileBackend(str(journal))))
     states = {t.number: t.state.name for t in study.trials}
-    assert states[0] == "FAIL" and list(states.values()).count("COMPLETE") == 2
+    assert states[0] == "FAIL" and list(states.values()).count("COMPLETE") == 2  # the lost one not counted
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
     assert retry and retry[0].params == study.trials[0].params  # the lost point is tried again
 
@@ -206,3 +206,163 @@ def test_a_pruned_trial_stops_after_the_epoch_it_was_pruned_at(tiny_splits, tmp_
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
     history = json.loads((tmp_path / "trial-0000" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1]  # stopped there; the folder stays a resumable run
+
+
+def finished_study(out, name="cnn"):
+    """A journal in `out` holding study `name` with one finished trial, written without training."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    out.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    study = optuna.create_study(study_name=name, storage=storage)
+    trial = optuna.trial.create_trial(
+        params={"lr": 1e-3},
+        distributions={"lr": FloatDistribution(1e-4, 3e-3, log=True)},
+        value=0.5,
+        user_attrs={"test_accuracy": 0.8},
+    )
+    study.add_trial(trial)
+    return out / "study.journal"
+
+
+def test_a_rerun_of_a_finished_study_prints_none_of_optunas_log_lines(idx_dir, tmp_path, capfd):
+    import optuna
+
+    finished_study(tmp_path / "study")
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # as in a fresh process: the command must quiet it
+    capfd.readouterr()
+    assert main(tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--trials", "1")) == 0
+    out, err = capfd.readouterr()  # file descriptors: Optuna's log handler holds the original stderr
+    assert "Best trial 0: val_loss 0.5000" in out
+    assert "Using an existing study" not in out + err and "[I " not in out + err and "[W " not in out + err
+
+
+def test_a_second_study_into_the_folder_of_another_is_refused_before_any_work(idx_dir, tmp_path, capsys):
+    journal = finished_study(tmp_path / "study", name="first")
+    before = journal.read_bytes()
+    args = tune_args(idx_dir, tmp_path, "--space", "lr=loguniform(1e-4,3e-3)", "--study", "second")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --out {tmp_path / 'study'} holds the study 'first' (its journal, trial folders and "
+        "trials.md); study 'second' needs a folder of its own: give another --out, or --study first to "
+        "continue that one\n"
+    )
+    assert journal.read_bytes() == before and not (tmp_path / "tfds").exists()  # before the data is read
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["study.journal"]
+
+
+def slowed(tmp_path, seconds: float) -> dict[str, str]:
+    """The environment of a test process in which every process of a study (its workers too) sleeps
+    `seconds` before each epoch, so that a trial is surely still running when the test acts."""
+    import os
+
+    from tests.processes import ROOT, subprocess_env
+
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(
+        f"import time, cnn.train\n_e = cnn.train.train_epoch\n"
+        f"cnn.train.train_epoch = lambda *a, **k: (time.sleep({seconds}), _e(*a, **k))[1]\n"
+    )
+    return subprocess_env(PYTHONPATH=f"{tmp_path / 'slow'}{os.pathsep}{ROOT}")
+
+
+def same_program_study(idx_dir, prepared, tmp_path, epochs: int) -> list[str]:
+    """`tune` over seeds only (every trial compiles the same program: the cache serves all but the first)
+    of 2 trials on the prepared tiny data."""
+    args = tune_args(idx_dir, tmp_path, "--space", "seed=int(0,1000000)", "--trials", "2", "--pruner", "none")
+    args[args.index("--data-dir") + 1] = str(prepared)
+    args[args.index("--base") + 1] = json.dumps({"epochs": epochs, "limit_train": 96})
+    return args
+
+
+def test_two_tune_commands_on_one_study_share_it_without_clashes(idx_dir, prepared, tmp_path):
+    """Two separate commands (not --workers) at once: one trial each, numbered and foldered apart."""
+    import subprocess
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tests.processes import ROOT
+
+    args = same_program_study(idx_dir, prepared, tmp_path, epochs=3)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cnn", *args], env=slowed(tmp_path, 1.5), cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "study" / "trial-0000").exists():  # the second joins while the first trains
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.1)
+    assert main(args) == 0
+    out, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study" / "study.journal")))
+    trials = optuna.load_study(study_name="cnn", storage=storage).trials
+    assert [t.number for t in trials] == [0, 1] and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # one trial by each command
+    assert trials[1].datetime_start < trials[0].datetime_complete  # at the same time
+    for t in trials:  # each folder holds the run of its own trial
+        saved = json.loads((tmp_path / "study" / f"trial-{t.number:04d}" / "config.json").read_text())
+        assert saved["config"]["seed"] == t.params["seed"]
+    assert "| 0 | complete |" in (tmp_path / "study" / "trials.md").read_text()
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_to_tune_with_workers_stops_them_and_a_rerun_continues(
+    idx_dir, prepared, tmp_path, monkeypatch, sig, code
+):
+    """SIGTERM to the parent, or Ctrl-C in a terminal (SIGINT to its process group): each worker stops after
+    its epoch in progress, its trial failed and queued again; one line, the signal's code; the same command
+    again finishes the study."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tests.processes import CACHE, ROOT
+
+    args = same_program_study(idx_dir, prepared, tmp_path, epochs=10)
+    command = [sys.executable, "-m", "cnn", *args, "--workers", "2"]
+    parent = subprocess.Popen(
+        command, env=slowed(tmp_path, 0.7), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,  # its own process group, as a terminal's foreground job
+    )  # fmt: skip
+    study = tmp_path / "study"
+    deadline = time.monotonic() + 180
+    while len(list(study.glob("trial-*/history.json"))) < 2:  # both workers in the middle of a trial
+        assert time.monotonic() < deadline and parent.poll() is None, parent.communicate()
+        time.sleep(0.1)
+    if sig == "SIGTERM":
+        parent.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(parent.pid, signal.SIGINT)
+    out, err = parent.communicate(timeout=120)
+    assert parent.returncode == code, err
+    assert err == (
+        f"{sig}: stopped the study in {study} (a trial in progress is marked failed, its point queued "
+        "again); run the same command again to continue it\n"
+    )
+    storage = JournalStorage(JournalFileBackend(str(study / "study.journal")))
+    trials = optuna.load_study(study_name="cnn", storage=storage).trials
+    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    assert all(t.user_attrs.get("stopped") == sig for t in trials if t.state.name == "FAIL")
+    for trial in study.glob("trial-*"):  # stopped after the epoch in progress, that epoch saved
+        assert 1 <= len(json.loads((trial / "history.json").read_text())) < 10
+    if sig == "SIGINT":  # the rerun is the same after either signal: once is enough
+        return
+    monkeypatch.setenv("CNN_COMPILE_CACHE", str(CACHE))  # its workers reuse what the first ones compiled
+    assert main(command[3:]) == 0  # the same command again
+    trials = optuna.load_study(study_name="cnn", storage=storage).trials
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(trials) == 4 and sorted(t.user_attrs["retry_of"] for t in done) == [0, 1]
+    assert f"| 0 | fail ({sig}, queued again) |" in (study / "trials.md").read_text()
