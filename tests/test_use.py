@@ -282,6 +282,9 @@ def test_explanations_of_a_run_and_of_an_application_network(run, capsys):
     colour = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     cams = grad_cam(network, colour, "block2_conv2", classes=5)  # a cut network: channel 5's mean
     assert cams.shape == (2, 32, 32) and cams.max() == pytest.approx(1.0)
+    whole = build("mobilenet_v2", input_shape=(32, 32, 3), include_top=True, classes=4)
+    cams = grad_cam(whole, colour, "Conv_1")  # the whole network: its predicted class
+    assert cams.shape == (2, 32, 32) and np.isfinite(cams).all()
 
 
 def test_viz_cam_draws_the_explanations_and_refuses_a_wrong_layer(run, idx_dir, prepared, tmp_path, capsys):
