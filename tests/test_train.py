@@ -93,7 +93,8 @@ def test_early_stopping_stops_and_restores_the_best_weights(tiny_splits, tmp_pat
     splits = _misleading_validation(tiny_splits)
     results = fit(TrainConfig(batch_size=32, epochs=12, patience=2), splits, tmp_path)
     said = [line for line in capsys.readouterr().out.splitlines() if "Early stopping" in line]
-    assert said == [f"Early stopping: no better val_loss for 2 epochs; restoring epoch {results['best_epoch']}"]
+    best_epoch = results["best_epoch"]
+    assert said == [f"Early stopping: no better val_loss for 2 epochs; restoring epoch {best_epoch}"]
     history = json.loads((tmp_path / "history.json").read_text())
     assert results["stopped_early"] and results["epochs_run"] == results["best_epoch"] + 2 < 12
     assert len(history) == results["epochs_run"]
