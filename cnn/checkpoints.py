@@ -129,6 +129,9 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(epoch, args=args)
         state = restored["state"]
+        if state.get("ema_params"):  # a run that keeps a moving average is used with it
+            stats = state.get("ema_batch_stats") or state.get("batch_stats")
+            return state["ema_params"], stats, restored["meta"]
         return state["params"], state.get("batch_stats"), restored["meta"]
 
     def close(self) -> None:

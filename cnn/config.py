@@ -38,9 +38,11 @@ class TrainConfig:
     optimizer: str = _field(
         "adam",
         "Adam (AdamW with --weight-decay) or RMSprop, both with Keras' defaults (the sources' transfer "
-        "learning uses rmsprop at 5e-4)",
-        choices=("adam", "rmsprop"),
+        "learning uses rmsprop at 5e-4), or SGD with --momentum (and --nesterov)",
+        choices=("adam", "rmsprop", "sgd"),
     )
+    momentum: float = _field(0.9, "SGD's momentum (0: plain SGD); only with --optimizer sgd")
+    nesterov: bool = _field(False, "SGD with Nesterov momentum; only with --optimizer sgd")
     patience: int = _field(2, "early stopping: epochs without a better --monitor before stopping")
     seed: int = _field(0, "seed of initialisation, shuffling and dropout")
     limit_train: int | None = _field(None, "use only the first N training examples", metavar="N")
@@ -53,7 +55,40 @@ class TrainConfig:
         choices=("seeded", "last"),
     )
     eval_batch_size: int = _field(1000, "batch size of evaluation")
-    schedule: str = _field("constant", "learning rate schedule", choices=("constant", "cosine"))
+    schedule: str = _field(
+        "constant",
+        "learning rate schedule: constant, cosine decay to zero, linear warm-up (--warmup-epochs) then "
+        "cosine, step decay (x --decay-rate every --decay-epochs), or reduce on plateau of the training loss "
+        "(x --decay-rate after --plateau-patience epochs without improvement; optax.contrib)",
+        choices=("constant", "cosine", "warmup_cosine", "step", "plateau"),
+    )
+    warmup_epochs: int = _field(0, "warmup_cosine: epochs of linear warm-up from 0 (fewer than --epochs)")
+    decay_epochs: int = _field(10, "step: epochs between decays of the learning rate")
+    decay_rate: float = _field(0.1, "step and plateau: the factor the learning rate is multiplied by")
+    plateau_patience: int = _field(2, "plateau: epochs without a lower training loss before a decay")
+    grad_clip: float = _field(0.0, "clip gradients to this global norm (0: no clipping)")
+    label_smoothing: float = _field(0.0, "label smoothing: targets (1 - e) one-hot + e / classes")
+    ema_decay: float = _field(
+        0.0,
+        "keep an exponential moving average of the weights (and batch-norm statistics) with this decay "
+        "(e.g. 0.999) and validate, stop early and test with it (0: off)",
+    )
+    crop_padding: int = _field(0, "augment: a random crop of the image zero-padded by this many pixels")
+    flip: bool = _field(False, "augment: a random horizontal flip")
+    erasing: float = _field(0.0, "augment: the probability of random erasing (a random rectangle of noise)")
+    mixup: float | None = _field(
+        None, "augment: mixup with Beta(alpha, alpha) mixing (e.g. 0.2)", metavar="ALPHA"
+    )
+    cutmix: float | None = _field(
+        None,
+        "augment: cutmix with Beta(alpha, alpha) areas (e.g. 1.0); with --mixup, one of them per batch",
+        metavar="ALPHA",
+    )
+    randaugment: int = _field(0, "augment: RandAugment, this many ops per image (0: off)")
+    randaugment_magnitude: float = _field(9.0, "RandAugment: the ops' magnitude, 0 to 10")
+    randaugment_ops: str = _field(
+        "all", "RandAugment: the ops to draw from, comma-separated (python -m cnn train --help lists them)"
+    )
     weight_decay: float = _field(0.0, "AdamW's decoupled weight decay when > 0")
     steps_per_call: int = _field(10, "train steps compiled into one call (unrolled; 10 is fastest measured)")
     micro_batch: int = _field(
@@ -109,7 +144,10 @@ class TrainConfig:
 # The largest values integer fields may take: counts (epochs, batch sizes, steps, image sizes) are int32
 # on the device, a seed seeds NumPy and JAX (32 bits).
 MAX_COUNT, MAX_SEED = 2**31 - 1, 2**32 - 1
-INT_FIELDS = ("epochs", "batch_size", "patience", "micro_batch", "limit_train", "eval_batch_size")
+INT_FIELDS = (
+    "epochs", "batch_size", "patience", "micro_batch", "limit_train", "eval_batch_size", "warmup_epochs",
+    "decay_epochs", "plateau_patience",
+)  # fmt: skip
 
 
 def _check_ranges(c: TrainConfig) -> None:
@@ -154,6 +192,65 @@ def _check_numbers(c: TrainConfig) -> None:
     _check(c, "head", c.head in OUTPUT_HEADS, f"one of {OUTPUT_HEADS}")
     _check(c, "data_placement", c.data_placement in PLACEMENTS, f"one of {PLACEMENTS}")
     _check(c, "model", isinstance(c.model, str) and bool(c.model), "a model name (python -m cnn summary)")
+    _check_recipe(c)
+
+
+def _check_recipe(c: TrainConfig) -> None:
+    """The fields of the training recipe: optimizer, schedule, regularisation and augmentation."""
+    _check(c, "momentum", _is_number(c.momentum) and 0 <= c.momentum < 1, "a number in [0, 1)")
+    _check(c, "nesterov", isinstance(c.nesterov, bool), "true or false")
+    warmup_ok = (
+        _is_int(c.warmup_epochs)
+        and c.warmup_epochs >= 0
+        and (c.schedule != "warmup_cosine" or c.warmup_epochs < c.epochs)
+    )
+    _check(
+        c, "warmup_epochs", warmup_ok, f"an integer >= 0, fewer than epochs ({c.epochs}) with warmup_cosine"
+    )
+    _check(c, "decay_epochs", _is_int(c.decay_epochs) and c.decay_epochs >= 1, "an integer >= 1")
+    _check(c, "decay_rate", _is_number(c.decay_rate) and 0 < c.decay_rate < 1, "a number in (0, 1)")
+    _check(c, "plateau_patience", _is_int(c.plateau_patience) and c.plateau_patience >= 1, "an integer >= 1")
+    _check(
+        c,
+        "grad_clip",
+        _is_number(c.grad_clip) and 0 <= c.grad_clip < math.inf,
+        "a finite number >= 0 (0: off)",
+    )
+    _check(
+        c,
+        "label_smoothing",
+        _is_number(c.label_smoothing) and 0 <= c.label_smoothing < 1,
+        "a number in [0, 1)",
+    )
+    _check(c, "ema_decay", _is_number(c.ema_decay) and 0 <= c.ema_decay < 1, "a number in [0, 1) (0: off)")
+    _check(c, "crop_padding", _is_int(c.crop_padding) and 0 <= c.crop_padding <= 64, "an integer in 0..64")
+    _check(c, "flip", isinstance(c.flip, bool), "true or false")
+    _check(c, "erasing", _is_number(c.erasing) and 0 <= c.erasing <= 1, "a probability in [0, 1]")
+    for field in ("mixup", "cutmix"):
+        value = getattr(c, field)
+        ok = value is None or (_is_number(value) and 0 < value < math.inf)
+        _check(c, field, ok, "an alpha > 0 (leave it out to switch it off)")
+    _check(c, "randaugment", _is_int(c.randaugment) and 0 <= c.randaugment <= 10, "an integer in 0..10")
+    magnitude_ok = _is_number(c.randaugment_magnitude) and 0 <= c.randaugment_magnitude <= 10
+    _check(c, "randaugment_magnitude", magnitude_ok, "a number in [0, 10]")
+    unknown = (
+        [op for op in randaugment_ops(c) if op not in RANDAUGMENT_OPS]
+        if isinstance(c.randaugment_ops, str)
+        else [c.randaugment_ops]
+    )
+    _check(
+        c,
+        "randaugment_ops",
+        not unknown and bool(randaugment_ops(c)),
+        f"'all' or ops among {', '.join(RANDAUGMENT_OPS)} (unknown: {unknown})",
+    )
+
+
+def randaugment_ops(c: TrainConfig) -> tuple[str, ...]:
+    """The RandAugment ops `c.randaugment_ops` names ('all': every one)."""
+    if c.randaugment_ops == "all":
+        return RANDAUGMENT_OPS
+    return tuple(op.strip() for op in c.randaugment_ops.split(",") if op.strip())
 
 
 def _is_int(v: Any) -> bool:
@@ -164,8 +261,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
 
 
-SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "plateau")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+# RandAugment's ops, for grayscale and colour images alike (see cnn.augment).
+RANDAUGMENT_OPS = (
+    "identity", "rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast",
+    "solarize", "posterize", "autocontrast",
+)  # fmt: skip
 OUTPUT_HEADS = ("softmax", "sigmoid")  # the classifier's last layer: one unit per class, or one sigmoid unit
 PLACEMENTS = ("auto", "device", "host")
 # What early stopping and the best checkpoint follow: the lowest validation loss (Keras' default) or the
@@ -185,6 +287,23 @@ ADDED_FIELDS = {
     "epoch_loop": "auto",
     "precision": "float32",
     "tensorboard": True,
+    "momentum": 0.9,
+    "nesterov": False,
+    "warmup_epochs": 0,
+    "decay_epochs": 10,
+    "decay_rate": 0.1,
+    "plateau_patience": 2,
+    "grad_clip": 0.0,
+    "label_smoothing": 0.0,
+    "ema_decay": 0.0,
+    "crop_padding": 0,
+    "flip": False,
+    "erasing": 0.0,
+    "mixup": None,
+    "cutmix": None,
+    "randaugment": 0,
+    "randaugment_magnitude": 9.0,
+    "randaugment_ops": "all",
 }
 # Fields older runs saved that are no longer settings: the image shape and classes are the data's, recorded
 # in config.json's `data` (see `cnn.data.DataSpec`).

@@ -23,7 +23,7 @@ import numpy as np
 
 from cnn.data import to_float
 from cnn.evaluation import check_batch, check_images
-from cnn.state import TrainState, model_variables
+from cnn.state import TrainState, evaluated, model_variables
 
 Network = TrainState | tuple[nn.Module, Any]
 
@@ -33,7 +33,7 @@ def _parts(network: Network) -> tuple[Callable, Any, bool]:
     uint8 or in [0, 1]) or of a `(module, variables)` pair (images as the module takes them, e.g. after
     `cnn.applications.preprocess_input`)."""
     if isinstance(network, TrainState):
-        return network.apply_fn, model_variables(network), True
+        return network.apply_fn, model_variables(evaluated(network)), True
     if isinstance(network, tuple) and len(network) == 2 and isinstance(network[0], nn.Module):
         return network[0].apply, network[1], False
     raise TypeError(

@@ -147,9 +147,11 @@ def restore_state(
                 f"the run in {workdir}: its config.json does not fit the weights of its checkpoint (epoch "
                 f"{chosen}): {misfit}. Was config.json edited by hand? Restore it, or train the run again"
             )
-        state = fresh.replace(
+        state = fresh.replace(  # the moving average, for a run that keeps one, is restored as the weights
             params=jax.tree.map(jnp.asarray, params),
             batch_stats=None if batch_stats is None else jax.tree.map(jnp.asarray, batch_stats),
+            ema_params=None,
+            ema_batch_stats=None,
         )
     finally:
         checkpoints.close()

@@ -15,6 +15,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from cnn.augment import Augmentation
 from cnn.config import TrainConfig
 from cnn.data import FASHION_MNIST, DataSpec, to_float
 from cnn.models import model_for
@@ -28,6 +29,13 @@ class TrainState(train_state.TrainState):
     input_shape: tuple[int, ...] = struct.field(pytree_node=False, default=FASHION_MNIST.image_shape)
     compute_dtype: str = struct.field(pytree_node=False, default="float32")  # see `apply_model`
     micro_batch: int = struct.field(pytree_node=False, default=0)  # see `micro_batch_size`
+    # The training recipe's parts that act inside the train step (see `with_recipe`).
+    augmentation: Any = struct.field(pytree_node=False, default=None)  # a cnn.augment.Augmentation
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    loss_to_optimizer: bool = struct.field(pytree_node=False, default=False)  # see `needs_loss`
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+    ema_params: Any = None  # the moving average of the weights (and statistics) when ema_decay > 0
+    ema_batch_stats: Any = None
 
 
 # Measured on a 2-core AMD EPYC (seed CNN, one step per call, glibc set by `cnn.host_memory`): batch 128
@@ -59,28 +67,83 @@ def steps_per_epoch(examples: int, batch_size: int) -> int:
 def make_optimizer(
     config: TrainConfig, steps: int = 1, injectable: bool = False
 ) -> optax.GradientTransformation:
-    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8), AdamW when `weight_decay` > 0, or
+    """Adam with Keras' defaults (eps 1e-7 instead of optax's 1e-8), AdamW when `weight_decay` > 0,
     RMSprop as Keras has it (rho 0.9, eps 1e-7 added outside the square root, decoupled weight decay when
-    asked); the learning rate constant or cosine-decayed to zero over `epochs` of `steps` steps.
+    asked), or SGD with momentum (Nesterov's when asked; weight decay added to the gradient, as PyTorch's
+    SGD does); gradients clipped to `grad_clip` global norm first when > 0; the learning rate constant,
+    cosine-decayed to zero over `epochs` of `steps` steps (after `warmup_epochs` of linear warm-up with
+    `warmup_cosine`), multiplied by `decay_rate` every `decay_epochs` (`step`), or by `decay_rate` when the
+    training loss has not improved for `plateau_patience` epochs (`plateau`: `optax.contrib`, which needs
+    the loss: see `needs_loss`).
 
     `injectable`: the same updates with the learning rate and weight decay kept in the optimizer's state
     (`optax.inject_hyperparams`), so runs that differ in them can be stacked and trained as one program.
     Equal settings return the same object (a new one would be a new program to compile)."""
-    schedule_steps = config.epochs * steps if config.schedule == "cosine" else 0
-    return _optimizer(
-        config.optimizer, config.lr, config.weight_decay, config.schedule, schedule_steps, injectable
-    )
+    c = config
+    settings = (
+        c.optimizer, c.lr, c.weight_decay, c.schedule, c.epochs * steps, c.warmup_epochs * steps,
+        c.decay_epochs * steps, c.decay_rate, c.plateau_patience, steps, c.momentum, c.nesterov, c.grad_clip,
+    )  # fmt: skip
+    return _optimizer(settings, injectable)
+
+
+def needs_loss(config: TrainConfig) -> bool:
+    """Whether the optimizer's update takes the loss (`value=`): reduce-on-plateau does."""
+    return config.schedule == "plateau"
+
+
+def _rate(
+    schedule: str, lr: float, total: int, warmup: int, every: int, rate: float
+) -> float | optax.Schedule:
+    """The learning rate (or `lr` = 1 for the injectable optimizer's shape of it) at every step."""
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, total)
+    if schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=0.0)
+    if schedule == "step":
+        return optax.exponential_decay(lr, every, rate, staircase=True)
+    return lr
 
 
 @functools.cache
-def _optimizer(
-    kind: str, lr: float, weight_decay: float, schedule: str, schedule_steps: int, injectable: bool
+def _optimizer(settings: tuple, injectable: bool) -> optax.GradientTransformation:
+    (
+        kind,
+        lr,
+        weight_decay,
+        schedule,
+        total,
+        warmup,
+        every,
+        rate,
+        patience,
+        steps,
+        momentum,
+        nesterov,
+        clip,
+    ) = settings
+    if not injectable:
+        tx = _plain_optimizer(
+            kind, _rate(schedule, lr, total, warmup, every, rate), weight_decay, momentum, nesterov
+        )
+    elif kind == "sgd":
+        tx = _injectable_sgd(
+            lr, weight_decay, _rate(schedule, 1.0, total, warmup, every, rate), momentum, nesterov
+        )
+    else:
+        tx = _injectable_optimizer(kind, lr, weight_decay, _rate(schedule, 1.0, total, warmup, every, rate))
+    parts = ([optax.clip_by_global_norm(clip)] if clip else []) + [tx]
+    if schedule == "plateau":
+        parts.append(optax.contrib.reduce_on_plateau(factor=rate, patience=patience, accumulation_size=steps))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def _plain_optimizer(
+    kind: str, rate: Any, weight_decay: float, momentum: float, nesterov: bool
 ) -> optax.GradientTransformation:
-    if injectable:
-        return _injectable_optimizer(kind, lr, weight_decay, schedule, schedule_steps)
-    rate: float | optax.Schedule = lr
-    if schedule == "cosine":
-        rate = optax.cosine_decay_schedule(lr, schedule_steps)
+    if kind == "sgd":
+        sgd = optax.sgd(rate, momentum=momentum or None, nesterov=nesterov)
+        return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if weight_decay else sgd
     if kind == "rmsprop":
         rmsprop = optax.rmsprop(rate, decay=0.9, eps=1e-7, eps_in_sqrt=False)
         if weight_decay:
@@ -92,23 +155,36 @@ def _optimizer(
 
 
 def _injectable_optimizer(
-    kind: str, lr: float, weight_decay: float, schedule: str, schedule_steps: int
+    kind: str, lr: float, weight_decay: float, shape: Any
 ) -> optax.GradientTransformation:
     decay = optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay)
     if kind == "rmsprop":
         parts = [decay, optax.scale_by_rms(decay=0.9, eps=1e-7, eps_in_sqrt=False)]
     else:
         parts = [optax.scale_by_adam(eps=1e-7), decay]
-    if schedule == "cosine":
-        parts.append(optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, schedule_steps)))
+    if callable(shape):
+        parts.append(optax.scale_by_schedule(shape))
+    return optax.chain(*parts, optax.inject_hyperparams(optax.scale)(step_size=-lr))
+
+
+def _injectable_sgd(
+    lr: float, weight_decay: float, shape: Any, momentum: float, nesterov: bool
+) -> optax.GradientTransformation:
+    decay = optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay)
+    parts = [decay] + ([optax.trace(decay=momentum, nesterov=nesterov)] if momentum else [])
+    if callable(shape):
+        parts.append(optax.scale_by_schedule(shape))
     return optax.chain(*parts, optax.inject_hyperparams(optax.scale)(step_size=-lr))
 
 
 def learning_rate(config: TrainConfig, step: int, steps: int = 1) -> float:
-    """The learning rate `make_optimizer(config, steps)` applies after `step` steps."""
-    if config.schedule == "cosine":
-        return float(optax.cosine_decay_schedule(config.lr, config.epochs * steps)(step))
-    return float(config.lr)
+    """The learning rate `make_optimizer(config, steps)` applies after `step` steps (before any decay on a
+    plateau, which depends on the losses)."""
+    c = config
+    rate = _rate(
+        c.schedule, c.lr, c.epochs * steps, c.warmup_epochs * steps, c.decay_epochs * steps, c.decay_rate
+    )
+    return float(rate(step)) if callable(rate) else float(rate)
 
 
 def create_train_state(
@@ -159,7 +235,7 @@ def initial_state(
 ) -> TrainState:
     """The freshly initialised train state of `config` for data described by `spec` (also the template to
     restore a checkpoint into); `steps` per epoch sets the length of a cosine schedule."""
-    return create_train_state(
+    state = create_train_state(
         model_for(config, spec),
         make_optimizer(config, steps, injectable),
         run_keys(config)["init"],
@@ -167,6 +243,33 @@ def initial_state(
         config.precision,
         config.micro_batch,
     )
+    return with_recipe(state, config)
+
+
+def with_recipe(state: TrainState, config: TrainConfig) -> TrainState:
+    """`state` with the parts of `config`'s recipe that the train step applies: the augmentation policy,
+    label smoothing, whether the optimizer takes the loss, and the weights' moving average (started at the
+    weights). Defaults leave the state (and its program) as it was."""
+    if config.ema_decay:
+        copy = functools.partial(jax.tree.map, jnp.copy)  # own buffers: the step donates the state
+        state = state.replace(
+            ema_decay=float(config.ema_decay),
+            ema_params=copy(state.params),
+            ema_batch_stats=None if state.batch_stats is None else copy(state.batch_stats),
+        )
+    return state.replace(
+        augmentation=Augmentation.of(config),
+        label_smoothing=float(config.label_smoothing),
+        loss_to_optimizer=needs_loss(config),
+    )
+
+
+def evaluated(state: TrainState) -> TrainState:
+    """The state whose weights are validated, tested and used: the moving average when the run keeps one."""
+    if state.ema_params is None:
+        return state
+    stats = state.batch_stats if state.ema_batch_stats is None else state.ema_batch_stats
+    return state.replace(params=state.ema_params, batch_stats=stats)
 
 
 def model_variables(state: TrainState, params: Any = None) -> dict[str, Any]:

@@ -11,22 +11,54 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cnn.state import TrainState, apply_model, micro_batch_size
+from cnn.augment import augment
+from cnn.data import to_float
+from cnn.state import TrainState, apply_model, evaluated, micro_batch_size
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
 # ------------------------------------------------------------------------------------------ loss, metrics
-def losses_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def losses_and_correct(
+    logits: jax.Array, labels: jax.Array, targets: jax.Array | None = None, smoothing: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """Per-example loss and correctness. Several outputs: softmax cross-entropy and the arg-max; one output
-    (a binary task): sigmoid binary cross-entropy and the 0.5 threshold (logit > 0)."""
-    if logits.shape[-1] == 1:
+    (a binary task): sigmoid binary cross-entropy and the 0.5 threshold (logit > 0). The loss is taken
+    against soft `targets` `(N, classes)` when given (mixup, cutmix), and with label `smoothing` e: the
+    targets become (1 - e) targets + e / classes (for one sigmoid output, of the two classes). Correctness
+    always counts against `labels`."""
+    binary = logits.shape[-1] == 1
+    if targets is None and not smoothing:
+        if binary:
+            logit = logits[:, 0]
+            losses = optax.sigmoid_binary_cross_entropy(logit, labels.astype(logit.dtype))
+            return losses, (logit > 0) == (labels == 1)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return losses, logits.argmax(-1) == labels
+    classes = 2 if binary else logits.shape[-1]
+    if targets is None:
+        targets = jax.nn.one_hot(labels, classes, dtype=jnp.float32)
+    targets = targets * (1 - smoothing) + smoothing / classes
+    if binary:
         logit = logits[:, 0]
-        losses = optax.sigmoid_binary_cross_entropy(logit, labels.astype(logit.dtype))
-        return losses, (logit > 0) == (labels == 1)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return losses, logits.argmax(-1) == labels
+        return optax.sigmoid_binary_cross_entropy(logit, targets[:, 1]), (logit > 0) == (labels == 1)
+    return optax.softmax_cross_entropy(logits, targets), logits.argmax(-1) == labels
+
+
+def recipe_inputs(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array) -> tuple[Any, Any]:
+    """The batch as the model trains on it: augmented by the state's policy (as floats in [0, 1]), with the
+    soft targets of mixup / cutmix (else None); unchanged without a policy."""
+    if state.augmentation is None:
+        return images, None
+    classes = max(output_units(state), 2)
+    return augment(state.augmentation, key, to_float(images), labels, classes)
+
+
+def output_units(state: TrainState) -> int:
+    """The width of the model's output (from shapes alone)."""
+    x = jax.ShapeDtypeStruct((1, *state.input_shape), jnp.float32)
+    return int(jax.eval_shape(lambda x: apply_model(state, x, train=False), x).shape[-1])
 
 
 def class_probabilities(logits: jax.Array) -> jax.Array:
@@ -55,6 +87,7 @@ def _train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainS
     micro = micro_batch_size(state, images.shape[0])
     if micro < images.shape[0]:
         return _micro_batched_step(state, batch, rngs, micro)
+    images, targets = recipe_inputs(state, images, batch["label"], jax.random.fold_in(dropout_rng, 2))
 
     def loss_fn(params):
         if has_batch_stats:
@@ -63,7 +96,7 @@ def _train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainS
             )
         else:
             logits, updates = apply_model(state, images, params, train=True, rngs=rngs), {}
-        losses, correct = losses_and_correct(logits, batch["label"])
+        losses, correct = losses_and_correct(logits, batch["label"], targets, state.label_smoothing)
         return losses.mean(), (losses, correct, updates)
 
     (loss, (losses, correct, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -81,9 +114,16 @@ def _update(
     """The optimizer update with `grads` (and the new batch statistics), and the step's summed metrics."""
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
     step = state.step
-    state = state.apply_gradients(grads=grads)
+    if state.loss_to_optimizer:  # reduce-on-plateau follows the loss
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+        params = optax.apply_updates(state.params, updates)
+        state = state.replace(step=step + 1, params=params, opt_state=opt_state)
+    else:
+        state = state.apply_gradients(grads=grads)
     if batch_stats is not None:
         state = state.replace(batch_stats=batch_stats)
+    if state.ema_decay:
+        state = _moving_average(state, step)
     return state, {
         "loss": losses.sum(),
         "correct": correct.sum(),
@@ -91,6 +131,18 @@ def _update(
         # the guard against divergence: the first step (0-based, over the run) with a NaN/Inf loss or gradient
         "first_nonfinite": jnp.where(finite, jnp.inf, step.astype(jnp.float32)),
     }
+
+
+def _moving_average(state: TrainState, step: jax.Array) -> TrainState:
+    """The weights' (and batch-norm statistics') moving average after `step`, with TensorFlow's warm-up of
+    the decay, min(decay, (1 + step) / (10 + step)), so early averages are not dominated by the start."""
+    decay = jnp.minimum(state.ema_decay, (1.0 + step) / (10.0 + step))
+
+    def average(old, new):
+        return jax.tree.map(lambda a, b: (decay * a + (1 - decay) * b).astype(a.dtype), old, new)
+
+    ema_stats = None if state.batch_stats is None else average(state.ema_batch_stats, state.batch_stats)
+    return state.replace(ema_params=average(state.ema_params, state.params), ema_batch_stats=ema_stats)
 
 
 def _micro_batched_step(
@@ -104,10 +156,15 @@ def _micro_batched_step(
     for i in range(n // micro):
         part = {k: v[i * micro : (i + 1) * micro] for k, v in batch.items()}
         keys = {name: jax.random.fold_in(key, i) for name, key in rngs.items()}
+        x, targets = recipe_inputs(
+            state, part["image"], part["label"], jax.random.fold_in(keys["augment"], 2)
+        )
 
-        def loss_fn(params, part=part, keys=keys):
-            logits = apply_model(state, part["image"], params, train=True, rngs=keys)
-            part_losses, part_correct = losses_and_correct(logits, part["label"])
+        def loss_fn(params, part=part, keys=keys, x=x, targets=targets):
+            logits = apply_model(state, x, params, train=True, rngs=keys)
+            part_losses, part_correct = losses_and_correct(
+                logits, part["label"], targets, state.label_smoothing
+            )
             return part_losses.sum(), (part_losses, part_correct)
 
         (_, (part_losses, part_correct)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -198,6 +255,8 @@ def eval_sums(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax
     `labels` and `mask` `(K, B)` (the padding of the last batch masked out), a rolled loop over the K
     batches adding their sums in order."""
 
+    state = evaluated(state)
+
     def batch_sums(batch):
         x, y, m = batch
         losses, correct = losses_and_correct(apply_model(state, x, exact_pixels=True, train=False), y)
@@ -211,4 +270,4 @@ def eval_sums(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax
 
 def probabilities(state: TrainState, images: jax.Array) -> jax.Array:
     """Class probabilities of a batch (see `class_probabilities`)."""
-    return class_probabilities(apply_model(state, images, exact_pixels=True, train=False))
+    return class_probabilities(apply_model(evaluated(state), images, exact_pixels=True, train=False))

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnn"
 # Lower layers first; a module may import only from layers strictly below its own.
 LAYERS = [
     {"config", "data", "disk", "host_memory", "compile_cache", "costs"},
-    {"conv", "parallel", "checkpoints", "plots", "events"},
+    {"conv", "parallel", "checkpoints", "plots", "events", "augment"},
     {"layers", "receptive_field", "datasets.transforms", "datasets.splits", "applications.names"},
     {"datasets.prepared", "applications.weights", "members"},
     {"datasets.fashion_mnist", "datasets.image_folder", "datasets.lfw_faces", "summary", "surgery"},
