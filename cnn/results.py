@@ -19,7 +19,7 @@ from cnn.parallel import is_primary
 from cnn.plots import plot_curves
 from cnn.resume import RunState
 from cnn.run_folder import RunNotFoundError, read_run, write_json
-from cnn.state import TrainState, initial_state, steps_per_epoch
+from cnn.state import AveragedTrainState, TrainState, initial_state, steps_per_epoch
 from cnn.summary import count_params
 
 
@@ -150,9 +150,9 @@ def restore_state(
         state = fresh.replace(  # the moving average, for a run that keeps one, is restored as the weights
             params=jax.tree.map(jnp.asarray, params),
             batch_stats=None if batch_stats is None else jax.tree.map(jnp.asarray, batch_stats),
-            ema_params=None,
-            ema_batch_stats=None,
         )
+        if isinstance(state, AveragedTrainState):
+            state = state.replace(ema_params=None, ema_batch_stats=None)
     finally:
         checkpoints.close()
     return state, meta

@@ -4,6 +4,7 @@ optimizer and model objects, so equal runs of a process share their compiled pro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +35,13 @@ class TrainState(train_state.TrainState):
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
     loss_to_optimizer: bool = struct.field(pytree_node=False, default=False)  # see `needs_loss`
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
-    ema_params: Any = None  # the moving average of the weights (and statistics) when ema_decay > 0
+
+
+class AveragedTrainState(TrainState):
+    """The train state of a run that keeps a moving average of its weights (and batch-norm statistics):
+    a class of its own, so that every other run's state, and its checkpoints, stay as they were."""
+
+    ema_params: Any = None
     ema_batch_stats: Any = None
 
 
@@ -252,8 +259,9 @@ def with_recipe(state: TrainState, config: TrainConfig) -> TrainState:
     weights). Defaults leave the state (and its program) as it was."""
     if config.ema_decay:
         copy = functools.partial(jax.tree.map, jnp.copy)  # own buffers: the step donates the state
-        state = state.replace(
-            ema_decay=float(config.ema_decay),
+        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        state = AveragedTrainState(
+            **{**fields, "ema_decay": float(config.ema_decay)},
             ema_params=copy(state.params),
             ema_batch_stats=None if state.batch_stats is None else copy(state.batch_stats),
         )
@@ -266,7 +274,7 @@ def with_recipe(state: TrainState, config: TrainConfig) -> TrainState:
 
 def evaluated(state: TrainState) -> TrainState:
     """The state whose weights are validated, tested and used: the moving average when the run keeps one."""
-    if state.ema_params is None:
+    if getattr(state, "ema_params", None) is None:
         return state
     stats = state.batch_stats if state.ema_batch_stats is None else state.ema_batch_stats
     return state.replace(params=state.ema_params, batch_stats=stats)

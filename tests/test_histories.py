@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pinned_runs import tiny_data
 from tests.processes import ROOT, subprocess_env
 
 BEFORE = "87cde3a"
@@ -60,3 +61,26 @@ def test_training_is_number_for_number_what_it_was(tmp_path):
     assert set(now) == set(before)
     for name in before:
         assert now[name] == before[name], name
+
+
+def test_a_run_of_the_earlier_code_resumes_with_this_one(tmp_path):
+    """Checkpoints written before the state grew its recipe parts restore into this code's state."""
+    tiny_data(tmp_path / "idx")
+    old = _unpack(BEFORE, tmp_path / "before")
+    args = [
+        "-m", "cnn", "train", "--source-dir", str(tmp_path / "idx"), "--data-dir", str(tmp_path / "tfds"),
+        "--workdir", str(tmp_path / "run"), "--limit-train", "256", "--batch-size", "32",
+    ]  # fmt: skip
+
+    def train(code_root: Path, epochs: int) -> subprocess.CompletedProcess:
+        env = subprocess_env(PYTHONPATH=str(code_root), CNN_COMPILE_CACHE="off")
+        command = [sys.executable, *args, "--epochs", str(epochs)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+
+    first = train(old, 1)
+    assert first.returncode == 0, first.stderr[-2000:]
+    then = train(ROOT, 2)
+    assert then.returncode == 0, then.stderr[-2000:]
+    assert "Resuming" in then.stdout and "damaged" not in then.stdout, then.stdout
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
