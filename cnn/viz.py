@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn import conv
+from cnn.augment import Augmentation, augment
 from cnn.data import FASHION_MNIST, FASHION_MNIST_CLASSES, Splits, to_float
 from cnn.disk import read_json
 from cnn.evaluation import predict
@@ -332,6 +333,49 @@ def plot_explanations(
     return _finish(fig, path)
 
 
+def plot_augmentations(
+    images: np.ndarray,
+    policy: Augmentation | None = None,
+    seed: int = 0,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """A batch before (top row) and after each augmentation of `policy` alone (a row each: RandAugment,
+    crop after padding, flip, erasing, mixup, cutmix), then after all of them together, as the train step
+    draws them (a key from `seed`). Without `policy`, every augmentation at a typical setting."""
+    policy = policy or Augmentation(
+        crop_padding=4, flip=True, erasing=0.5, mixup=0.4, cutmix=1.0, randaugment=2
+    )
+    alone = {
+        f"RandAugment {policy.randaugment}×{policy.magnitude:g}": Augmentation(
+            randaugment=policy.randaugment, magnitude=policy.magnitude, ops=policy.ops
+        ),
+        f"crop (padding {policy.crop_padding})": Augmentation(crop_padding=policy.crop_padding),
+        "flip": Augmentation(flip=policy.flip),
+        f"erasing (p {policy.erasing:g})": Augmentation(erasing=policy.erasing),
+        f"mixup (alpha {policy.mixup})": Augmentation(mixup=policy.mixup),
+        f"cutmix (alpha {policy.cutmix})": Augmentation(cutmix=policy.cutmix),
+    }
+    rows = {
+        "before": None,
+        **{k: v for k, v in alone.items() if v.per_image or v.mixes},
+        "all together": policy,
+    }
+    x = to_float(jnp.asarray(images))
+    labels = jnp.zeros(len(images), jnp.int32)
+    fig, axes = plt.subplots(
+        len(rows), len(images), figsize=(1.3 * len(images), 1.4 * len(rows)), squeeze=False
+    )
+    for (title, p), row in zip(rows.items(), axes, strict=True):
+        shown = x if p is None else augment(p, jax.random.PRNGKey(seed), x, labels, 2)[0]
+        for ax, image in zip(row, np.asarray(shown), strict=True):
+            show_image(ax, image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
 def write_all(
     workdir: str | Path, splits: Splits, out: str | Path | None = None, cam: str | None = None
 ) -> list[Path]:
@@ -339,7 +383,7 @@ def write_all(
     set's own class names and colours. A model without convolutions gets every picture but the filters
     and feature maps. With `cam` (a layer name), also `cam_LAYER.png`: `plot_explanations` of the first
     8 test images."""
-    _, state, _ = restore_run(workdir)
+    config, state, _ = restore_run(workdir)
     if cam is not None:
         find_layer(state, cam, state.input_shape)  # a wrong name fails before any picture is drawn
     names = splits.class_names
@@ -361,6 +405,8 @@ def write_all(
         ),
         **_convolution_pictures(state, test.images[0]),
     }
+    if (policy := Augmentation.of(config)) is not None:
+        written["augmentations.png"] = lambda p: plot_augmentations(test.images[:8], policy, path=p)
     if cam is not None:
         written[f"cam_{cam.replace('/', '_')}.png"] = lambda p: plot_explanations(
             state, test.images[:8], cam, test.labels[:8], names, path=p

@@ -208,3 +208,15 @@ def test_the_moving_average_is_what_is_validated_and_restored(tiny_splits, tmp_p
 def test_bad_fields_raise_config_errors_in_python_too():
     with pytest.raises(ConfigError, match="randaugment_ops"):
         TrainConfig(randaugment_ops="")
+
+
+def test_a_picture_of_a_batch_before_and_after_each_augmentation(tmp_path):
+    from cnn.viz import plot_augmentations
+
+    images = (np.random.default_rng(0).random((4, 16, 16, 1)) * 255).astype(np.uint8)
+    figure = plot_augmentations(images, Augmentation(crop_padding=2, flip=True, mixup=0.2))
+    assert [ax.get_ylabel() for ax in figure.axes[::4]] == [
+        "before", "crop (padding 2)", "flip", "mixup (alpha 0.2)", "all together"
+    ]  # fmt: skip
+    plot_augmentations(images, path=tmp_path / "augmentations.png")
+    assert (tmp_path / "augmentations.png").stat().st_size > 0
