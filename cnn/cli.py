@@ -332,11 +332,22 @@ def _summary(args: argparse.Namespace) -> None:
     shape = tuple(args.input_shape) if args.input_shape else default_input_shape(args.model)
     rows = layer_rows(build_model(args.model, input_shape=shape, **args.model_args), shape)
     if args.plot:  # before the table: a path that cannot be written fails first
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(args.plot)
     print(format_summary(rows, title=args.model))
     if args.plot:
         plot_architecture(rows, args.plot, title=args.model)
         print(f"Diagram written to {args.plot}")
+
+
+def _make_parent(path: Path) -> None:
+    """The folder of `path`, created; a parent that is a file is named as the path's error."""
+    import errno
+    import os
+
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _bench(args: argparse.Namespace) -> None:

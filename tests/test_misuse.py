@@ -442,7 +442,19 @@ def test_truncated_run_files_are_named_and_the_fix_keeps_the_checkpoints(idx_dir
 def test_an_output_path_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["summary", "--plot", str(tmp_path / "afile" / "net.png")]) == 2
-    assert "afile/net.png: Not a directory; give another path" in one_line_error(capsys)
+    out, err = capsys.readouterr()
+    assert "afile/net.png: Not a directory; give another path" in err and err.count("\n") == 1
+    assert out == ""  # refused before the table is printed
+    assert main(["summary", "--plot", str(tmp_path / "new" / "folder" / "net.png")]) == 0
+    assert (tmp_path / "new" / "folder" / "net.png").stat().st_size > 0
+
+
+def test_summary_help_lists_the_models(capsys):
+    from cnn.models import MODELS
+
+    assert main(["summary", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in MODELS)
 
 
 NUMBERS = st.sampled_from(["0", "-1", "1", "1e-3", "nan", "inf", "-inf", "1e308", "2.5", "x", "", "10**9"])
