@@ -27,19 +27,15 @@ PLAIN = {  # the vgg_bn recipe before these knobs (cnn/recipes/vgg_bn.json)
 }  # fmt: skip
 
 
-def variants(epochs: int) -> list[Variant]:
-    warmup = {"warmup_epochs": min(STRONG["warmup_epochs"], max(epochs - 1, 0))}
-    return [
-        Variant("strong", warmup),
-        *(Variant(name, {**warmup, **fields}) for name, fields in ABLATIONS.items()),
-        Variant("plain", PLAIN),
-    ]
+def variants() -> list[Variant]:
+    return [Variant("strong", {}), *(Variant(n, f) for n, f in ABLATIONS.items()), Variant("plain", PLAIN)]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = experiment_parser(__doc__, epochs=STRONG["epochs"], seeds=3).parse_args(argv)
     base = {k: v for k, v in STRONG.items() if k not in ("epochs", "limit_train")}
-    run_experiment("recipe", variants(args.epochs), args, base=base)
+    base["warmup_epochs"] = min(STRONG["warmup_epochs"], args.epochs - 1)  # a short run warms up less
+    run_experiment("recipe", variants(), args, base=base)
 
 
 if __name__ == "__main__":

@@ -220,3 +220,21 @@ def test_a_picture_of_a_batch_before_and_after_each_augmentation(tmp_path):
     ]  # fmt: skip
     plot_augmentations(images, path=tmp_path / "augmentations.png")
     assert (tmp_path / "augmentations.png").stat().st_size > 0
+
+
+def test_the_ablation_takes_one_knob_away_at_a_time():
+    import runpy
+    from pathlib import Path
+
+    from cnn.sweep import resolve
+
+    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
+    strong, variants = script["STRONG"], script["variants"]()
+    base = {**{k: v for k, v in strong.items() if k != "epochs"}, "epochs": 3, "warmup_epochs": 2}
+    configs = dict(zip([v.name for v in variants], resolve(base, variants), strict=True))
+    reference = configs["strong"].to_dict()
+    for name, config in configs.items():
+        changed = {k for k, v in config.to_dict().items() if v != reference[k]}
+        if name.startswith("minus-"):
+            assert changed and changed <= set(script["ABLATIONS"][name]), name
+    assert configs["plain"].optimizer == "adam" and configs["plain"].cutmix is None
