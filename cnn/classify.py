@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cnn.data import DataError, DataSpec
-from cnn.datasets.image_folder import EXTENSIONS, decode
+from cnn.datasets.image_folder import EXTENSIONS, decode, walk_files
 from cnn.datasets.transforms import resize, to_channels
 from cnn.evaluation import check_batch, predict
 from cnn.results import finished_run
@@ -35,7 +35,7 @@ def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     paths = []
     for given in map(Path, inputs):
         if given.is_dir():
-            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+            found = [p for p in walk_files(given) if p.suffix.lower() in EXTENSIONS]
             if not found:
                 raise DataError(f"predict: folder {given} holds no image files ({', '.join(EXTENSIONS)})")
             paths += found

@@ -7,14 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cnn.data import Split
 from cnn.members import Members
 from cnn.placement import fits_on_device, once_per_split
-from cnn.state import TrainState, model_variables
-from cnn.steps import add_metrics, eval_sums, probabilities
+from cnn.state import TrainState
+from cnn.steps import add_metrics, eval_sums, output_units, probabilities
 
 
 def padded(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -124,9 +123,7 @@ def check_labels(labels: Any, n: int, classes: int = 10, what: str = "labels") -
 
 def output_classes(state: TrainState) -> int:
     """The number of classes the state's model tells apart (a single sigmoid output: 2), from shapes alone."""
-    x = jax.ShapeDtypeStruct((1, *state.input_shape), jnp.float32)
-    logits = jax.eval_shape(lambda x: state.apply_fn(model_variables(state), x, train=False), x)
-    return max(int(logits.shape[-1]), 2)
+    return max(output_units(state), 2)
 
 
 def check_batch(batch_size: Any) -> int:
