@@ -87,11 +87,28 @@ def make_optimizer(
     (`optax.inject_hyperparams`), so runs that differ in them can be stacked and trained as one program.
     Equal settings return the same object (a new one would be a new program to compile)."""
     c = config
+    sgd = c.optimizer == "sgd"
     settings = (
-        c.optimizer, c.lr, c.weight_decay, c.schedule, c.epochs * steps, c.warmup_epochs * steps,
-        c.decay_epochs * steps, c.decay_rate, c.plateau_patience, steps, c.momentum, c.nesterov, c.grad_clip,
+        c.optimizer, c.lr, c.weight_decay, *_schedule_settings(c, steps), c.momentum if sgd else 0.0,
+        c.nesterov and sgd, c.grad_clip,
     )  # fmt: skip
     return _optimizer(settings, injectable)
+
+
+def _schedule_settings(config: TrainConfig, steps: int) -> tuple:
+    """(schedule, total steps, warm-up steps, steps between decays, decay rate, plateau patience, steps per
+    epoch), each only where `config.schedule` uses it (else zero): runs that differ only in settings their
+    schedule ignores (a constant rate's epochs) share one optimizer, and so their compiled programs."""
+    c, kind = config, config.schedule
+    return (
+        kind,
+        c.epochs * steps if kind in ("cosine", "warmup_cosine") else 0,
+        c.warmup_epochs * steps if kind == "warmup_cosine" else 0,
+        c.decay_epochs * steps if kind == "step" else 0,
+        c.decay_rate if kind in ("step", "plateau") else 0.0,
+        c.plateau_patience if kind == "plateau" else 0,
+        steps if kind == "plateau" else 0,
+    )
 
 
 def needs_loss(config: TrainConfig) -> bool:
@@ -187,10 +204,8 @@ def _injectable_sgd(
 def learning_rate(config: TrainConfig, step: int, steps: int = 1) -> float:
     """The learning rate `make_optimizer(config, steps)` applies after `step` steps (before any decay on a
     plateau, which depends on the losses)."""
-    c = config
-    rate = _rate(
-        c.schedule, c.lr, c.epochs * steps, c.warmup_epochs * steps, c.decay_epochs * steps, c.decay_rate
-    )
+    kind, total, warmup, every, decay = _schedule_settings(config, steps)[:5]
+    rate = _rate(kind, config.lr, total, warmup, every, decay)
     return float(rate(step)) if callable(rate) else float(rate)
 
 
