@@ -20,10 +20,10 @@ ABLATIONS = {  # name: the fields that take one knob away
     "minus-erasing": {"erasing": 0.0},
     "minus-cutmix": {"cutmix": None},
 }
-PLAIN = {  # the vgg_bn recipe before these knobs (cnn/recipes/vgg_bn.json)
-    "optimizer": "adam", "lr": 1e-3, "nesterov": False, "schedule": "cosine", "warmup_epochs": 0,
-    "weight_decay": 1e-4, "grad_clip": 0.0, "label_smoothing": 0.0, "ema_decay": 0.0, "crop_padding": 0,
-    "flip": False, "erasing": 0.0, "cutmix": None,
+PLAIN = {  # the vgg_bn recipe before these knobs (cnn/recipes/vgg_bn.json), the model's shifts and flips on
+    "model_args": {"augment": True}, "optimizer": "adam", "lr": 1e-3, "nesterov": False, "schedule": "cosine",
+    "warmup_epochs": 0, "weight_decay": 1e-4, "grad_clip": 0.0, "label_smoothing": 0.0, "ema_decay": 0.0,
+    "crop_padding": 0, "flip": False, "erasing": 0.0, "cutmix": None,
 }  # fmt: skip
 
 

@@ -36,12 +36,25 @@ from tests.test_misuse import one_line_error
         (["--erasing", "1.5"], "erasing: got 1.5, expected a probability in [0, 1]"),
         (["--momentum", "-0.1", "--optimizer", "sgd"], "momentum: got -0.1"),
         (["--grad-clip", "inf"], "grad_clip: got inf"),
+        (["--model", "vgg_bn", "--flip"], "vgg_bn shifts and flips its training images itself"),
+        (["--model", "vgg_bn", "--crop-padding", "2"], "pass --model-args '{\"augment\": false}'"),
     ],
 )
 def test_bad_recipe_values_are_refused_in_one_line_before_any_work(flags, message, tmp_path, capsys):
     assert main(["train", "--workdir", str(tmp_path / "run"), *flags]) == 2
     assert message in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_augments_itself_takes_no_second_crop_or_flip_in_python_either():
+    from cnn.data import FASHION_MNIST
+    from cnn.models import model_for
+
+    with pytest.raises(ValueError, match="--crop-padding and --flip would do it a second time"):
+        model_for(TrainConfig(model="vgg_bn", crop_padding=4, flip=True), FASHION_MNIST)
+    model = model_for(TrainConfig(model="vgg_bn", model_args={"augment": False}, flip=True), FASHION_MNIST)
+    assert model.augment is False
+    assert model_for(TrainConfig(model="vgg_bn"), FASHION_MNIST).augment is True  # its own, alone
 
 
 def test_the_tune_space_takes_the_new_fields():
@@ -226,6 +239,7 @@ def test_the_ablation_takes_one_knob_away_at_a_time():
     import runpy
     from pathlib import Path
 
+    from cnn.models import build_model
     from cnn.sweep import resolve
 
     script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
@@ -238,3 +252,7 @@ def test_the_ablation_takes_one_knob_away_at_a_time():
         if name.startswith("minus-"):
             assert changed and changed <= set(script["ABLATIONS"][name]), name
     assert configs["plain"].optimizer == "adam" and configs["plain"].cutmix is None
+    # the images are shifted and flipped in one place: the recipe's crop and flip, or (plain) the model's own
+    augments = {name: build_model(c.model, **c.model_args).augment for name, c in configs.items()}
+    assert augments == {name: name == "plain" for name in configs}
+    assert configs["minus-crop"].crop_padding == 0 and configs["minus-flip"].flip is False

@@ -103,11 +103,13 @@ def model_for(config: TrainConfig, spec: DataSpec) -> nn.Module:
         raise ValueError(
             f"head: one sigmoid output is for two classes; {spec.name} has {spec.num_classes}: use softmax"
         )
-    return build_model(
+    model = build_model(
         config.model,
         input_shape=spec.image_shape,
         **{**config.model_args, "num_classes": spec.outputs(config.head)},
     )
+    check_augmented_once(config, model)
+    return model
 
 
 def check_model_args(config: TrainConfig) -> None:
@@ -117,7 +119,21 @@ def check_model_args(config: TrainConfig) -> None:
     decoded or resized)."""
     shape = None if config.image_size is None else (*config.image_size, config.channels or 1)
     num_classes = 2 if config.head == "sigmoid" else 10
-    build_model(config.model, input_shape=shape, **{**config.model_args, "num_classes": num_classes})
+    model = build_model(config.model, input_shape=shape, **{**config.model_args, "num_classes": num_classes})
+    check_augmented_once(config, model)
+
+
+def check_augmented_once(config: TrainConfig, model: nn.Module) -> None:
+    """Refuses the recipe's crop or flip (`cnn.augment`) on a model that shifts and flips its images itself
+    (`vgg_bn`, or `convnet` with `augment`): every image would be shifted and flipped twice, and an ablation
+    taking the recipe's crop away would still see the model's shifts."""
+    knobs = [f"--{k.replace('_', '-')}" for k in ("crop_padding", "flip") if getattr(config, k)]
+    if knobs and getattr(model, "augment", False) is True:
+        raise ValueError(
+            f"model_args: {config.model} shifts and flips its training images itself (augment=true), and "
+            f"{' and '.join(knobs)} would do it a second time: pass --model-args '{{\"augment\": false}}' "
+            f"(as --recipe strong does) or leave {' and '.join(knobs)} off"
+        )
 
 
 def build_model(name: str, input_shape: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
