@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -542,15 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    import jax
-
-    from cnn.data import DataError
-    from cnn.datasets.prepared import PreparationInterrupted
-    from cnn.disk import DiskFull, out_of_space
     from cnn.host_memory import setting_error
-    from cnn.run_folder import WorkdirError
-    from cnn.sweep import RunsFailed
-    from cnn.train import Interrupted, TrainingDiverged, TrainingFailed
 
     if setting_error():  # before anything else, --help included: the environment is wrong for every command
         print(f"error: {setting_error()}", file=sys.stderr)
@@ -559,7 +552,8 @@ def _main(argv: list[str] | None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a one-line usage error (2), already printed
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
-    try:
+
+    def command() -> None:
         args.argv = list(sys.argv[1:] if argv is None else argv)
         if getattr(args, "no_compile_cache", False):
             from cnn.compile_cache import use_compile_cache
@@ -570,6 +564,29 @@ def _main(argv: list[str] | None) -> int:
             tune=_tune, experiments=_experiments, predict=_predict, evaluate=_evaluate, export=_export
         )
         commands[args.command](args)
+
+    return exit_code(command)
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Runs an experiment script's `main` as the CLI runs a command: a known failure (bad input, a signal,
+    a full disk, ...) is one line on stderr and the CLI's exit code, not a traceback."""
+    sys.exit(exit_code(main))
+
+
+def exit_code(command: Callable[[], Any]) -> int:
+    """Runs `command`; its known failures printed in one line on stderr and turned into exit codes."""
+    import jax
+
+    from cnn.data import DataError
+    from cnn.datasets.prepared import PreparationInterrupted
+    from cnn.disk import DiskFull, out_of_space
+    from cnn.run_folder import WorkdirError
+    from cnn.sweep import RunsFailed
+    from cnn.train import Interrupted, TrainingDiverged, TrainingFailed
+
+    try:
+        command()
     except (Interrupted, PreparationInterrupted) as e:
         print(str(e), file=sys.stderr)
         return e.exit_code

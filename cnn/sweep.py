@@ -272,8 +272,9 @@ def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, 
             fit_together([c for _, c, _ in runs], splits, [w for _, _, w in runs], conv=CONV[mode])
     except Interrupted:
         raise
-    except Exception as e:  # one failed variant must not end the sweep
-        if len(names) > 1:  # which variant failed: each alone (a finished epoch is resumed, not redone)
+    except Exception as e:  # one failed variant must not end the sweep (a signal still does)
+        signum = getattr(e, "stop_requested", None)
+        if len(names) > 1 and signum is None:  # which failed: each alone (a finished epoch is resumed)
             print(f"[{', '.join(names)}] FAILED together ({type(e).__name__}); each variant on its own")
             for name in names:
                 _train_group([r for r in runs if r[0].name == name], splits, mode)
@@ -285,6 +286,9 @@ def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, 
                 {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
             )
         print(f"[{', '.join(names)}] FAILED: {type(e).__name__}: {e} (recorded in their error.json)")
+        if signum is not None:  # asked to stop while the run failed: stop, do not start the next one
+            out = next(iter(folders.values())).parent
+            raise Interrupted(signum, 0, out, failed=", ".join(names)) from e
 
 
 def earlier_rows(out: Path, current: set[str]) -> list[dict[str, Any]]:

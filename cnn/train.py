@@ -52,12 +52,11 @@ class Interrupted(Exception):
     """Training stopped on SIGTERM or SIGINT after saving the epoch in progress; `exit_code` is
     128 + the signal number (143 for SIGTERM, 130 for SIGINT), as shells report a signal."""
 
-    def __init__(self, signum: int, epoch: int, workdir: Path):
+    def __init__(self, signum: int, epoch: int, workdir: Path, failed: str | None = None):
         self.signum, self.epoch, self.exit_code = signum, epoch, 128 + signum
         name = signal.Signals(signum).name
-        super().__init__(
-            f"{name}: stopped after epoch {epoch}, saved in {workdir}; run the same command again to resume"
-        )
+        done = f"stopped after epoch {epoch}" if failed is None else f"stopped ({failed} failed meanwhile)"
+        super().__init__(f"{name}: {done}, saved in {workdir}; run the same command again to resume")
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -209,7 +208,7 @@ def epoch_loop(state, runs, train, val, keys, members, mesh, on_epoch_end):
             )
         print(f"Streaming the training images from the host ({data.images.nbytes / 2**20:,.0f} MiB)")
     plan = EpochPlan.of(len(train), config, rolled_epoch(config, data), isinstance(data, HostData))
-    with stop_on_signals() as stop:
+    with stop_on_signals() as stop, _marked_if_stopping(stop):
         while any(run.training for run in runs):
             epochs, active = [r.record.epoch + 1 for r in runs], [r.training for r in runs]
             try:
@@ -448,6 +447,18 @@ def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):
         state, images, labels, order, call.start, rng, active, live=live,
         batch_size=call.batch, steps=call.steps, sharding=sharding, unroll=not call.rolled,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _marked_if_stopping(stop: dict[str, int | None]):
+    """An error raised after a stop was asked for carries the signal (`stop_requested`), so that a sweep
+    stops instead of going on to its next run."""
+    try:
+        yield
+    except Exception as e:
+        if stop["signum"] is not None and not isinstance(e, Interrupted):
+            e.stop_requested = stop["signum"]  # type: ignore[attr-defined]
+        raise
 
 
 @contextlib.contextmanager

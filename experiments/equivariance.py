@@ -16,6 +16,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
+from cnn.cli import run_script
 from cnn.datasets.transforms import shift
 from cnn.evaluation import predict
 from cnn.experiments import block, experiment_parser, mean_and_std, run_experiment, seed_curves
@@ -157,4 +158,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cnn import Split, TrainConfig, fit, load_dataset, predict, restore_run
+from cnn.cli import run_script
 from cnn.experiments import experiment_parser
 from cnn.sweep import markdown_mean_std
 from cnn.transfer import few_shot, imagenet_backbone, load_backbone, train_few_shot
@@ -106,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

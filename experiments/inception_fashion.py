@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from cnn import fit, load_dataset
+from cnn.cli import run_script
 from cnn.experiments import experiment_parser
 from cnn.models import model_for
 from cnn.summary import format_summary, layer_rows
@@ -71,4 +72,4 @@ def results_table(out: Path) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

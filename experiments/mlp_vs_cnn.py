@@ -1,5 +1,6 @@
 """The dense baseline against the seed CNN, at similar parameter counts (and LeNet-5 for scale)."""
 
+from cnn.cli import run_script
 from cnn.experiments import experiment_parser, run_experiment
 from cnn.sweep import Variant
 
@@ -18,4 +19,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,5 +1,6 @@
 """Same vs valid padding: does keeping the border matter, and more so in a deeper stack?"""
 
+from cnn.cli import run_script
 from cnn.experiments import block, experiment_parser, run_experiment
 from cnn.sweep import Variant
 
@@ -18,4 +19,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,5 +1,6 @@
 """Max vs average vs no pooling vs strided convolution vs depth-wise max; global-average head vs flatten."""
 
+from cnn.cli import run_script
 from cnn.experiments import block, experiment_parser, run_experiment
 from cnn.sweep import Variant
 
@@ -19,4 +20,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -3,6 +3,7 @@ one knob at a time (the optimizer back to Adam, no warm-up, no weight decay, no 
 smoothing, no moving average, no crop, no flip, no erasing, no cutmix), and the plain recipe it started
 from, each over several seeds (mean ± std of the test accuracy)."""
 
+from cnn.cli import run_script
 from cnn.config import recipe
 from cnn.experiments import experiment_parser, run_experiment
 from cnn.sweep import Variant
@@ -39,4 +40,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -5,6 +5,7 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 
+from cnn.cli import run_script
 from cnn.datasets.transforms import shift
 from cnn.evaluation import predict
 from cnn.experiments import block, experiment_parser, mean_and_std, run_experiment, seed_curves
@@ -70,4 +71,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

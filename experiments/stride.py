@@ -1,5 +1,6 @@
 """Stride-1 convolution + max pooling vs stride-2 and stride-3 convolutions: size, accuracy and speed."""
 
+from cnn.cli import run_script
 from cnn.experiments import block, experiment_parser, run_experiment
 from cnn.sweep import Variant
 
@@ -22,4 +23,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

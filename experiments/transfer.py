@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn import TrainConfig, fit
+from cnn.cli import run_script
 from cnn.datasets.fashion_mnist import load_fashion_mnist
 from cnn.experiments import experiment_parser
 from cnn.transfer import METHODS, class_subset, few_shot, load_backbone, train_few_shot
@@ -127,4 +128,4 @@ def write(table, out, args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

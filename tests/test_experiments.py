@@ -185,3 +185,28 @@ def test_the_experiments_command_runs_scripts_in_one_process_and_exits_6_when_ru
     assert captured.err.startswith("error: runs failed in too_big: 1 of 1 variant(s) failed: bs4096")
     assert (tmp_path / "e" / "fine" / "bs32" / "seed0" / "results.json").is_file()
     assert "fine: " in captured.out and "compilations" in captured.out
+
+
+def test_a_script_given_bad_input_says_so_in_one_line_and_exits_2():
+    from tests.processes import run_process
+
+    done = run_process([sys.executable, str(EXPERIMENTS / "padding.py"), "--seeds", "0"], timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: seeds: expected at least 1, got 0"
+
+
+def test_a_script_stopped_by_a_signal_says_where_its_epochs_are_and_exits_143(tmp_path, capsys):
+    import signal
+
+    from cnn.cli import run_script
+    from cnn.train import Interrupted
+
+    def stopped() -> None:
+        raise Interrupted(signal.SIGTERM, 3, tmp_path / "strong" / "seed0")
+
+    with pytest.raises(SystemExit) as e:
+        run_script(stopped)
+    assert e.value.code == 143
+    where = tmp_path / "strong" / "seed0"
+    expected = f"SIGTERM: stopped after epoch 3, saved in {where}; run the same command again to resume"
+    assert capsys.readouterr().err.strip() == expected

@@ -102,6 +102,23 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_splits, tm
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_a_run_failing_after_a_signal_stops_the_sweep_instead_of_going_on(tiny_splits, tmp_path, monkeypatch):
+    import signal
+
+    from cnn.train import Interrupted
+
+    def signalled_then_fails(*args):
+        signal.raise_signal(signal.SIGTERM)  # asked to stop, then the run fails before its epoch ends
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(train_module, "run_call", signalled_then_fails)
+    with pytest.raises(Interrupted, match=r"^SIGTERM: stopped \(bs16 failed meanwhile\), saved in ") as e:
+        run_sweep(BASE, VARIANTS, [0, 1], tiny_splits, tmp_path, together="sequential")
+    assert e.value.exit_code == 143
+    assert "the disk went away" in json.loads((tmp_path / "bs16" / "error.json").read_text())["error"]
+    assert not (tmp_path / "bs16" / "seed1").exists() and not (tmp_path / "bs32").exists()  # nothing after
+
+
 def test_a_failing_variant_is_recorded_and_the_sweep_goes_on(tiny_splits, tmp_path):
     variants = [Variant("too-big", {"batch_size": 4096}), Variant("fine", {"batch_size": 32})]
     rows = run_sweep(BASE, variants, [0], tiny_splits, tmp_path)
