@@ -32,11 +32,17 @@ def variants() -> list[Variant]:
     return [Variant("strong", {}), *(Variant(n, f) for n, f in ABLATIONS.items()), Variant("plain", PLAIN)]
 
 
+def base_for(epochs: int) -> dict:
+    """The strong recipe for a run of `epochs`: a shorter run warms up for the same share of its epochs
+    (5 of 60), at least one and fewer than all."""
+    base = {k: v for k, v in STRONG.items() if k not in ("epochs", "limit_train")}
+    share = round(STRONG["warmup_epochs"] * epochs / STRONG["epochs"])
+    return {**base, "warmup_epochs": min(max(share, 1), epochs - 1)}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = experiment_parser(__doc__, epochs=STRONG["epochs"], seeds=3).parse_args(argv)
-    base = {k: v for k, v in STRONG.items() if k not in ("epochs", "limit_train")}
-    base["warmup_epochs"] = min(STRONG["warmup_epochs"], args.epochs - 1)  # a short run warms up less
-    run_experiment("recipe", variants(), args, base=base)
+    run_experiment("recipe", variants(), args, base=base_for(args.epochs))
 
 
 if __name__ == "__main__":

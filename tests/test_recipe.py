@@ -243,8 +243,10 @@ def test_the_ablation_takes_one_knob_away_at_a_time():
     from cnn.sweep import resolve
 
     script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
-    strong, variants = script["STRONG"], script["variants"]()
-    base = {**{k: v for k, v in strong.items() if k != "epochs"}, "epochs": 3, "warmup_epochs": 2}
+    variants = script["variants"]()
+    warmups = {e: script["base_for"](e)["warmup_epochs"] for e in (1, 2, 8, 24, 60)}
+    assert warmups == {1: 0, 2: 1, 8: 1, 24: 2, 60: 5}  # the strong recipe's share of warm-up, 5 of 60
+    base = {**script["base_for"](3), "epochs": 3}
     configs = dict(zip([v.name for v in variants], resolve(base, variants), strict=True))
     reference = configs["strong"].to_dict()
     for name, config in configs.items():
