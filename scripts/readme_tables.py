@@ -88,6 +88,7 @@ IN_THE_SOURCES = {
     "mlp": "compared",
     "convnet": "added",
     "vgg_bn": "added",
+    "wide_resnet": "added",
     "transfer": "mechanism",
     "inception_v3": "transfer backbone",
     "vgg16": "named",

@@ -19,7 +19,7 @@ LAYERS = [
     {"datasets", "applications.common"},
     {"applications.inception_v3", "applications.vgg16", "applications.resnet50", "applications.mobilenet_v2"},
     {"applications"},
-    {"models.sources", "models.convnet"},
+    {"models.sources", "models.convnet", "models.wide_resnet"},
     {"models"},
     {"state"},
     {"steps", "placement"},

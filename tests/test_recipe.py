@@ -57,6 +57,17 @@ def test_a_model_that_augments_itself_takes_no_second_crop_or_flip_in_python_eit
     assert model_for(TrainConfig(model="vgg_bn"), FASHION_MNIST).augment is True  # its own, alone
 
 
+def test_every_named_recipe_is_a_valid_config_for_its_model():
+    from cnn.config import recipe, recipes
+    from cnn.models import check_model_args
+
+    assert {"strong", "strong_wrn"} <= set(recipes())
+    for name in recipes():
+        check_model_args(TrainConfig(**recipe(name)))  # fields, model arguments, augmentation in one place
+    wrn = TrainConfig(**recipe("strong_wrn"))
+    assert (wrn.model, wrn.model_args) == ("wide_resnet", {"depth": 16, "width": 4})
+
+
 def test_the_tune_space_takes_the_new_fields():
     base = TrainConfig(epochs=3).to_dict()
     dims = read_space(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -59,11 +60,20 @@ EXPECTED_PARAMS = {
     )
     + dense_p(128, 128)
     + dense_p(128, 10),
+    # WRN-16-4: a bias-free 3×3 conv, three groups of two pre-activation blocks (batch norm, conv, twice;
+    # a 1×1 shortcut conv where the width changes), then batch norm and the logits
+    "wide_resnet": conv_p(3, 1, 16, bias=False)
+    + sum(
+        2 * a + conv_p(3, a, b, bias=False) + 2 * b + conv_p(3, b, b, bias=False) + (a * b if a != b else 0)
+        for a, b in [(16, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
+    )
+    + 2 * 256
+    + dense_p(256, 10),
     # the seed CNN up to pool2 (the backbone), then Flatten -> Dense 64 -> Dense 10
     "transfer": conv_p(3, 1, 32) + conv_p(3, 32, 64) + dense_p(7 * 7 * 64, 64) + dense_p(64, 10),
 }
 HAS_DROPOUT = {"seed_cnn", "homl_cnn", "convnet", "vgg_bn"}
-HAS_BATCH_NORM = {"vgg_bn"}
+HAS_BATCH_NORM = {"vgg_bn", "wide_resnet"}
 
 
 # The famous ImageNet networks (cnn.applications) need larger colour inputs; tests/test_applications.py
@@ -96,6 +106,51 @@ def test_parameter_count(zoo_model):
     assert sum(p.size for p in jax.tree.leaves(variables["params"])) == EXPECTED_PARAMS[name]
     batch_stats = sum(p.size for p in jax.tree.leaves(variables.get("batch_stats", {})))
     assert (batch_stats > 0) == (name in HAS_BATCH_NORM)
+
+
+@pytest.mark.parametrize("depth, width, millions", [(40, 4, 8.9), (16, 8, 11.0), (28, 10, 36.5)])
+def test_wide_resnets_have_the_papers_parameter_counts(depth, width, millions):
+    # Zagoruyko & Komodakis (2016), the CIFAR table: 32×32 colour images, 10 classes; shapes only
+    model = build_model("wide_resnet", input_shape=(32, 32, 3), depth=depth, width=width)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+    assert round(sum(p.size for p in jax.tree.leaves(variables["params"])) / 1e6, 1) == millions
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"depth": 18}, "depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got 18"),
+        ({"width": 0}, "wide_resnet's width must be"),
+        ({"dropout_rate": 1.0}, "wide_resnet's dropout_rate must be"),
+    ],
+)
+def test_wide_resnet_refuses_bad_arguments_naming_them(args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model("wide_resnet", input_shape=(28, 28, 1), **args)
+
+
+def test_wide_resnet_blocks_shortcut_and_dropout(tmp_path):
+    model = build_model("wide_resnet", depth=10, width=1, dropout_rate=0.3)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    params = variables["params"]
+    assert set(params["group1_block1"]) == {"bn1", "conv1", "bn2", "conv2"}  # 16 -> 16: the input itself
+    assert params["group2_block1"]["shortcut"]["kernel"].shape == (1, 1, 16, 32)  # wider and halved
+    _, inside = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    shapes = {k: v["__call__"][0].shape[1:] for k, v in inside["intermediates"].items() if "group" in k}
+    assert shapes == {
+        "group1_block1": (28, 28, 16),
+        "group2_block1": (14, 14, 32),
+        "group3_block1": (7, 7, 64),
+    }
+
+    def train_out(seed):
+        rngs = {"dropout": jax.random.PRNGKey(seed)}
+        return model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])[0]
+
+    assert not np.allclose(train_out(3), train_out(4))  # dropout between a block's convolutions
+    np.testing.assert_allclose(train_out(3), train_out(3))
 
 
 def test_vgg_bn_widths_set_the_filters_of_each_block():

@@ -1,8 +1,8 @@
 """The networks, built by name through one registry (every model maps NHWC images to logits and takes
 `train=`), for the image shape and classes of a data description (`model_for`): the sources' networks
-(`sources.py`), the configurable `ConvNet` of the experiments (`convnet.py`), a network cut for transfer
-learning (built with `cnn.surgery`), and the famous ImageNet networks of `cnn.applications` trained from
-scratch."""
+(`sources.py`), the configurable `ConvNet` of the experiments (`convnet.py`), the wide residual network
+(`wide_resnet.py`), a network cut for transfer learning (built with `cnn.surgery`), and the famous ImageNet
+networks of `cnn.applications` trained from scratch."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from cnn.config import TrainConfig
 from cnn.data import FASHION_MNIST, DataSpec
 from cnn.models.convnet import convnet, vgg_bn
 from cnn.models.sources import MLP, HomlCNN, LectureCNN, LeNet5, SeedCNN
+from cnn.models.wide_resnet import wide_resnet
 from cnn.summary import format_summary, layer_rows
 from cnn.surgery import TransferNet
 
@@ -73,6 +74,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "convnet": convnet,
     "vgg_bn": vgg_bn,
+    "wide_resnet": wide_resnet,
     "transfer": transfer_model,
     "inception_v3": _famous("inception_v3", (75, 75, 3), "InceptionV3 (Szegedy et al. 2015)"),
     "vgg16": _famous("vgg16", (32, 32, 3), "VGG16 (Simonyan & Zisserman 2014)"),
