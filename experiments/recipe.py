@@ -41,8 +41,19 @@ def base_for(epochs: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = experiment_parser(__doc__, epochs=STRONG["epochs"], seeds=3).parse_args(argv)
-    run_experiment("recipe", variants(), args, base=base_for(args.epochs))
+    parser = experiment_parser(__doc__, epochs=STRONG["epochs"], seeds=3)
+    names = [v.name for v in variants()]
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        choices=names,
+        help=f"only these variants (default: all; one of {', '.join(names)}); a later run into the same "
+        "--out adds the others to its tables and skips the runs already finished",
+    )
+    args = parser.parse_args(argv)
+    chosen = [v for v in variants() if args.variants is None or v.name in args.variants]
+    run_experiment("recipe", chosen, args, base=base_for(args.epochs))
 
 
 if __name__ == "__main__":

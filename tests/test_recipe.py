@@ -269,3 +269,23 @@ def test_the_ablation_takes_one_knob_away_at_a_time():
     augments = {name: build_model(c.model, **c.model_args).augment for name, c in configs.items()}
     assert augments == {name: name == "plain" for name in configs}
     assert configs["minus-crop"].crop_padding == 0 and configs["minus-flip"].flip is False
+
+
+def test_the_ablation_runs_only_the_variants_asked_for(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    import cnn.experiments
+
+    seen = {}
+
+    def run_experiment(name, variants, args, base):
+        seen.update(names=[v.name for v in variants], warmup=base["warmup_epochs"], epochs=args.epochs)
+
+    monkeypatch.setattr(cnn.experiments, "run_experiment", run_experiment)  # bound when the script loads
+    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
+    script["main"](["--variants", "plain", "strong", "--epochs", "12"])
+    assert seen == {"names": ["strong", "plain"], "warmup": 1, "epochs": 12}
+    with pytest.raises(SystemExit):
+        script["main"](["--variants", "strongest"])
+    assert "invalid choice: 'strongest'" in capsys.readouterr().err
