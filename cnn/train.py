@@ -31,6 +31,7 @@ from cnn.config import TrainConfig
 from cnn.data import Split, Splits
 from cnn.evaluation import mean_metrics, metric_sums
 from cnn.members import Members, check_together, run_labels
+from cnn.models import check_augmented_once, model_for
 from cnn.parallel import batch_sharding, check_batch_size, is_parallel, replicate
 from cnn.placement import HostData, training_data
 from cnn.run_folder import check_workdir, prepare_workdir, workdir_lock
@@ -148,6 +149,8 @@ def train_runs(
     its folder (locked, checked and prepared before any work), resumed where they stopped; returns their
     results."""
     check_arguments(configs, splits)
+    for c in configs:
+        check_augmented_once(c, model_for(c, splits.spec))
     config, workdirs = configs[0], [Path(w) for w in workdirs]
     members = members or Members(len(configs))
     train = training_split(config, splits)

@@ -46,15 +46,17 @@ def test_bad_recipe_values_are_refused_in_one_line_before_any_work(flags, messag
     assert not (tmp_path / "run").exists()
 
 
-def test_a_model_that_augments_itself_takes_no_second_crop_or_flip_in_python_either():
+def test_a_model_that_augments_itself_takes_no_second_crop_or_flip_in_python_either(tiny_splits, tmp_path):
     from cnn.data import FASHION_MNIST
     from cnn.models import model_for
 
+    config = TrainConfig(model="vgg_bn", crop_padding=4, flip=True, epochs=1, limit_train=64)
     with pytest.raises(ValueError, match="--crop-padding and --flip would do it a second time"):
-        model_for(TrainConfig(model="vgg_bn", crop_padding=4, flip=True), FASHION_MNIST)
+        fit(config, tiny_splits, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the folder is made
+    assert model_for(config, FASHION_MNIST).augment is True  # a run saved before the check still opens
     model = model_for(TrainConfig(model="vgg_bn", model_args={"augment": False}, flip=True), FASHION_MNIST)
     assert model.augment is False
-    assert model_for(TrainConfig(model="vgg_bn"), FASHION_MNIST).augment is True  # its own, alone
 
 
 def test_every_named_recipe_is_a_valid_config_for_its_model():

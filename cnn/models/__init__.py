@@ -105,13 +105,11 @@ def model_for(config: TrainConfig, spec: DataSpec) -> nn.Module:
         raise ValueError(
             f"head: one sigmoid output is for two classes; {spec.name} has {spec.num_classes}: use softmax"
         )
-    model = build_model(
+    return build_model(
         config.model,
         input_shape=spec.image_shape,
         **{**config.model_args, "num_classes": spec.outputs(config.head)},
     )
-    check_augmented_once(config, model)
-    return model
 
 
 def check_model_args(config: TrainConfig) -> None:
@@ -128,7 +126,8 @@ def check_model_args(config: TrainConfig) -> None:
 def check_augmented_once(config: TrainConfig, model: nn.Module) -> None:
     """Refuses the recipe's crop or flip (`cnn.augment`) on a model that shifts and flips its images itself
     (`vgg_bn`, or `convnet` with `augment`): every image would be shifted and flipped twice, and an ablation
-    taking the recipe's crop away would still see the model's shifts."""
+    taking the recipe's crop away would still see the model's shifts. Checked before training (a run saved
+    before this check still opens)."""
     knobs = [f"--{k.replace('_', '-')}" for k in ("crop_padding", "flip") if getattr(config, k)]
     if knobs and getattr(model, "augment", False) is True:
         raise ValueError(
