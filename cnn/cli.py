@@ -570,8 +570,10 @@ def _main(argv: list[str] | None) -> int:
 
 def run_script(main: Callable[[], Any]) -> None:
     """Runs an experiment script's `main` as the CLI runs a command: a known failure (bad input, a signal,
-    a full disk, ...) is one line on stderr and the CLI's exit code, not a traceback."""
-    sys.exit(exit_code(main))
+    a full disk, ...) is one line on stderr and the CLI's exit code, not a traceback; success returns."""
+    code = exit_code(main)
+    if code:
+        sys.exit(code)
 
 
 def exit_code(command: Callable[[], Any]) -> int:
