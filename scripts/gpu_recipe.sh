@@ -10,7 +10,7 @@
 # finished run's results.json and the tables come back under $OUT, logs in $OUT/*.log. A dry run here (the wheels are for the image's
 # Python 3.12; this venv has the packages):
 #   NO_WHEELS=1 PYTHON=.venv/bin/python OUT=/tmp/dry RECIPE_ARGS="--epochs 2 --limit-train 256" \
-#       STRONG_WRN=1 WRN_ARGS="--epochs 2 --limit-train 256" bash scripts/gpu_recipe.sh run strong
+#       STRONG_WRN=1 WRN_ARGS="--epochs 2 --warmup-epochs 1 --limit-train 256" bash scripts/gpu_recipe.sh run strong
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +42,7 @@ run)
     : "${OUT:?run: OUT must name the folder whose files come back (the device tool sets it)}"
     [ -n "${NO_WHEELS:-}" ] || "$python" -m pip install -q --no-index --no-deps --target .site .whl/*.whl
     export PYTHONPATH=$PWD/.site:$PWD FASHION_MNIST_DIR=$PWD/.fmnist CNN_COMPILE_CACHE=/tmp/cnn-jax-cache
-    (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || lscpu | grep "Model name") \
+    (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || lscpu | grep "Model name") \
         | tee "$OUT/machine.txt"
     git log -1 --format=%H >> "$OUT/machine.txt" 2>/dev/null || true
     variants=("$@")
