@@ -11,7 +11,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnn.data import FASHION_MNIST
 from cnn.layers import Conv2D, Dense, GlobalAvgPool
 
 HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -80,21 +79,12 @@ def check_depth(depth: int) -> None:
 
 
 def wide_resnet(
-    depth: int = 16,
-    width: int = 4,
-    dropout_rate: float = 0.0,
-    num_classes: int = 10,
-    input_shape: tuple[int, int, int] = FASHION_MNIST.image_shape,
+    depth: int = 16, width: int = 4, dropout_rate: float = 0.0, num_classes: int = 10
 ) -> WideResNet:
     """The wide residual network WRN-`depth`-`width` (Zagoruyko & Komodakis 2016; default WRN-16-4):
     pre-activation residual blocks in three groups of 16k, 32k and 64k filters, batch norm, global average
     pooling, the logits; `depth` 6n + 4, `width` k, `dropout_rate` inside the blocks."""
     check_depth(depth)
-    if min(input_shape[:2]) < 3:
-        raise ValueError(
-            f"input: wide_resnet halves its maps twice and needs at least 3×3 images, got "
-            f"{input_shape[0]}×{input_shape[1]}: resize them (--image-size H W)"
-        )
     return WideResNet(depth=depth, width=width, dropout_rate=dropout_rate, num_classes=num_classes)
 
 
