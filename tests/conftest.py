@@ -8,6 +8,11 @@ import os
 import tempfile  # noqa: E402
 from pathlib import Path
 
+from tests.processes import with_test_xla_flags
+
+# Before JAX starts its backend:
+os.environ["XLA_FLAGS"] = with_test_xla_flags(os.environ.get("XLA_FLAGS", ""))
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

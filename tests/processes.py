@@ -17,8 +17,24 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / f"cnn-tests-jax-processes-{os.getuid()}"
 
 
+# XLA:CPU's backend optimisation off for every program the tests compile, in the test workers and in the
+# processes they start: the tests' programs are tiny and most of a test's time went to compiling them
+# (measured on the 2-core AMD EPYC: the pooling experiment's test 33 s at the default level, 23 s at 0).
+# What the tests check does not depend on it: every comparison is between programs compiled alike, or
+# against a tolerance. Benchmarks and users compile at the default level.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def with_test_xla_flags(flags: str = "") -> str:
+    """`flags` (an XLA_FLAGS value) with the tests' own flags added."""
+    if TEST_XLA_FLAGS in flags.split():
+        return flags
+    return " ".join(f for f in (flags.strip(), TEST_XLA_FLAGS) if f)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FASHION_MNIST_DIR", "XLA_FLAGS")}
+    extra["XLA_FLAGS"] = with_test_xla_flags(extra.get("XLA_FLAGS", ""))
     return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "CNN_COMPILE_CACHE": str(CACHE), **extra}
 
 
