@@ -11,6 +11,10 @@
 # Python 3.12; this venv has the packages):
 #   NO_WHEELS=1 PYTHON=.venv/bin/python OUT=/tmp/dry RECIPE_ARGS="--epochs 2 --limit-train 256" \
 #       STRONG_WRN=1 WRN_ARGS="--epochs 2 --warmup-epochs 1 --limit-train 256" bash scripts/gpu_recipe.sh run strong
+# The wheels themselves were checked the same way with PYTHON naming a Python 3.12 venv holding only what the
+# GPU image is known to have (jax 0.11.2, flax 0.12.10, optax 0.2.8, numpy, matplotlib, pillow, h5py,
+# scikit-image, tensorstore; no orbax): installed into .site by `run`, both parts finish (six, wrapt and chex
+# are in the list for that venv; the image may have them already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +23,7 @@ WHEELS=(
     docstring_parser==0.18.0 tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0 termcolor==3.3.0
     toml==0.10.2 tensorboardX==2.6.5 orbax-checkpoint==0.12.8 nest-asyncio2==1.7.4 importlib_resources==7.1.0
     dm-pix==0.4.5 filelock==4.3.1 flatbuffers==25.12.19 tqdm==4.70.1 toolz==1.2.0 cloudpickle==3.1.3
-    simplejson==4.3.0 humanize==4.17.0
+    simplejson==4.3.0 humanize==4.17.0 six==1.17.0 wrapt==2.5.2 chex==0.1.92
 )
 
 case "${1:-}" in
