@@ -61,6 +61,71 @@ def conv_formulation(kind: str) -> Iterator[None]:
         CONV_FORMULATION.reset(token)
 
 
+# Whether `Conv2D`'s gradient is written out as convolutions in the layout XLA:CPU computes fast (see
+# `conv_with_plain_gradients`); set while a rolled training loop is traced on the CPU (see `cnn.steps`).
+PLAIN_GRADIENTS = contextvars.ContextVar("plain_gradients", default=False)
+
+
+@contextlib.contextmanager
+def plain_gradients(on: bool = True) -> Iterator[None]:
+    """While tracing inside this block, `Conv2D` (without groups) differentiates through
+    `conv_with_plain_gradients`."""
+    token = PLAIN_GRADIENTS.set(on)
+    try:
+        yield
+    finally:
+        PLAIN_GRADIENTS.reset(token)
+
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_with_plain_gradients(
+    x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str, dilation: tuple[int, int]
+) -> jax.Array:
+    """`lax.conv_general_dilated` (NHWC, HWIO, no groups) whose gradient is two convolutions of that same
+    layout on transposed operands. JAX's own gradient convolves in other layouts (the kernel's gradient
+    with the batch as the feature axis); XLA:CPU rewrites those into this layout in straight-line code,
+    but not inside a rolled loop's body, where it falls back to a generic loop that is an order of magnitude
+    slower. Both gradients are the same sums (equal to JAX's in the tests)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=DIMENSIONS
+    )
+
+
+def _plain_forward(x, kernel, strides, padding, dilation):
+    return conv_with_plain_gradients(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _plain_backward(strides, padding, dilation, saved, g):
+    x, kernel = saved
+    kh, kw = kernel.shape[:2]
+    spans = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilation, strict=True)]
+    pads = jax.lax.padtype_to_pads(x.shape[1:3], spans, strides, padding)
+    # The input's gradient: `g` dilated by the strides, against the flipped kernel, its channels swapped.
+    dx_pads = [
+        (span - 1 - low, size + low - (out - 1) * stride - 1)
+        for (low, _), size, stride, span, out in zip(
+            pads, x.shape[1:3], strides, spans, g.shape[1:3], strict=True
+        )
+    ]
+    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+    dx = jax.lax.conv_general_dilated(
+        g, flipped, (1, 1), dx_pads, lhs_dilation=strides, rhs_dilation=dilation, dimension_numbers=DIMENSIONS
+    )
+    # The kernel's gradient: the input's channels as the batch, its examples as the features.
+    dk = jax.lax.conv_general_dilated(
+        jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), dilation, pads,
+        rhs_dilation=strides, dimension_numbers=DIMENSIONS,
+    )  # fmt: skip
+    dk = jnp.transpose(dk[:, :kh, :kw, :], (1, 2, 0, 3))
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+conv_with_plain_gradients.defvjp(_plain_forward, _plain_backward)
+
+
 def conv_as_matmul(
     x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: str, dilation: tuple[int, int]
 ) -> jax.Array:
@@ -129,16 +194,19 @@ class Conv2D(nn.Module):
         )
         x, kernel, bias = _promote(x, kernel, bias)
         strides, dilation = pair(self.strides, "strides"), pair(self.dilation_rate, "dilation_rate")
+        padding = padding_mode(self.padding).upper()
         if CONV_FORMULATION.get() == "matmul" and self.groups == 1:
-            y = conv_as_matmul(x, kernel, strides, padding_mode(self.padding).upper(), dilation)
+            y = conv_as_matmul(x, kernel, strides, padding, dilation)
+        elif PLAIN_GRADIENTS.get() and self.groups == 1:
+            y = conv_with_plain_gradients(x, kernel, strides, padding, dilation)
         else:
             y = jax.lax.conv_general_dilated(
                 x,
                 kernel,
                 window_strides=strides,
-                padding=padding_mode(self.padding).upper(),
+                padding=padding,
                 rhs_dilation=dilation,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                dimension_numbers=DIMENSIONS,
                 feature_group_count=self.groups,
             )
         if bias is not None:

@@ -13,6 +13,7 @@ import optax
 
 from cnn.augment import augment
 from cnn.data import to_float
+from cnn.layers import plain_gradients
 from cnn.state import TrainState, apply_model, evaluated, micro_batch_size
 
 Batch = dict[str, jax.Array]
@@ -215,9 +216,9 @@ def train_chunk(
     `order[start + i * batch_size:][:batch_size]`; only the first `active` of them count (the others leave
     the state as it is: an epoch's last, shorter chunk runs in the same program; None: all).
 
-    Unrolled: the CPU's fastest (XLA:CPU ran a convolution in a loop body about 15× slower than in
-    straight-line code, measured 223 vs 3,540 images/s at batch 32). With `unroll=False`, a rolled loop
-    that compiles one step: a whole epoch in one call, the accelerators' way. Returns the state and each
+    Unrolled: the CPU's fastest. With `unroll=False`, a rolled loop that compiles one step: a whole epoch in
+    one call, the accelerators' way (on the CPU its convolutions' gradients are written out in the layout
+    XLA:CPU computes fast inside a loop, `cnn.layers.conv_with_plain_gradients`). Returns the state and each
     step's metrics (a leading axis of `steps`; those of steps left out are to be ignored). With `sharding`
     (see `cnn.parallel`), each batch is split over the devices of a mesh."""
     if steps == 1:  # the plain step, op for op (a one-step loop fuses differently)
@@ -231,7 +232,10 @@ def train_chunk(
             return new, metrics
         return jax.tree.map(lambda n, o: jnp.where(i < active, n, o), new, state), metrics
 
-    return jax.lax.scan(body, state, jnp.arange(steps), unroll=True if unroll else 1)
+    if unroll:
+        return jax.lax.scan(body, state, jnp.arange(steps), unroll=True)
+    with plain_gradients(jax.default_backend() == "cpu"):  # see `cnn.layers.conv_with_plain_gradients`
+        return jax.lax.scan(body, state, jnp.arange(steps), unroll=1)
 
 
 def train_batches(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc  # noqa: E402
 import gzip
 import os
-import tempfile  # noqa: E402
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.processes import with_test_xla_flags
+from tests.processes import CACHE, with_test_xla_flags
 
 # Before JAX starts its backend:
 os.environ["XLA_FLAGS"] = with_test_xla_flags(os.environ.get("XLA_FLAGS", ""))
@@ -17,18 +19,18 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# JAX's persistent compilation cache, one folder per test worker and used by that worker only: many tests
-# train the same tiny programs, and a new TrainState (a new apply_fn) misses the in-memory jit cache. The
-# processes the tests start compile for themselves (JAX writes cache entries without a lock, and a process
-# reading an entry another is still writing would load a broken executable).
+# The suite's one compilation cache (`tests.processes.CACHE`), set before `cnn` is imported: `import cnn` turns
+# it on with its size limit, which is what makes JAX lock its entries for the processes sharing it.
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-jax.config.update("jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / f"cnn-tests-jax-{_WORKER}"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+os.environ["CNN_COMPILE_CACHE"] = str(CACHE)
 
 from cnn.data import Splits  # noqa: E402
 from cnn.datasets import fashion_mnist  # noqa: E402
+
+# Only programs that take 0.1 s or more to compile are written to the cache: the suite's many tiny ones
+# (every eager operation of a property test's new shape) made it thousands of entries, and JAX's size-limited
+# cache lists every entry on each write (test_conv and test_train: 96 s with every program, 57 s with these).
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 TRAIN_SIZE, TEST_SIZE = 600, 200
 
@@ -77,6 +79,26 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_python(request, monkeypatch):
+    """A test not marked `slow` may not start a Python process (a kernel, a worker, `python -m cnn`): that is
+    what makes the fast tier fast. Other programs (git, for a run's commit) are allowed."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    real = subprocess.Popen
+
+    class Refused(real):
+        def __init__(self, args, *more, **kwargs):
+            program = str(args[0] if isinstance(args, list | tuple) else shlex.split(str(args))[0])
+            if program == sys.executable or Path(program).name.startswith("python"):
+                raise AssertionError(
+                    f"{request.node.nodeid} starts a Python process ({program}): mark it @pytest.mark.slow"
+                )
+            super().__init__(args, *more, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Refused)
 
 
 @pytest.fixture(autouse=True)

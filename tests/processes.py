@@ -6,15 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# One compilation cache for every process the tests start (JAX locks its entries, so they may share it),
-# apart from the user's own.
-CACHE = Path(tempfile.gettempdir()) / f"cnn-tests-jax-processes-{os.getuid()}"
+# One persistent compilation cache for the whole suite: every test worker, every process a test starts and
+# every notebook kernel read and write it (with its size limit set, JAX locks each entry while it is read or
+# written, so they may share it). Apart from the user's own cache; kept between test runs, so that a second
+# run reads back what the first compiled. `CNN_TEST_COMPILE_CACHE=DIR` moves it (an empty DIR: a cold run).
+CACHE = Path(
+    os.environ.get("CNN_TEST_COMPILE_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnn" / "jax-tests"
+)
 
 
 # XLA:CPU's backend optimisation off for every program the tests compile, in the test workers and in the

@@ -222,6 +222,7 @@ def test_val_fraction_out_of_range(tmp_path):
 REAL_DIR = data.SYSTEM_DIR  # taken at import, before the autouse fixture points it elsewhere
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
     reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",

@@ -124,6 +124,7 @@ def _outcome(out: Path) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_vmapped_sweep_saves_exits_143_and_resumes_to_the_same_histories(
     idx_dir, prepared, tmp_path
 ):

@@ -187,6 +187,7 @@ def test_the_experiments_command_runs_scripts_in_one_process_and_exits_6_when_ru
     assert "fine: " in captured.out and "compilations" in captured.out
 
 
+@pytest.mark.slow
 def test_a_script_given_bad_input_says_so_in_one_line_and_exits_2():
     from tests.processes import run_process
 

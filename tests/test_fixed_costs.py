@@ -61,6 +61,7 @@ def _results(workdir) -> dict:
     return json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_processes_share_the_compilation_cache_and_a_second_identical_command_compiles_nothing(
     idx_dir, prepared, tmp_path
 ):
@@ -98,6 +99,7 @@ def test_processes_share_the_compilation_cache_and_a_second_identical_command_co
     assert three["test_loss"] == one["test_loss"]
 
 
+@pytest.mark.slow
 def test_no_compile_cache_flag_compiles_afresh(idx_dir, prepared, tmp_path):
     cache = tmp_path / "cache"
     first = train_command(idx_dir, prepared, tmp_path / "run", "--epochs", "1", "--limit-train", "64")
@@ -117,6 +119,7 @@ def test_no_compile_cache_flag_compiles_afresh(idx_dir, prepared, tmp_path):
     assert off["compile_cache_hits"] == 0 and off["compilations"] > 0
 
 
+@pytest.mark.slow
 def test_the_overhead_report_splits_a_commands_wall_time(idx_dir, prepared, tmp_path):
     out = tmp_path / "overhead.json"
     args = f"--source-dir {idx_dir} --data-dir {prepared} --limit-train 160 --steps-per-call 2"

@@ -55,6 +55,7 @@ def _train(code_root: Path, out: Path) -> dict:
     return runs
 
 
+@pytest.mark.slow
 def test_training_is_number_for_number_what_it_was(tmp_path):
     before = _train(_unpack(BEFORE, tmp_path / "before"), tmp_path / "before.json")
     now = _train(ROOT, tmp_path / "now.json")
@@ -63,6 +64,7 @@ def test_training_is_number_for_number_what_it_was(tmp_path):
         assert now[name] == before[name], name
 
 
+@pytest.mark.slow
 def test_a_run_of_the_earlier_code_resumes_with_this_one(tmp_path):
     """Checkpoints written before the state grew its recipe parts restore into this code's state."""
     tiny_data(tmp_path / "idx")

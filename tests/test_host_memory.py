@@ -10,9 +10,12 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+    ),
+    pytest.mark.slow,  # every test starts a process: the setting acts when a process starts
+]
 
 # After `import cnn`: allocates and frees a 64 MiB block through the C library; prints whether the settings
 # are in force, whether glibc mapped the block on its own (mmap: counted in mallinfo2's hblks while alive)

@@ -300,3 +300,55 @@ def test_a_convolution_as_patches_times_the_kernel_equals_xlas(kernel, strides, 
     np.testing.assert_allclose(as_matmul, layer.apply(variables, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="conv formulation"), conv_formulation("winograd"):
         pass
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    st.integers(1, 5), st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2),
+    st.integers(1, 2), st.sampled_from(["SAME", "VALID"]), st.integers(5, 13), st.integers(5, 13),
+)  # fmt: skip
+def test_a_convolutions_gradient_written_out_equals_jaxs(kh, kw, sh, sw, dh, dw, padding, h, w):
+    """`conv_with_plain_gradients` (what a rolled training loop differentiates on the CPU): the input's and
+    the kernel's gradients equal JAX's own for every kernel, stride, dilation and padding."""
+    from cnn.layers import conv_with_plain_gradients
+
+    if padding == "VALID" and ((kh - 1) * dh + 1 > h or (kw - 1) * dw + 1 > w):
+        padding = "SAME"
+    rng = np.random.default_rng(kh * 1000 + h)
+    x = jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kh, kw, 3, 4)), jnp.float32)
+    dimensions = ("NHWC", "HWIO", "NHWC")
+
+    def jaxs(x, k):
+        return jax.lax.conv_general_dilated(
+            x, k, (sh, sw), padding, rhs_dilation=(dh, dw), dimension_numbers=dimensions
+        )
+
+    y, theirs = jax.vjp(jaxs, x, k)
+    ours_y, ours = jax.vjp(lambda x, k: conv_with_plain_gradients(x, k, (sh, sw), padding, (dh, dw)), x, k)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    np.testing.assert_array_equal(ours_y, y)
+    for mine, expected in zip(ours(g), theirs(g), strict=True):
+        assert mine.shape == expected.shape
+        np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rolled_training_loop_on_the_cpu_convolves_in_the_fast_layout_only():
+    """Inside a rolled loop XLA:CPU leaves JAX's gradient convolutions in the layouts it computes slowly;
+    the rolled train loop's compiled program holds none of them."""
+    import functools
+
+    from cnn.config import TrainConfig
+    from cnn.data import FASHION_MNIST
+    from cnn.state import initial_state
+    from cnn.steps import train_chunk
+
+    state = initial_state(TrainConfig(), FASHION_MNIST)
+    images, labels = jnp.zeros((64, 28, 28, 1), jnp.uint8), jnp.zeros(64, jnp.int32)
+    program = jax.jit(functools.partial(train_chunk, batch_size=32, steps=2, unroll=False))
+    args = (state, images, labels, jnp.arange(64, dtype=jnp.int32), 0, jax.random.PRNGKey(0), None)
+    text = program.lower(*args).compile().as_text()
+    layouts = {
+        line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines() if " convolution(" in line
+    }
+    assert layouts == {"b01f_01io->b01f"}, layouts

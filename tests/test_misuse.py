@@ -172,6 +172,7 @@ def as_a_normal_user() -> list[str]:
     pytest.skip("running as root, and unable to drop privileges (neither setpriv nor runuser works)")
 
 
+@pytest.mark.slow
 def test_a_read_only_workdir_is_one_line(idx_dir, prepared):
     """As a normal user, in a process of its own: `nobody` where the tests run as root (as in CI), in a
     folder it can reach (pytest's tmp_path is private to root), with a home of its own."""
@@ -214,6 +215,7 @@ def hold_lock(workdir: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_workdir_is_refused_and_writes_nothing(idx_dir, tmp_path, capsys):
     run = tmp_path / "run"
     holder = hold_lock(run)
@@ -286,6 +288,7 @@ def test_the_fallback_lock_is_removed_with_the_lock_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_fallback_lock_file_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, capsys):
     lock = tmp_path / f"{LOCK_FILE}.pid"
     lock.write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "started": "now"}))
@@ -367,6 +370,7 @@ LIMIT = (
 )
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_at_the_checkpoint_is_one_line_with_its_own_exit_code(idx_dir, prepared, tmp_path):
     from tests.processes import run_process, train_command
 
@@ -378,6 +382,7 @@ def test_a_file_size_limit_at_the_checkpoint_is_one_line_with_its_own_exit_code(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_data_dir_without_room_is_one_line_and_leaves_nothing_half_prepared(idx_dir, tmp_path):
     from tests.processes import run_process, train_command
 

@@ -35,14 +35,9 @@ PRINTS = {
 
 @pytest.fixture(scope="session")
 def notebook_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed; a
-    compilation cache of their own (one kernel runs at a time on a worker; a notebook that trains the same
-    program for several seeds or methods compiles it once)."""
-    env = {
-        "TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds")),
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("notebook-jax-cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed. They
+    inherit the suite's compilation cache (`CNN_COMPILE_CACHE`, set by conftest) and its XLA flags."""
+    env = {"TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds"))}
     if not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
         source = tmp_path_factory.mktemp("notebook-idx")
         write_dataset(source, train_size=2000, test_size=500)
@@ -62,6 +57,7 @@ def test_notebook_is_stored_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip the outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, notebook_env, monkeypatch):
     for key, value in notebook_env.items():

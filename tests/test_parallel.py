@@ -47,6 +47,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_eight_simulated_devices_match_one_device(tmp_path):
     done = run_process(
         [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path), "seed_cnn"],
@@ -106,6 +107,7 @@ print("RESULT " + json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_eight_simulated_devices_batch_norm_step_matches_one_device():
     # Batch norm over 8 devices uses the statistics of the global batch, not of each device's shard: the
     # running statistics match one device's, and the gradients are as close to the float64 gradient as
@@ -120,6 +122,7 @@ def test_eight_simulated_devices_batch_norm_step_matches_one_device():
     assert out["grads_eight_vs_exact"] <= 1.5 * out["grads_one_vs_exact"] + 1e-5, out
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_the_parameters_of_one(idx_dir, prepared, tmp_path):
     flags = ["--epochs", "2", "--limit-train", "320", "--batch-size", "32", "--devices", "1"]
     single = run_process(train_command(idx_dir, prepared, tmp_path / "single", *flags))

@@ -83,6 +83,7 @@ cnn.run_folder.write_json = write_json
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "prelude",
     [KILL_DURING_SAVE.format(epoch=2), KILL_BEFORE_HISTORY.format(epoch=3), KILL_DURING_SAVE.format(epoch=1)],
@@ -99,6 +100,7 @@ def test_sigkill_at_a_fixed_point_then_resume_gives_identical_results(
     assert _outcome(tmp_path) == reference
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_identical_results(
     idx_dir, prepared, reference, tmp_path
 ):
@@ -128,6 +130,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(
     assert kills >= 1 and _outcome(tmp_path) == reference
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_save_then_exit_with_the_documented_code(
     idx_dir, prepared, reference, tmp_path, sig, code
@@ -480,6 +483,7 @@ def test_fuzz_architecture_validator_agrees_with_the_real_network(blocks, head):
         assert tuple(inter[last]["__call__"][-1].shape[1:]) == shape, last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_while_preparing_the_data_stops_at_once_keeping_nothing_half_prepared(
     idx_dir, tmp_path, sig, code

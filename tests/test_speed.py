@@ -80,6 +80,7 @@ def test_chunks_of_steps_give_the_one_step_history(tiny_splits, tmp_path):
     assert chunked["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.011)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file(), reason="real Fashion-MNIST not installed"
 )
@@ -93,6 +94,7 @@ def test_same_accuracy_on_a_short_real_run(tmp_path):
     assert fast["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_benchmark_report_schema_with_two_peers(tmp_path):
     script = tmp_path / "peer.py"
     script.write_text(
@@ -137,6 +139,7 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys):
     assert json.loads(out.read_text())["results"][0]["batch_size"] == 8
 
 
+@pytest.mark.slow
 def test_bench_errors_are_clear(capsys):
     assert main(["bench", "--batch-sizes", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err

@@ -112,6 +112,7 @@ def test_a_damaged_journal_is_named_and_left_as_it_was(idx_dir, tmp_path, capsys
     assert journal.read_bytes() == before and not (tmp_path / "tfds").exists()  # before the data is read
 
 
+@pytest.mark.slow
 def test_several_workers_share_one_study_through_its_journal(idx_dir, tmp_path):
     import optuna
     from optuna.storages import JournalStorage
@@ -145,6 +146,7 @@ def test_bad_search_spaces_are_refused_before_any_work(idx_dir, tmp_path, capsys
     assert message in err and err.count("\n") == 1 and not (tmp_path / "study").exists()
 
 
+@pytest.mark.slow
 def test_a_first_run_prints_only_progress_and_never_imports_tensorflow(idx_dir, tmp_path):
     """On a fresh data dir: no tfds/absl warning, no tfds size line; every line progress or results."""
     from tests.processes import run_process
@@ -164,6 +166,7 @@ def test_a_first_run_prints_only_progress_and_never_imports_tensorflow(idx_dir, 
     assert "Preparing Fashion-MNIST" in text and "Best epoch 1" in text
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_marked_failed_and_tried_again(idx_dir, tmp_path):
     import signal
     import subprocess
@@ -279,6 +282,7 @@ def same_program_study(idx_dir, prepared, tmp_path, epochs: int) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_two_tune_commands_on_one_study_share_it_without_clashes(idx_dir, prepared, tmp_path):
     """Two separate commands (not --workers) at once: one trial each, numbered and foldered apart."""
     import subprocess
@@ -313,6 +317,7 @@ def test_two_tune_commands_on_one_study_share_it_without_clashes(idx_dir, prepar
     assert "| 0 | complete |" in (tmp_path / "study" / "trials.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_to_tune_with_workers_stops_them_and_a_rerun_continues(
     idx_dir, prepared, tmp_path, monkeypatch, sig, code

@@ -311,6 +311,7 @@ def test_recipes_are_files_the_cli_loads_and_flags_override(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_the_progress_bar_moves_on_a_terminal(idx_dir, tmp_path):
     """tqdm leaves `disable=None` on a terminal: the bar must still be drawn and advanced there."""
     import fcntl

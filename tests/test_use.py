@@ -308,6 +308,7 @@ assert not [m for m in sys.modules if m == "cnn" or m.startswith("cnn.")], "cnn 
 """
 
 
+@pytest.mark.slow
 def test_an_exported_run_gives_the_same_logits_in_a_process_without_cnn(run, tmp_path, capsys):
     out = tmp_path / "new" / "seed.jaxexport"
     assert main(["export", "--workdir", str(run), "--out", str(out)]) == 0
