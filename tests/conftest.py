@@ -19,8 +19,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# The suite's one compilation cache (`tests.processes.CACHE`), set before `cnn` is imported: `import cnn` turns
-# it on with its size limit, which is what makes JAX lock its entries for the processes sharing it.
+# The suite's one compilation cache (`tests.processes.CACHE`), set before `cnn` is imported: `import cnn`
+# turns it on with its size limit, which is what makes JAX lock its entries for the processes sharing it.
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 os.environ["CNN_COMPILE_CACHE"] = str(CACHE)
 

@@ -12,7 +12,8 @@ import pytest
 
 pytestmark = [
     pytest.mark.skipif(
-        not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+        not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+        reason="glibc's malloc only",
     ),
     pytest.mark.slow,  # every test starts a process: the setting acts when a process starts
 ]
