@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -45,7 +48,27 @@ def _macs(module: nn.Module, x_shape: tuple[int, ...], out_shape: tuple[int, ...
 
 
 def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = FASHION_MNIST.image_shape) -> list[LayerRow]:
-    """The model's top-level layers in call order, from shapes alone (`jax.eval_shape`, no computation)."""
+    """The model's top-level layers in call order, from shapes alone (`jax.eval_shape`, no computation).
+    Traced once per model and shape (a famous network's trace takes seconds), then remembered."""
+    return list(remembered(_layer_rows, model, tuple(input_shape)))
+
+
+def remembered(fn: Callable[..., Any], model: nn.Module, *args: Any) -> Any:
+    """`fn(model, *args)`, computed once per equal model (Flax modules compare by their fields) and
+    arguments; computed afresh for a model whose fields cannot be hashed."""
+    try:
+        hash((model, args))
+    except TypeError:
+        return fn(model, *args)
+    return _remembered(fn, model, *args)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered(fn: Callable[..., Any], model: nn.Module, *args: Any) -> Any:
+    return fn(model, *args)
+
+
+def _layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[LayerRow, ...]:
     calls: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = {}
     macs: dict[tuple[str, ...], int] = {}  # of every layer at any depth, counted under its top-level layer
 
@@ -70,7 +93,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = FASHION_MNIST.im
         wrapped = getattr(module, "base", None)
         return wrapped.name if isinstance(wrapped, nn.Module) and wrapped.name else name
 
-    return [
+    return tuple(
         LayerRow(
             name,
             type(module).__name__,
@@ -81,7 +104,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = FASHION_MNIST.im
             sum(n for path, n in macs.items() if path[0] in (name, owner(name, module))),
         )
         for name, (module, x_shape, out_shape) in calls.items()
-    ]
+    )
 
 
 @dataclass(frozen=True)

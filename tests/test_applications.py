@@ -80,15 +80,18 @@ def test_outputs_equal_keras_from_the_published_layout_and_keras_3s(name, oracle
     names = INTERMEDIATE[name]
     for layout in ("keras2", "keras3"):
         model, variables = build(name, input_shape=o["shape"], weights=o[layout])
-        out, captured = model.apply(
-            variables, o["x"], capture_intermediates=lambda m, _: m.name in names, mutable=["intermediates"]
+        apply = jax.jit(
+            lambda v, x, model=model: model.apply(
+                v, x, capture_intermediates=lambda m, _: m.name in names, mutable=["intermediates"]
+            )
         )
+        out, captured = apply(variables, o["x"])
         assert _relative(out, o["outputs"][0]) < 1e-4, (layout, "last layer")
         for layer, expected in zip(names, o["outputs"][1:], strict=True):
             got = captured["intermediates"][layer]["__call__"][-1]  # a layer's own (outermost) output
             assert _relative(got, expected) < 1e-4, (layout, layer)
     cut, cut_vars = build(name, input_shape=o["shape"], weights=o["keras2"], cut=names[1])
-    assert _relative(cut.apply(cut_vars, o["x"]), o["outputs"][2]) < 1e-4  # the cut stops at that layer
+    assert _relative(jax.jit(cut.apply)(cut_vars, o["x"]), o["outputs"][2]) < 1e-4  # the cut stops at that layer
     assert set(jax.tree.leaves(jax.tree.map(lambda a: a.shape, cut_vars))) and len(
         jax.tree.leaves(cut_vars)
     ) < len(jax.tree.leaves(variables))

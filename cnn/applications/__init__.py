@@ -34,7 +34,7 @@ from cnn.applications.mobilenet_v2 import MobileNetV2
 from cnn.applications.resnet50 import ResNet50
 from cnn.applications.vgg16 import VGG16
 from cnn.applications.weights import BASE_URL, WeightsError, cached, find_file, match_weights
-from cnn.summary import layer_rows
+from cnn.summary import layer_rows, remembered
 from cnn.surgery import Cut
 
 
@@ -141,7 +141,14 @@ KERAS_CLASSES = {  # the Keras class of each weighted layer type (Keras 3 files 
 
 def layer_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, list[str]], dict[str, str]]:
     """The network as a graph, from shapes alone: each layer's parent layers (those whose outputs it takes;
-    none for the first) in call order, and each layer's type."""
+    none for the first) in call order, and each layer's type (traced once per network and shape)."""
+    parents, kinds = remembered(_layer_graph, model, tuple(input_shape))
+    return {name: list(p) for name, p in parents.items()}, dict(kinds)
+
+
+def _layer_graph(
+    model: nn.Module, input_shape: tuple[int, ...]
+) -> tuple[dict[str, list[str]], dict[str, str]]:
     calls: dict[str, tuple[list[int], int, str]] = {}
     keep = []  # the traced arrays stay alive, so their ids stay unique
 
@@ -226,7 +233,8 @@ def build(
         raise ValueError(f"cut: {name} has no layer {cut!r}; its layers are {names[:6]} … {names[-3:]}")
     if weights is not None and include_top and weights == "imagenet" and classes != 1000:
         raise ValueError("classes: ImageNet weights with the top have 1000 classes; use include_top=False")
-    variables = dict(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape), jnp.float32)))
+    init = remembered(compiled_init, model)
+    variables = dict(init(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape), jnp.float32)))
     if weights is not None:
         variables = load_weights(name, model, variables, weights, include_top, input_shape)
     if cut is None:
@@ -235,6 +243,12 @@ def build(
     shapes = jax.eval_shape(lambda x: cut_model.init(jax.random.PRNGKey(0), x), jnp.zeros((1, *input_shape)))
     kept = {col: {k: variables[col][k] for k in tree["base"]} for col, tree in shapes.items()}
     return cut_model, {col: {"base": tree} for col, tree in kept.items()}
+
+
+def compiled_init(model: nn.Module) -> Any:
+    """`model.init` as one compiled program, the same per equal network (the same values as running the
+    initialisers op by op, which compiles every operation on its own)."""
+    return jax.jit(model.init)
 
 
 def imagenet_file(name: str, include_top: bool = False) -> tuple[str, str]:
