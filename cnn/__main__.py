@@ -1,7 +1,7 @@
-"""`python -m cnn`: see `cnn.cli`."""
+"""`python -m cnn`: see `cnn.cli.main`."""
 
 import sys
 
-from cnn.cli import main
+from cnn.cli.main import main
 
 sys.exit(main())

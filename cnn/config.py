@@ -1,6 +1,6 @@
 """The typed training configuration: plain settings, every field validated, with the help text the CLI
 shows; named recipes (`cnn/recipes/NAME.json`) as starting points. Nothing here knows a network or a data
-set: the model is built from these settings and the data's description (`cnn.models.model_for`)."""
+set: the model is built from these settings and the data's description (`cnn.models.registry.model_for`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration field holds a value outside what it allows."""
+from cnn.errors import ConfigError
 
 
 def _field(default: Any, help: str, **metadata: Any) -> Any:
@@ -263,7 +261,7 @@ def _is_number(v: Any) -> bool:
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "plateau")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-# RandAugment's ops, for grayscale and colour images alike (see cnn.augment).
+# RandAugment's ops, for grayscale and colour images alike (see cnn.engine.augment).
 RANDAUGMENT_OPS = (
     "identity", "rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast",
     "solarize", "posterize", "autocontrast",
@@ -273,63 +271,11 @@ PLACEMENTS = ("auto", "device", "host")
 # What early stopping and the best checkpoint follow: the lowest validation loss (Keras' default) or the
 # highest validation accuracy (better for a long cosine schedule, where the loss rises while accuracy climbs).
 MONITORS = ("val_loss", "val_accuracy")
-# Fields added after runs were saved, with the value those runs used: an older config.json still matches.
-ADDED_FIELDS = {
-    "monitor": "val_loss",
-    "optimizer": "adam",
-    "dataset": "fashion_mnist",
-    "image_size": None,
-    "channels": None,
-    "test_fraction": 0.2,
-    "skip_bad_images": False,
-    "head": "softmax",
-    "data_placement": "auto",
-    "epoch_loop": "auto",
-    "precision": "float32",
-    "tensorboard": True,
-    "momentum": 0.9,
-    "nesterov": False,
-    "warmup_epochs": 0,
-    "decay_epochs": 10,
-    "decay_rate": 0.1,
-    "plateau_patience": 2,
-    "grad_clip": 0.0,
-    "label_smoothing": 0.0,
-    "ema_decay": 0.0,
-    "crop_padding": 0,
-    "flip": False,
-    "erasing": 0.0,
-    "mixup": None,
-    "cutmix": None,
-    "randaugment": 0,
-    "randaugment_magnitude": 9.0,
-    "randaugment_ops": "all",
-}
-# Fields older runs saved that are no longer settings: the image shape and classes are the data's, recorded
-# in config.json's `data` (see `cnn.data.DataSpec`).
-REMOVED_FIELDS = ("input_shape", "num_classes")
-# Fields that may change when a run resumes in the same workdir: training longer is still the same run;
-# `steps_per_call`, `epoch_loop` and `data_placement` only change how the same steps are run, and
-# `tensorboard` only what is logged.
-RESUMABLE_FIELDS = frozenset({"epochs", "steps_per_call", "epoch_loop", "data_placement", "tensorboard"})
 
 
 def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{field}: got {getattr(config, field)!r}, expected {allowed}")
-
-
-def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """Fields (other than the resumable ones) whose saved value differs from `config`, as 'field: a -> b'."""
-    current = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, as saved
-    saved = {**ADDED_FIELDS, **without_removed(saved)}
-    # A learning-rate schedule spans `epochs`, so only a constant one lets a resumed run train longer.
-    resumable = RESUMABLE_FIELDS - ({"epochs"} if config.schedule != "constant" else set())
-    return [
-        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
-        for key in current
-        if key not in resumable and saved.get(key) != current[key]
-    ]
 
 
 DATA_FIELDS = (
@@ -342,11 +288,6 @@ DATA_FIELDS = (
     "val_split",
     "skip_bad_images",
 )
-
-
-def without_removed(fields: dict[str, Any]) -> dict[str, Any]:
-    """Saved config fields less those that are no longer settings (`REMOVED_FIELDS`)."""
-    return {k: v for k, v in fields.items() if k not in REMOVED_FIELDS}
 
 
 def json_object(text: str) -> dict:

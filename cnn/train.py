@@ -1,7 +1,7 @@
 """Training, top to bottom: `fit` trains one run; `fit_together` trains several runs that differ only in
 their seed, learning rate or weight decay as one compiled program (`fit_seeds`: seeds). Both are the same
-loop: the step functions of `cnn.steps` are written for one run, and `cnn.members.Members` runs them plain
-for one run and under `jax.vmap` for several.
+loop: the step functions of `cnn.engine.steps` are written for one run, and `cnn.engine.vmap.Members` runs
+them plain for one run and under `jax.vmap` for several.
 
 One epoch: a fresh shuffle per run, the training steps in compiled calls of `steps_per_call` (or the whole
 epoch in one call on accelerators), one host transfer of the epoch's metrics and the validation sums, the
@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +22,22 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from cnn import costs
-from cnn.bookkeeping import Run
 from cnn.config import TrainConfig
-from cnn.data import Split, Splits
-from cnn.evaluation import mean_metrics, metric_sums
-from cnn.members import Members, check_together, run_labels
-from cnn.models import check_augmented_once, model_for
-from cnn.parallel import batch_sharding, check_batch_size, is_parallel, replicate
-from cnn.placement import HostData, training_data
-from cnn.run_folder import check_workdir, prepare_workdir, workdir_lock
-from cnn.state import TrainState, initial_state, make_optimizer, run_keys, steps_per_epoch
-from cnn.steps import train_batches, train_chunk
-
-
-class TrainingDiverged(RuntimeError):
-    """A NaN or Inf loss or gradient; the message names the seed (when several train together), the epoch
-    and the step."""
-
-
-class TrainingFailed(RuntimeError):
-    """XLA failed in the middle of a run (out of memory, a runtime error); the message names the epoch and
-    what XLA said. The checkpoints of the earlier epochs are kept."""
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGTERM or SIGINT after saving the epoch in progress; `exit_code` is
-    128 + the signal number (143 for SIGTERM, 130 for SIGINT), as shells report a signal."""
-
-    def __init__(self, signum: int, epoch: int, workdir: Path, failed: str | None = None):
-        self.signum, self.epoch, self.exit_code = signum, epoch, 128 + signum
-        name = signal.Signals(signum).name
-        done = f"stopped after epoch {epoch}" if failed is None else f"stopped ({failed} failed meanwhile)"
-        super().__init__(f"{name}: {done}, saved in {workdir}; run the same command again to resume")
+from cnn.data.spec import Split, Splits
+from cnn.engine import costs
+from cnn.engine.devices import batch_sharding, check_batch_size, is_parallel, replicate
+from cnn.engine.epochs import Call, EpochPlan, rolled_epoch, sum_on_host
+from cnn.engine.evaluation import mean_metrics, metric_sums
+from cnn.engine.placement import HostData, training_data
+from cnn.engine.state import TrainState, initial_state, make_optimizer, model_for, run_keys, steps_per_epoch
+from cnn.engine.steps import train_batches, train_chunk
+from cnn.engine.vmap import Members, check_together, run_labels
+from cnn.errors import Interrupted, TrainingDiverged, TrainingFailed
+from cnn.models.registry import check_model_args
+from cnn.runs.folder import check_workdir, prepare_workdir
+from cnn.runs.lock import workdir_lock
+from cnn.runs.record import Run
+from cnn.runs.signals import marked_if_stopping, stop_on_signals
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -74,13 +54,15 @@ def fit(
 
     Args:
       config: the run's configuration.
-      splits: train / validation / test data and their description (see `cnn.datasets.load_dataset`).
+      splits: train / validation / test data and their description (see `cnn.data.load.load_dataset`).
       workdir: folder for config.json, history.json, results.json, curves.png and checkpoints/.
       overwrite: delete a run with a different config found in `workdir` instead of refusing.
       on_epoch_end: called after each epoch (and its checkpoint) with the epoch and its metrics.
-      init_state: start from this state (e.g. pretrained, with a freezing optimizer; see `cnn.transfer`)
+      init_state: start from this state (e.g. pretrained, with a freezing optimizer; see
+      `cnn.studies.transfer`)
         instead of a fresh one.
-      mesh: a `jax.sharding.Mesh` with a `data` axis (see `cnn.parallel.data_mesh`): batches split over its
+      mesh: a `jax.sharding.Mesh` with a `data` axis (see `cnn.engine.devices.data_mesh`): batches split over
+      its
         devices, parameters replicated. None (or a one-device mesh): the plain one-device path.
     Returns:
       The results dictionary also written to `workdir/results.json` (metrics of the best epoch's weights).
@@ -103,7 +85,7 @@ def fit_seeds(
 ) -> list[dict[str, Any]]:
     """Trains `config` once per seed, all seeds as one program, each with its own shuffling, dropout, early
     stopping and run folder `workdir/seed{S}` (a normal run: `restore_run`, `viz` and `fit` itself can
-    open it). `conv`: how their convolutions compute together (see `cnn.members.Members`). Raises
+    open it). `conv`: how their convolutions compute together (see `cnn.engine.vmap.Members`). Raises
     `TrainingDiverged` naming the seed that diverged."""
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     return fit_together(configs, splits, [Path(workdir) / f"seed{s}" for s in seeds], mesh, conv)
@@ -122,6 +104,27 @@ def fit_together(
     ends as it would alone, within float tolerance (a test checks 1e-4 on the CPU)."""
     check_together(configs, [Path(w) for w in workdirs])
     return train_runs(configs, splits, workdirs, mesh=mesh, members=Members(len(configs), conv))
+
+
+def check_run_config(config: TrainConfig) -> None:
+    """What can be checked of a run before any data is read: the model's name and arguments (built for the
+    image size, when `image_size` fixes it) and that augmentation is not applied twice."""
+    shape = None if config.image_size is None else (*config.image_size, config.channels or 1)
+    check_augmented_once(config, check_model_args(config.model, config.model_args, config.head, shape))
+
+
+def check_augmented_once(config: TrainConfig, model: Any) -> None:
+    """Refuses the recipe's crop or flip (`cnn.engine.augment`) on a model that shifts and flips its images
+    itself (`vgg_bn`, or `convnet` with `augment`): every image would be shifted and flipped twice, and an
+    ablation taking the recipe's crop away would still see the model's shifts. Checked where training
+    starts, not where a model is built (a run saved before this check still opens)."""
+    knobs = [f"--{k.replace('_', '-')}" for k in ("crop_padding", "flip") if getattr(config, k)]
+    if knobs and getattr(model, "augment", False) is True:
+        raise ValueError(
+            f"model_args: {config.model} shifts and flips its training images itself (augment=true), and "
+            f"{' and '.join(knobs)} would do it a second time: pass --model-args '{{\"augment\": false}}' "
+            f"(as --recipe strong does) or leave {' and '.join(knobs)} off"
+        )
 
 
 def training_split(config: TrainConfig, splits: Splits) -> Split:
@@ -211,7 +214,7 @@ def epoch_loop(state, runs, train, val, keys, members, mesh, on_epoch_end):
             )
         print(f"Streaming the training images from the host ({data.images.nbytes / 2**20:,.0f} MiB)")
     plan = EpochPlan.of(len(train), config, rolled_epoch(config, data), isinstance(data, HostData))
-    with stop_on_signals() as stop, _marked_if_stopping(stop):
+    with stop_on_signals() as stop, marked_if_stopping(stop):
         while any(run.training for run in runs):
             epochs, active = [r.record.epoch + 1 for r in runs], [r.training for r in runs]
             try:
@@ -248,38 +251,6 @@ def validation(sums: dict[str, Any]) -> dict[str, float]:
     return {"val_loss": means["loss"], "val_accuracy": means["accuracy"]}
 
 
-def sum_on_host(calls: list[dict[str, np.ndarray]], plan: EpochPlan) -> dict[str, np.ndarray]:
-    """The epoch's metric sums from each call's per-step metrics (the last axis; `first_nonfinite`: the
-    first), added on the host in float32: a call whose every step counts as its own sum, then the rest
-    step by step. (That is the order in which the earlier code added them; the pinned histories of
-    `tests/test_histories.py` depend on it to the last bit.)"""
-    totals = None
-    for call, metrics in zip(plan.calls, calls, strict=True):
-        if call.steps == 1:
-            parts = [metrics]
-        elif call.active == call.steps:
-            parts = [{k: _fold(v, call.active, k) for k, v in metrics.items()}]
-        else:
-            parts = [{k: v[..., i] for k, v in metrics.items()} for i in range(call.active)]
-        for part in parts:
-            totals = part if totals is None else add_on_host(totals, part)
-    return totals
-
-
-def _fold(values: np.ndarray, count: int, key: str) -> np.ndarray:
-    """The first `count` values of the last axis, folded left to right (as XLA reduces a short axis)."""
-    total = values[..., 0]
-    for i in range(1, count):
-        total = np.minimum(total, values[..., i]) if key == "first_nonfinite" else total + values[..., i]
-    return total
-
-
-def add_on_host(totals: dict[str, np.ndarray], metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {
-        k: np.minimum(v, metrics[k]) if k == "first_nonfinite" else v + metrics[k] for k, v in totals.items()
-    }
-
-
 def check_arguments(configs: Sequence[Any], splits: Any) -> None:
     """TypeErrors for arguments of the wrong kind from Python callers (a dict for a config, no splits)."""
     for config in configs:
@@ -289,7 +260,8 @@ def check_arguments(configs: Sequence[Any], splits: Any) -> None:
             )
     if not isinstance(splits, Splits):
         raise TypeError(
-            f"splits: expected cnn.data.Splits (e.g. cnn.load_dataset(config)), got {type(splits).__name__}"
+            "splits: expected cnn.data.spec.Splits (e.g. cnn.load_dataset(config)), got "
+            f"{type(splits).__name__}"
         )
 
 
@@ -318,59 +290,6 @@ def xla_message(error: Exception, epoch: int) -> str:
             "lower --batch-size (or the model's size) and run the same command again to resume"
         )
     return f"XLA runtime error in epoch {epoch}: {first}. The checkpoints of the earlier epochs are kept"
-
-
-# ----------------------------------------------------------------------------------------- one epoch
-@dataclass(frozen=True)
-class Call:
-    """One compiled call of an epoch: `steps` steps of `batch` examples from example `start` of the
-    epoch's order, of which the first `active` count (an epoch's last, shorter chunk runs in the chunks'
-    program); `rolled`: a rolled loop (the whole epoch's full batches at once)."""
-
-    start: int
-    steps: int
-    active: int
-    batch: int
-    rolled: bool = False
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    """An epoch of `examples` as compiled calls: the full batches in chunks of `steps_per_call` (or all in
-    one rolled call), then the last, partial batch on its own (never dropped)."""
-
-    examples: int
-    batch_size: int
-    calls: tuple[Call, ...]
-
-    @property
-    def steps(self) -> int:
-        return steps_per_epoch(self.examples, self.batch_size)
-
-    @classmethod
-    def of(cls, examples: int, config: TrainConfig, rolled: bool, host: bool = False) -> EpochPlan:
-        """`host`: batches sent from the host, each call as many as it trains (no step left out)."""
-        bs = config.batch_size
-        full, rest = divmod(examples, bs)
-        if rolled and full > 1:
-            calls = [Call(0, full, full, bs, rolled=True)]
-        else:
-            chunk = max(1, min(config.steps_per_call, full))
-            calls = [Call(i * bs, chunk, min(chunk, full - i), bs) for i in range(0, full, chunk)]
-            if host:
-                calls = [Call(c.start, c.active, c.active, bs) for c in calls]
-        if rest:
-            calls.append(Call(full * bs, 1, 1, rest))
-        return cls(examples, bs, tuple(calls))
-
-
-def rolled_epoch(config: TrainConfig, data: Any) -> bool:
-    """Whether an epoch runs as one compiled call with a rolled loop (`epoch_loop`; auto: on GPU and TPU,
-    where launches cost more than loops; XLA:CPU runs convolutions in loop bodies far slower). Data
-    streamed from the host comes in chunks."""
-    if isinstance(data, HostData) or config.epoch_loop == "chunks":
-        return False
-    return config.epoch_loop == "scan" or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
 
 
 @jax.jit
@@ -450,40 +369,3 @@ def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):
         state, images, labels, order, call.start, rng, active, live=live,
         batch_size=call.batch, steps=call.steps, sharding=sharding, unroll=not call.rolled,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _marked_if_stopping(stop: dict[str, int | None]):
-    """An error raised after a stop was asked for carries the signal (`stop_requested`), so that a sweep
-    stops instead of going on to its next run."""
-    try:
-        yield
-    except Exception as e:
-        if stop["signum"] is not None and not isinstance(e, Interrupted):
-            e.stop_requested = stop["signum"]  # type: ignore[attr-defined]
-        raise
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """Turns the first SIGTERM or SIGINT into a request to stop at the end of the epoch in progress (a
-    second one stops at once, losing only that epoch). Only in the main thread (signals go there)."""
-    stop: dict[str, int | None] = {"signum": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def request(signum, frame):
-        if stop["signum"] is not None:  # the second signal: the default behaviour
-            signal.signal(signum, previous[signum])
-            signal.raise_signal(signum)
-            return
-        stop["signum"] = signum
-        tqdm.write(f"{signal.Signals(signum).name}: finishing and saving this epoch, then stopping")
-
-    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

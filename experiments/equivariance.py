@@ -16,14 +16,14 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cnn.cli import run_script
-from cnn.datasets.transforms import shift
-from cnn.evaluation import predict
-from cnn.experiments import block, experiment_parser, mean_and_std, run_experiment, seed_curves
-from cnn.layers import rotate
-from cnn.results import restore_run
-from cnn.state import model_variables
-from cnn.sweep import Variant
+from cnn.cli.main import run_script
+from cnn.data.transforms import shift
+from cnn.engine.evaluation import predict
+from cnn.engine.state import model_variables
+from cnn.models.preprocessing import rotate
+from cnn.runs.results import restore_run
+from cnn.studies.grid import Variant
+from cnn.studies.scripts import block, experiment_parser, mean_and_std, run_experiment, seed_curves
 
 ANGLES = (0, 15, 30, 45, 90, 135, 180)
 SHIFTS = (1, 2, 3, 4)

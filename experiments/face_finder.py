@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from cnn import Split, TrainConfig, fit, load_dataset, predict, restore_run
-from cnn.cli import run_script
-from cnn.experiments import experiment_parser
-from cnn.sweep import markdown_mean_std
-from cnn.transfer import few_shot, imagenet_backbone, load_backbone, train_few_shot
-from cnn.viz import plot_predictions
+from cnn.analysis.viz import plot_predictions
+from cnn.cli.main import run_script
+from cnn.studies.scripts import experiment_parser
+from cnn.studies.tables import markdown_mean_std
+from cnn.studies.transfer import few_shot, imagenet_backbone, load_backbone, train_few_shot
 
 SHAPE = (75, 75, 3)
 HEAD = {"head": "sigmoid", "head_units": [64]}

@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 from cnn import fit, load_dataset
-from cnn.cli import run_script
-from cnn.experiments import experiment_parser
-from cnn.models import model_for
-from cnn.summary import format_summary, layer_rows
-from cnn.transfer import (
+from cnn.cli.main import run_script
+from cnn.engine.state import model_for
+from cnn.models.summary import format_summary, layer_rows
+from cnn.studies.scripts import experiment_parser
+from cnn.studies.transfer import (
     SOURCES_DATA,
     format_counts,
     imagenet_backbone,

@@ -1,8 +1,8 @@
 """The dense baseline against the seed CNN, at similar parameter counts (and LeNet-5 for scale)."""
 
-from cnn.cli import run_script
-from cnn.experiments import experiment_parser, run_experiment
-from cnn.sweep import Variant
+from cnn.cli.main import run_script
+from cnn.studies.grid import Variant
+from cnn.studies.scripts import experiment_parser, run_experiment
 
 
 def variants() -> list[Variant]:

@@ -1,8 +1,8 @@
 """Same vs valid padding: does keeping the border matter, and more so in a deeper stack?"""
 
-from cnn.cli import run_script
-from cnn.experiments import block, experiment_parser, run_experiment
-from cnn.sweep import Variant
+from cnn.cli.main import run_script
+from cnn.studies.grid import Variant
+from cnn.studies.scripts import block, experiment_parser, run_experiment
 
 
 def variants() -> list[Variant]:

@@ -1,8 +1,8 @@
 """Max vs average vs no pooling vs strided convolution vs depth-wise max; global-average head vs flatten."""
 
-from cnn.cli import run_script
-from cnn.experiments import block, experiment_parser, run_experiment
-from cnn.sweep import Variant
+from cnn.cli.main import run_script
+from cnn.studies.grid import Variant
+from cnn.studies.scripts import block, experiment_parser, run_experiment
 
 DOWNSAMPLING = ("max", "avg", "none", "strided_conv", "depthwise_max")
 

@@ -3,10 +3,10 @@ one knob at a time (the optimizer back to Adam, no warm-up, no weight decay, no 
 smoothing, no moving average, no crop, no flip, no erasing, no cutmix), and the plain recipe it started
 from, each over several seeds (mean ± std of the test accuracy)."""
 
-from cnn.cli import run_script
+from cnn.cli.main import run_script
 from cnn.config import recipe
-from cnn.experiments import experiment_parser, run_experiment
-from cnn.sweep import Variant
+from cnn.studies.grid import Variant
+from cnn.studies.scripts import experiment_parser, run_experiment
 
 STRONG = recipe("strong")
 ABLATIONS = {  # name: the fields that take one knob away

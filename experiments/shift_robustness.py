@@ -5,12 +5,12 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cnn.cli import run_script
-from cnn.datasets.transforms import shift
-from cnn.evaluation import predict
-from cnn.experiments import block, experiment_parser, mean_and_std, run_experiment, seed_curves
-from cnn.results import restore_run
-from cnn.sweep import Variant
+from cnn.cli.main import run_script
+from cnn.data.transforms import shift
+from cnn.engine.evaluation import predict
+from cnn.runs.results import restore_run
+from cnn.studies.grid import Variant
+from cnn.studies.scripts import block, experiment_parser, mean_and_std, run_experiment, seed_curves
 
 SHIFTS = range(5)
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # down, up, right, left

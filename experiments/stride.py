@@ -1,8 +1,8 @@
 """Stride-1 convolution + max pooling vs stride-2 and stride-3 convolutions: size, accuracy and speed."""
 
-from cnn.cli import run_script
-from cnn.experiments import block, experiment_parser, run_experiment
-from cnn.sweep import Variant
+from cnn.cli.main import run_script
+from cnn.studies.grid import Variant
+from cnn.studies.scripts import block, experiment_parser, run_experiment
 
 
 def variants() -> list[Variant]:

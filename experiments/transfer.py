@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cnn import TrainConfig, fit
-from cnn.cli import run_script
-from cnn.datasets.fashion_mnist import load_fashion_mnist
-from cnn.experiments import experiment_parser
-from cnn.transfer import METHODS, class_subset, few_shot, load_backbone, train_few_shot
+from cnn.cli.main import run_script
+from cnn.data.fashion_mnist import load_fashion_mnist
+from cnn.studies.scripts import experiment_parser
+from cnn.studies.transfer import METHODS, class_subset, few_shot, load_backbone, train_few_shot
 
 # The backbones: the recipe each is pretrained with, and the layer it is cut at by default.
 BACKBONES = {

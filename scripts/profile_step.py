@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn.bench import matmul_peak, measure, seconds_per_call
-from cnn.run_folder import run_metadata
+from cnn.runs.folder import run_metadata
+from cnn.studies.bench import matmul_peak, measure, seconds_per_call
 
 DN = ("NHWC", "HWIO", "NHWC")
 

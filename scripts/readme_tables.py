@@ -98,8 +98,8 @@ IN_THE_SOURCES = {
 
 
 def zoo_table() -> str:
-    from cnn.models import MODELS, build_model, default_input_shape
-    from cnn.summary import layer_rows, totals
+    from cnn.models.registry import MODELS, build_model, default_input_shape
+    from cnn.models.summary import layer_rows, totals
 
     lines = [
         "| model | in the sources | what | input | trainable params | non-trainable | MACs / image "
@@ -121,8 +121,8 @@ def zoo_table() -> str:
 
 def famous_table() -> str:
     """The famous networks as Keras builds them without their top, and their published weight files."""
-    from cnn.applications import APPLICATIONS, application, imagenet_file
-    from cnn.summary import layer_rows, totals
+    from cnn.models.applications.networks import APPLICATIONS, application, imagenet_file
+    from cnn.models.summary import layer_rows, totals
 
     lines = [
         "| network | layers (Keras' less the input) | trainable | non-trainable | MACs at 224×224 "
@@ -166,7 +166,7 @@ def experiment_block(name: str) -> str | None:
 
 
 def bench_table(path: str) -> str:
-    from cnn.bench import format_table
+    from cnn.studies.bench import format_table
 
     report = json.loads(Path(path).read_text())
     host, device = report["host"], report["device"]
@@ -192,23 +192,26 @@ def module_job(path: Path) -> str:
 
 
 def layout_table() -> str:
-    """Every module of `cnn/`, layer by layer from the bottom (the order `tests/test_layering.py` holds:
-    a module imports only modules of lower layers), with its job."""
+    """Every module of `cnn/`, package by package from the bottom and floor by floor inside each (the order
+    `tests/test_layering.py` holds: a module imports only from lower floors and packages), with its job."""
     sys.path.insert(0, str(ROOT))
-    from tests.test_layering import LAYERS, module_paths
+    from tests.test_layering import FLOORS, PACKAGES, module_paths
 
     paths = module_paths()
-    lines = ["| layer | module | what it is for |", "|---|---|---|"]
-    for rank, layer in enumerate(LAYERS):
-        for name in sorted(n for n in layer if n in paths):
-            shown = str(paths[name].relative_to(ROOT))
-            lines.append(f"| {rank} | `{shown}` | {module_job(paths[name])} |")
+    lines = ["| package | module | what it is for |", "|---|---|---|"]
+    for package in PACKAGES:
+        floors = FLOORS.get(package, [{package}])
+        for floor in floors:
+            for name in sorted(n for n in floor if n in paths):
+                shown = str(paths[name].relative_to(ROOT))
+                where = f"`{package}/`" if package in FLOORS else "top"
+                lines.append(f"| {where} | `{shown}` | {module_job(paths[name])} |")
     return "\n".join(lines)
 
 
 def overhead_table(path: str) -> str:
     """`bench --overhead`'s JSON as the README's table, with the machine and command beside it."""
-    from cnn.bench import format_overhead
+    from cnn.studies.overhead import format_overhead
 
     report = json.loads(Path(path).read_text())
     host, versions = report["host"], report["versions"]

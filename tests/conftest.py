@@ -24,12 +24,12 @@ import pytest  # noqa: E402
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 os.environ["CNN_COMPILE_CACHE"] = str(CACHE)
 
-from cnn.data import Splits  # noqa: E402
-from cnn.datasets import fashion_mnist  # noqa: E402
+from cnn.data import fashion_mnist  # noqa: E402
+from cnn.data.spec import Splits  # noqa: E402
 
 # Only programs that take 0.1 s or more to compile are written to the cache: the suite's many tiny ones
 # (every eager operation of a property test's new shape) made it thousands of entries, and JAX's size-limited
-# cache lists every entry on each write (test_conv and test_train: 96 s with every program, 57 s with these).
+# cache lists every entry on each write (the figures: README, "Measurements behind the code").
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 TRAIN_SIZE, TEST_SIZE = 600, 200

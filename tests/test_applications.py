@@ -1,6 +1,7 @@
-"""cnn.applications against Keras itself (Keras 3 on the JAX backend, a test extra): the same outputs at the
-last layer and at named intermediate layers, from weight files in the published Keras 2 layout (written with
-h5py here) and in Keras 3's layouts; the same parameter counts; the sources' InceptionV3 transfer model."""
+"""cnn.models.applications.networks against Keras itself (Keras 3 on the JAX backend, a test extra): the same
+outputs at the last layer and at named intermediate layers, from weight files in the published Keras 2 layout
+(written with h5py here) and in Keras 3's layouts; the same parameter counts; the sources' InceptionV3
+transfer model."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from cnn import TrainConfig, applications
-from cnn.applications import WeightsError, build, imagenet_file, preprocess_input
-from cnn.data import DataSpec
-from cnn.models import build_model, model_summary
-from cnn.summary import layer_rows, totals
-from cnn.transfer import (
+from cnn import TrainConfig
+from cnn.data.spec import DataSpec
+from cnn.errors import WeightsError
+from cnn.models.applications import networks as applications
+from cnn.models.applications.networks import build, imagenet_file, preprocess_input
+from cnn.models.registry import build_model, model_summary
+from cnn.models.summary import layer_rows, totals
+from cnn.studies.transfer import (
     SOURCES_DATA,
     format_counts,
     load_backbone,
@@ -91,7 +94,9 @@ def test_outputs_equal_keras_from_the_published_layout_and_keras_3s(name, oracle
             got = captured["intermediates"][layer]["__call__"][-1]  # a layer's own (outermost) output
             assert _relative(got, expected) < 1e-4, (layout, layer)
     cut, cut_vars = build(name, input_shape=o["shape"], weights=o["keras2"], cut=names[1])
-    assert _relative(jax.jit(cut.apply)(cut_vars, o["x"]), o["outputs"][2]) < 1e-4  # the cut stops at that layer
+    assert (
+        _relative(jax.jit(cut.apply)(cut_vars, o["x"]), o["outputs"][2]) < 1e-4
+    )  # the cut stops at that layer
     assert set(jax.tree.leaves(jax.tree.map(lambda a: a.shape, cut_vars))) and len(
         jax.tree.leaves(cut_vars)
     ) < len(jax.tree.leaves(variables))

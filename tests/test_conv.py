@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cnn import conv, receptive_field
-from cnn.models import build_model
+from cnn.analysis import receptive_field
+from cnn.models import conv
+from cnn.models.registry import build_model
 
 PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn.datasets import fashion_mnist as data
-from cnn.datasets import prepared
-from cnn.datasets.splits import split_indices
+from cnn.data import fashion_mnist as data
+from cnn.data import prepared
+from cnn.data.splits import split_indices
 from tests.conftest import TEST_SIZE, TRAIN_SIZE, write_dataset, write_idx
 
 

@@ -15,15 +15,16 @@ import pytest
 from PIL import Image
 
 from cnn import TrainConfig, fit, load_dataset, restore_run
-from cnn.cli import main
-from cnn.data import DataError, DataSpec, Split, Splits
-from cnn.datasets import image_folder
-from cnn.datasets.fashion_mnist import load_fashion_mnist
-from cnn.datasets.splits import split_indices, stratified_split
-from cnn.datasets.transforms import resize, to_channels
-from cnn.evaluation import predict
-from cnn.models import model_for
-from cnn.steps import losses_and_correct
+from cnn.cli.main import main
+from cnn.data import image_folder
+from cnn.data.fashion_mnist import load_fashion_mnist
+from cnn.data.spec import DataSpec, Split, Splits
+from cnn.data.splits import split_indices, stratified_split
+from cnn.data.transforms import resize, to_channels
+from cnn.engine.evaluation import predict
+from cnn.engine.state import model_for
+from cnn.engine.steps import losses_and_correct
+from cnn.errors import DataError
 
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "emu": (40, 40, 200)}
 

@@ -16,13 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import cnn.cli
+import cnn.cli.main
+import cnn.config
 import cnn.train
 from cnn import TrainConfig, fit, restore_run
-from cnn.checkpoints import Checkpoints
-from cnn.cli import EXIT_BAD_INPUT, EXIT_RUNTIME, main
-from cnn.sweep import Variant, run_sweep
-from cnn.train import TrainingDiverged, fit_seeds
+from cnn.cli.main import main
+from cnn.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, TrainingDiverged
+from cnn.runs.checkpoints import Checkpoints
+from cnn.studies.grid import Variant
+from cnn.studies.sweep import run_sweep
+from cnn.train import fit_seeds
 from tests.processes import ROOT, subprocess_env
 
 TIMING = (
@@ -58,7 +61,7 @@ def test_fit_seeds_raises_naming_the_seed(tiny_splits, tmp_path):
 
 
 def test_runs_trained_together_are_named_by_what_differs():
-    from cnn.members import run_labels
+    from cnn.engine.vmap import run_labels
 
     assert run_labels([TrainConfig(seed=3), TrainConfig(seed=4)]) == ["seed 3", "seed 4"]
     mixed = [TrainConfig(lr=1e30, seed=0), TrainConfig(lr=1e-3, seed=0), TrainConfig(lr=1e-3, seed=1)]
@@ -109,7 +112,7 @@ def _sweep(idx_dir, data_dir, out, prelude=""):
         "--data-dir",
         str(data_dir),
     ]
-    code = f"{prelude}\nimport sys\nfrom cnn.cli import main\nsys.exit(main({args!r}))"
+    code = f"{prelude}\nimport sys\nfrom cnn.cli.main import main\nsys.exit(main({args!r}))"
     return [sys.executable, "-c", code]
 
 
@@ -205,7 +208,7 @@ def test_train_help_lists_every_config_field(capsys):
 
 
 def test_fields_only_the_config_knew_are_settable_from_the_command_line():
-    args = cnn.cli._parser().parse_args(
+    args = cnn.cli.main.parser().parse_args(
         [
             "train",
             "--val-fraction",
@@ -219,7 +222,7 @@ def test_fields_only_the_config_knew_are_settable_from_the_command_line():
             "32",
         ]
     )
-    config = cnn.cli.config_from_args(args)
+    config = cnn.config.config_from_args(args)
     assert (config.val_fraction, config.split_seed, config.eval_batch_size) == (0.25, 7, 500)
     assert config.image_size == (32, 32)
 
@@ -244,7 +247,7 @@ def test_seeds_together_refuse_host_streaming(tiny_splits, tmp_path):
 def test_an_epoch_as_one_rolled_call_gives_the_chunked_history(tiny_splits, tmp_path):
     """epoch_loop=scan (the accelerators' default: every full batch of an epoch in one compiled call, a
     rolled loop) trains the same steps as the CPU's unrolled chunks, alone and with seeds together."""
-    from cnn.train import rolled_epoch
+    from cnn.engine.epochs import rolled_epoch
 
     histories = {}
     for loop in ("chunks", "scan"):  # 168 = 5 full batches of 32 and one of 8
@@ -264,8 +267,8 @@ def test_an_epoch_as_one_rolled_call_gives_the_chunked_history(tiny_splits, tmp_
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tiny_splits, tmp_path):
-    from cnn.data import FASHION_MNIST
-    from cnn.state import apply_model, initial_state
+    from cnn.data.spec import FASHION_MNIST
+    from cnn.engine.state import apply_model, initial_state
 
     config = TrainConfig(epochs=2, limit_train=128, precision="bfloat16", model="vgg_bn")
     state = initial_state(config, FASHION_MNIST)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn.cli import main
-from cnn.datasets.transforms import shift
+from cnn.cli.main import main
+from cnn.data.transforms import shift
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 EXPECTED_ROWS = {
@@ -164,9 +164,9 @@ def test_the_experiments_command_runs_scripts_in_one_process_and_exits_6_when_ru
 ):
     import types
 
-    from cnn import experiments
-    from cnn.cli import EXIT_RUNS_FAILED
-    from cnn.sweep import Variant
+    from cnn.errors import EXIT_RUNS_FAILED
+    from cnn.studies import scripts as experiments
+    from cnn.studies.grid import Variant
 
     def fake(name: str, batch_size: int) -> types.ModuleType:
         def run(argv):
@@ -199,8 +199,8 @@ def test_a_script_given_bad_input_says_so_in_one_line_and_exits_2():
 def test_a_script_stopped_by_a_signal_says_where_its_epochs_are_and_exits_143(tmp_path, capsys):
     import signal
 
-    from cnn.cli import run_script
-    from cnn.train import Interrupted
+    from cnn.cli.main import run_script
+    from cnn.errors import Interrupted
 
     def stopped() -> None:
         raise Interrupted(signal.SIGTERM, 3, tmp_path / "strong" / "seed0")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from cnn import TrainConfig, fit, load_dataset
-from cnn.bench import format_overhead
-from cnn.bookkeeping import epoch_line
-from cnn.checkpoints import Checkpoints
+from cnn.runs.checkpoints import Checkpoints
+from cnn.runs.record import epoch_line
+from cnn.studies.overhead import format_overhead
 from tests.processes import ROOT, subprocess_env, train_command
 
 

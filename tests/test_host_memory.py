@@ -23,7 +23,7 @@ pytestmark = [
 # rather than carving it from a heap, and whether the freed memory stayed in the heap.
 PROBE = """
 import ctypes
-import cnn, cnn.host_memory
+import cnn, cnn.engine.host_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -39,7 +39,7 @@ block = libc.malloc(64 << 20)
 mapped = libc.mallinfo2().hblks > before
 libc.free(block)
 kept = libc.mallinfo2().fordblks >= 64 << 20
-print(cnn.host_memory.keep_freed_memory(), mapped, kept)
+print(cnn.engine.host_memory.keep_freed_memory(), mapped, kept)
 """
 
 

@@ -9,31 +9,64 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cnn"
-# Lower layers first; a module may import only from layers strictly below its own.
-LAYERS = [
-    {"config", "data", "disk", "host_memory", "compile_cache", "costs"},
-    {"conv", "parallel", "checkpoints", "plots", "events", "augment"},
-    {"layers", "receptive_field", "datasets.transforms", "datasets.splits", "applications.names"},
-    {"datasets.prepared", "applications.weights", "members"},
-    {"datasets.fashion_mnist", "datasets.image_folder", "datasets.lfw_faces", "summary", "surgery"},
-    {"datasets", "applications.common"},
-    {"applications.inception_v3", "applications.vgg16", "applications.resnet50", "applications.mobilenet_v2"},
-    {"applications"},
-    {"models.sources", "models.convnet", "models.wide_resnet"},
-    {"models"},
-    {"state"},
-    {"steps", "placement"},
-    {"evaluation"},
-    {"run_folder", "resume", "explain", "assessment"},
-    {"results"},
-    {"bookkeeping"},
-    {"train", "together"},
-    {"sweep", "transfer", "viz", "bench", "classify", "export"},
-    {"tune", "experiments", "run_report"},
-    {"cli"},
-    {"__init__", "__main__"},
-]
-RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+# The packages from the bottom: a module may import from its own package and from the packages below it,
+# never from one above (`__init__` and `__main__`, the doors in, import what they open).
+PACKAGES = ["errors", "config", "data", "models", "engine", "runs", "analysis", "train", "inference",
+"studies",
+            "cli", "__init__", "__main__"]  # fmt: skip
+# Inside each package, its modules from the bottom: a module imports only modules of lower floors of its
+# own package (a package's `__init__` holds its docstring alone and sits on the lowest floor).
+FLOORS = {
+    "data": [{"data", "data.spec", "data.splits", "data.transforms", "data.prepared"},
+             {"data.fashion_mnist", "data.image_folder", "data.lfw_faces"},
+             {"data.load"}],
+    "models": [{"models", "models.applications", "models.applications.names", "models.conv",
+    "models.computation",
+                "models.preprocessing"},
+               {"models.layers"},
+               {"models.applications.common", "models.convnet", "models.cutting", "models.sources",
+                "models.summary", "models.wide_resnet"},
+               {"models.applications.inception_v3", "models.applications.mobilenet_v2",
+                "models.applications.resnet50", "models.applications.vgg16", "models.applications.weights"},
+               {"models.applications.networks"},
+               {"models.registry"}],
+    "engine": [{"engine", "engine.compile_cache", "engine.costs", "engine.host_memory", "engine.devices",
+                "engine.augment", "engine.vmap"},
+               {"engine.placement", "engine.state"},
+               {"engine.epochs", "engine.steps"},
+               {"engine.evaluation"}],
+    "runs": [{"runs", "runs.disk", "runs.events", "runs.curves", "runs.lock", "runs.signals"},
+             {"runs.checkpoints", "runs.folder"},
+             {"runs.resume"},
+             {"runs.results"},
+             {"runs.record"}],
+    "analysis": [{"analysis", "analysis.plots", "analysis.explain", "analysis.scores",
+    "analysis.receptive_field"},
+                 {"analysis.inputs"},
+                 {"analysis.viz"},
+                 {"analysis.report"}],
+    "inference": [{"inference", "inference.predict", "inference.export"}],
+    "studies": [{"studies", "studies.grid", "studies.grouping", "studies.transfer"},
+                {"studies.bench", "studies.space", "studies.tables"},
+                {"studies.overhead", "studies.sweep", "studies.tune"},
+                {"studies.scripts"}],
+    "cli": [{"cli", "cli.flags"},
+            {"cli.bench", "cli.studies", "cli.train", "cli.use"},
+            {"cli.main"}],
+}  # fmt: skip
+SINGLE = {"errors", "config", "train", "__init__", "__main__"}
+
+
+def package_of(module: str) -> str:
+    return module if module in SINGLE else module.split(".")[0]
+
+
+RANK = {m: (PACKAGES.index(package_of(m)), 0) for m in SINGLE}
+RANK |= {
+    m: (PACKAGES.index(p), i) for p, floors in FLOORS.items() for i, floor in enumerate(floors) for m in floor
+}
+MAX_MODULE_LINES = 400
+MAX_TOP_MODULES = 8
 MAX_FUNCTION_LINES = 60
 
 
@@ -57,7 +90,7 @@ def _imports(tree: ast.AST) -> list[tuple[str, list[str], int]]:
             if not module:  # from cnn import conv, data
                 out += [(n, [], node.lineno) for n in names if n in RANK]
             else:
-                subs = [n for n in names if f"{module}.{n}" in RANK]  # from cnn.datasets import lfw_faces
+                subs = [n for n in names if f"{module}.{n}" in RANK]  # from cnn.data import lfw_faces
                 out += [(f"{module}.{n}", [], node.lineno) for n in subs]
                 if len(subs) < len(names):
                     out.append((module, [n for n in names if n not in subs], node.lineno))
@@ -80,7 +113,9 @@ def test_imports_point_down_and_no_private_name_crosses(module):
     for target, names, line in _imports(tree):
         assert target in RANK, f"{module}:{line} imports unknown module cnn.{target}"
         if module not in ("__init__", "__main__"):
-            assert RANK[target] < RANK[module], f"{module}:{line} imports cnn.{target}, which is not below it"
+            mine, theirs = RANK[module], RANK[target]
+            below = theirs[0] < mine[0] or (theirs[0] == mine[0] and theirs[1] < mine[1])
+            assert below, f"{module}:{line} imports cnn.{target}, which is not below it"
         private = [n for n in names if n.startswith("_")]
         assert not private, f"{module}:{line} imports private names {private} from cnn.{target}"
 
@@ -100,7 +135,25 @@ def test_functions_are_short(module):
 def test_the_checker_sees_a_violation(tmp_path):
     tree = ast.parse("def f():\n    from cnn.train import _train_step\n")
     ((target, names, _),) = _imports(tree)
-    assert target == "train" and RANK[target] > RANK["steps"] and names == ["_train_step"]
+    assert target == "train" and RANK[target] > RANK["engine.steps"] and names == ["_train_step"]
+
+
+def test_modules_are_short_and_the_top_holds_only_what_a_reader_starts_from():
+    """Every module fits the line budget; the top of the package holds at most 8 modules (the config, the
+    training story, the errors, the doors in); every package's `__init__` is its docstring alone."""
+    long = {
+        name: n
+        for name, p in module_paths().items()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+    assert len(list(PACKAGE.glob("*.py"))) <= MAX_TOP_MODULES
+    for init in PACKAGE.glob("*/**/__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{init}: only a docstring"
+        assert "May import" in ast.get_docstring(ast.parse(init.read_text())), (
+            f"{init}: say what it may import"
+        )
 
 
 def test_the_readme_layout_table_is_the_generated_one():

@@ -1,5 +1,6 @@
-"""cnn.layers against Keras 3 itself (JAX backend, a test extra): the same arguments, the same defaults,
-the same weights, outputs within 1e-5 for random shapes, strides, paddings and dilations (hypothesis)."""
+"""cnn.models.layers against Keras 3 itself (JAX backend, a test extra): the same arguments, the same
+defaults, the same weights, outputs within 1e-5 for random shapes, strides, paddings and dilations
+(hypothesis)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnn import layers
+from cnn.models import layers, preprocessing
 from tests import keras_files  # noqa: F401  (selects Keras' JAX backend before Keras is imported)
 
 keras = pytest.importorskip("keras")
@@ -234,13 +235,13 @@ def test_rotation_matches_scipy_and_quarter_turns_are_exact():
         )
         # scipy treats the last half pixel at the border differently: compare the inside
         np.testing.assert_allclose(
-            np.asarray(layers.rotate(x, angle))[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-5
+            np.asarray(preprocessing.rotate(x, angle))[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-5
         )
     square = x[:, :9, :9]
     np.testing.assert_allclose(
-        np.asarray(layers.rotate(square, 90)), np.rot90(square, axes=(1, 2)), atol=1e-6
+        np.asarray(preprocessing.rotate(square, 90)), np.rot90(square, axes=(1, 2)), atol=1e-6
     )
-    module = layers.RandomRotation(30.0)
+    module = preprocessing.RandomRotation(30.0)
     np.testing.assert_array_equal(np.asarray(module.apply({}, x)), x)  # not training: the identity
     turned = np.asarray(module.apply({}, x, True, rngs={"augment": jax.random.PRNGKey(0)}))
     assert turned.shape == x.shape and not np.allclose(turned, x)
@@ -278,7 +279,7 @@ def test_max_pool_gradient_shares_ties_as_jnp_max(size):
 def test_a_convolution_as_patches_times_the_kernel_equals_xlas(kernel, strides, padding, dilation):
     """The formulation runs trained together may use (`Members(conv="matmul")`): the same numbers, up to
     float rounding, for every padding, stride and dilation."""
-    from cnn.layers import conv_as_matmul, conv_formulation
+    from cnn.models.computation import conv_as_matmul, conv_formulation
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 11, 9, 3)).astype(np.float32)
@@ -310,7 +311,7 @@ def test_a_convolution_as_patches_times_the_kernel_equals_xlas(kernel, strides, 
 def test_a_convolutions_gradient_written_out_equals_jaxs(kh, kw, sh, sw, dh, dw, padding, h, w):
     """`conv_with_plain_gradients` (what a rolled training loop differentiates on the CPU): the input's and
     the kernel's gradients equal JAX's own for every kernel, stride, dilation and padding."""
-    from cnn.layers import conv_with_plain_gradients
+    from cnn.models.computation import conv_with_plain_gradients
 
     if padding == "VALID" and ((kh - 1) * dh + 1 > h or (kw - 1) * dw + 1 > w):
         padding = "SAME"
@@ -339,9 +340,9 @@ def test_a_rolled_training_loop_on_the_cpu_convolves_in_the_fast_layout_only():
     import functools
 
     from cnn.config import TrainConfig
-    from cnn.data import FASHION_MNIST
-    from cnn.state import initial_state
-    from cnn.steps import train_chunk
+    from cnn.data.spec import FASHION_MNIST
+    from cnn.engine.state import initial_state
+    from cnn.engine.steps import train_chunk
 
     state = initial_state(TrainConfig(), FASHION_MNIST)
     images, labels = jnp.zeros((64, 28, 28, 1), jnp.uint8), jnp.zeros(64, jnp.int32)

@@ -21,19 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnn import run_folder
-from cnn.cli import main
+from cnn.cli.main import main
 from cnn.config import TrainConfig
-from cnn.datasets import LOADED
-from cnn.run_folder import (
-    LOCK_FILE,
-    WorkdirBusy,
-    WorkdirError,
-    clear_run,
-    exclusive_file_lock,
-    take_lock,
-    workdir_lock,
-)
+from cnn.data.load import LOADED
+from cnn.errors import WorkdirBusy, WorkdirError
+from cnn.runs import lock as run_lock
+from cnn.runs.folder import clear_run
+from cnn.runs.lock import LOCK_FILE, exclusive_file_lock, take_lock, workdir_lock
 from tests.processes import ROOT, run_process, subprocess_env, train_command
 
 TINY = ["--epochs", "1", "--limit-train", "64", "--batch-size", "32"]
@@ -205,7 +199,7 @@ def test_a_read_only_workdir_is_one_line(idx_dir, prepared):
 def hold_lock(workdir: Path) -> subprocess.Popen:
     """Another process holding `workdir`'s run lock (as a run in progress does)."""
     code = (
-        "import sys, time\nfrom cnn.run_folder import workdir_lock\n"
+        "import sys, time\nfrom cnn.runs.folder import workdir_lock\n"
         f"with workdir_lock({str(workdir)!r}):\n    print('locked', flush=True)\n    time.sleep(120)"
     )
     holder = subprocess.Popen(
@@ -261,9 +255,9 @@ def test_a_lock_file_removed_after_it_was_opened_is_not_taken_for_the_lock(tmp_p
         try:
             return take_lock(fd, path, folder)
         finally:
-            named.append(run_folder.names_file(path, fd))
+            named.append(run_lock.names_file(path, fd))
 
-    monkeypatch.setattr(run_folder, "take_lock", a_ends_between_open_and_lock)
+    monkeypatch.setattr(run_lock, "take_lock", a_ends_between_open_and_lock)
     with c_run:
         if meanwhile == "another-run":
             with pytest.raises(WorkdirBusy, match=f"PID {os.getpid()}"), workdir_lock(workdir):
@@ -343,7 +337,7 @@ def test_a_full_disk_at_a_later_checkpoint_keeps_the_earlier_one_and_resumes(
 ):
     import shutil as real_shutil
 
-    from cnn import checkpoints, disk
+    from cnn.runs import checkpoints, disk
 
     run, calls = tmp_path / "run", []
     usage = real_shutil.disk_usage
@@ -396,7 +390,7 @@ def test_a_data_dir_without_room_is_one_line_and_leaves_nothing_half_prepared(id
 
 
 def test_orbax_write_errors_of_a_full_disk_are_recognised():
-    from cnn.disk import out_of_space
+    from cnn.errors import out_of_space
 
     message = 'OUT_OF_RANGE: Error writing "x": Failed to write 3029718 bytes to file 8: File too large'
     assert out_of_space(ValueError(message + " [os_error_code='27']"))
@@ -455,7 +449,7 @@ def test_an_output_path_under_a_file_is_one_line(tmp_path, capsys):
 
 
 def test_summary_help_lists_the_models(capsys):
-    from cnn.models import MODELS
+    from cnn.models.registry import MODELS
 
     assert main(["summary", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
@@ -475,13 +469,14 @@ JSONS = st.sampled_from(['{"dropout_rate": 2}', '{"hidden": [0]}', "[1]", "{", '
 @given(st.lists(st.tuples(FLAGS, NUMBERS), max_size=4), st.one_of(st.none(), JSONS))
 def test_any_train_flags_either_make_a_config_or_a_one_line_refusal(capsys, pairs, model_args):
     """argv fuzzing of `train`'s flags against the validator: never a traceback."""
-    from cnn.cli import _parser
-    from cnn.config import ConfigError, config_from_args
+    from cnn.cli.main import parser
+    from cnn.config import config_from_args
+    from cnn.errors import ConfigError
 
     argv = ["train", *(x for pair in pairs for x in pair)]
     argv += ["--model-args", model_args] if model_args is not None else []
     try:
-        config_from_args(_parser().parse_args(argv))
+        config_from_args(parser().parse_args(argv))
     except SystemExit as e:  # argparse: one line, exit 2
         assert e.code == 2 and capsys.readouterr().err.count("\n") == 1
     except (ConfigError, ValueError) as e:

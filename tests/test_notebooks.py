@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from cnn.datasets import fashion_mnist as data
+from cnn.data import fashion_mnist as data
 from tests.conftest import write_dataset
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"

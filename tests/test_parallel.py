@@ -12,17 +12,18 @@ import jax
 import numpy as np
 import pytest
 
-from cnn.cli import main
-from cnn.parallel import ParallelError, distributed_settings
+from cnn.cli.main import main
+from cnn.engine.devices import distributed_settings
+from cnn.errors import ParallelError
 from tests.processes import ROOT, run_process, subprocess_env, train_command
 
 EIGHT_DEVICES = """
 import json, sys
 import jax, numpy as np
 from cnn import TrainConfig, fit
-from cnn.data import Split, Splits
-from cnn.parallel import ParallelError, check_batch_size, data_mesh
-from cnn.results import restore_run
+from cnn.data.spec import Split, Splits
+from cnn.engine.devices import ParallelError, check_batch_size, data_mesh
+from cnn.runs.results import restore_run
 
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 10, 600).astype(np.int32)
@@ -71,9 +72,9 @@ import jax
 jax.config.update("jax_enable_x64", True)  # only for the float64 reference; the model runs in float32
 import jax.numpy as jnp, numpy as np, optax
 from cnn import TrainConfig
-from cnn.parallel import batch_sharding, data_mesh, replicate
-from cnn.data import FASHION_MNIST
-from cnn.state import initial_state, model_variables
+from cnn.engine.devices import batch_sharding, data_mesh, replicate
+from cnn.data.spec import FASHION_MNIST
+from cnn.engine.state import initial_state, model_variables
 
 config = TrainConfig(model="vgg_bn", model_args={"augment": False, "dropout_rate": 0.0})
 state = initial_state(config, FASHION_MNIST)
@@ -154,7 +155,7 @@ def test_two_processes_end_with_the_parameters_of_one(idx_dir, prepared, tmp_pat
     for p, (_, err) in zip(group, outputs, strict=True):
         assert p.returncode == 0, err
     assert "Data parallel over 2 devices (2 process(es))" in outputs[0][0]
-    from cnn.results import restore_run
+    from cnn.runs.results import restore_run
 
     _, one, _ = restore_run(tmp_path / "single", epoch=2)
     _, two, _ = restore_run(tmp_path / "group", epoch=2)

@@ -12,13 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from cnn.augment import ERASE, Augmentation, _crop, _erase, _mixed, augment
-from cnn.cli import main
-from cnn.config import ConfigError, TrainConfig
-from cnn.state import learning_rate, make_optimizer
-from cnn.steps import losses_and_correct
+from cnn.cli.main import main
+from cnn.config import TrainConfig
+from cnn.engine.augment import ERASE, Augmentation, _crop, _erase, _mixed, augment
+from cnn.engine.state import learning_rate, make_optimizer
+from cnn.engine.steps import losses_and_correct
+from cnn.errors import ConfigError
+from cnn.studies.space import check_search, read_space
 from cnn.train import fit
-from cnn.tune import check_search, read_space
 from tests.test_misuse import one_line_error
 
 
@@ -47,8 +48,8 @@ def test_bad_recipe_values_are_refused_in_one_line_before_any_work(flags, messag
 
 
 def test_a_model_that_augments_itself_takes_no_second_crop_or_flip_in_python_either(tiny_splits, tmp_path):
-    from cnn.data import FASHION_MNIST
-    from cnn.models import model_for
+    from cnn.data.spec import FASHION_MNIST
+    from cnn.engine.state import model_for
 
     config = TrainConfig(model="vgg_bn", crop_padding=4, flip=True, epochs=1, limit_train=64)
     with pytest.raises(ValueError, match="--crop-padding and --flip would do it a second time"):
@@ -61,11 +62,11 @@ def test_a_model_that_augments_itself_takes_no_second_crop_or_flip_in_python_eit
 
 def test_every_named_recipe_is_a_valid_config_for_its_model():
     from cnn.config import recipe, recipes
-    from cnn.models import check_model_args
+    from cnn.train import check_run_config
 
     assert {"strong", "strong_wrn"} <= set(recipes())
     for name in recipes():
-        check_model_args(TrainConfig(**recipe(name)))  # fields, model arguments, augmentation in one place
+        check_run_config(TrainConfig(**recipe(name)))  # fields, model arguments, augmentation in one place
     wrn = TrainConfig(**recipe("strong_wrn"))
     assert (wrn.model, wrn.model_args) == ("wide_resnet", {"depth": 16, "width": 4})
 
@@ -217,8 +218,8 @@ def test_a_run_with_every_knob_learns_and_resumes_exactly(tiny_splits, tmp_path)
 
 
 def test_the_moving_average_is_what_is_validated_and_restored(tiny_splits, tmp_path):
-    from cnn.evaluation import evaluate
-    from cnn.results import restore_run
+    from cnn.engine.evaluation import evaluate
+    from cnn.runs.results import restore_run
 
     fit(
         TrainConfig(batch_size=32, epochs=2, patience=5, ema_decay=0.95, limit_train=256),
@@ -237,7 +238,7 @@ def test_bad_fields_raise_config_errors_in_python_too():
 
 
 def test_a_picture_of_a_batch_before_and_after_each_augmentation(tmp_path):
-    from cnn.viz import plot_augmentations
+    from cnn.analysis.inputs import plot_augmentations
 
     images = (np.random.default_rng(0).random((4, 16, 16, 1)) * 255).astype(np.uint8)
     figure = plot_augmentations(images, Augmentation(crop_padding=2, flip=True, mixup=0.2))
@@ -252,8 +253,8 @@ def test_the_ablation_takes_one_knob_away_at_a_time():
     import runpy
     from pathlib import Path
 
-    from cnn.models import build_model
-    from cnn.sweep import resolve
+    from cnn.models.registry import build_model
+    from cnn.studies.grid import resolve
 
     script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
     variants = script["variants"]()
@@ -277,14 +278,14 @@ def test_the_ablation_runs_only_the_variants_asked_for(monkeypatch, capsys):
     import runpy
     from pathlib import Path
 
-    import cnn.experiments
+    import cnn.studies.scripts
 
     seen = {}
 
     def run_experiment(name, variants, args, base):
         seen.update(names=[v.name for v in variants], warmup=base["warmup_epochs"], epochs=args.epochs)
 
-    monkeypatch.setattr(cnn.experiments, "run_experiment", run_experiment)  # bound when the script loads
+    monkeypatch.setattr(cnn.studies.scripts, "run_experiment", run_experiment)  # bound when the script loads
     script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
     script["main"](["--variants", "plain", "strong", "--epochs", "12"])
     assert seen == {"names": ["strong", "plain"], "warmup": 1, "epochs": 12}

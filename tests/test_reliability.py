@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnn import TrainConfig, fit
-from cnn.checkpoints import Checkpoints
-from cnn.cli import main
-from cnn.data import FASHION_MNIST, Split, Splits
-from cnn.evaluation import InputError, check_images, check_labels, evaluate, predict
-from cnn.models.convnet import ArchitectureError, ConvBlock, ConvNet, convnet, convnet_shapes
-from cnn.results import CheckpointDamaged, ConfigMismatch, restore_run
-from cnn.state import initial_state, run_keys
-from cnn.train import TrainingDiverged
+from cnn.cli.main import main
+from cnn.data.spec import FASHION_MNIST, Split, Splits
+from cnn.engine.evaluation import check_images, check_labels, evaluate, predict
+from cnn.engine.state import initial_state, run_keys
+from cnn.errors import ArchitectureError, CheckpointDamaged, ConfigMismatch, InputError, TrainingDiverged
+from cnn.models.convnet import ConvBlock, ConvNet, convnet, convnet_shapes
+from cnn.runs.checkpoints import Checkpoints
+from cnn.runs.results import restore_run
 from tests.processes import ROOT, run_process, start_process, subprocess_env, train_command
 
 # Timing fields differ between any two runs; every other number of results.json must be identical.
@@ -73,13 +73,13 @@ atomicity.AtomicRenameTemporaryPath.finalize = finalize
 """
 KILL_BEFORE_HISTORY = """
 import os, signal
-import cnn.run_folder
-_write = cnn.run_folder.write_json
+import cnn.runs.folder
+_write = cnn.runs.folder.write_json
 def write_json(path, value):
     if path.name == "history.json" and len(value) == {epoch}:  # checkpoint saved, history not yet written
         os.kill(os.getpid(), signal.SIGKILL)
     return _write(path, value)
-cnn.run_folder.write_json = write_json
+cnn.runs.folder.write_json = write_json
 """
 
 
@@ -274,12 +274,12 @@ def test_nan_in_training_stops_naming_epoch_and_step_and_keeps_checkpoints(tiny_
 
 
 def test_cli_exit_code_for_divergence(monkeypatch, capsys):
-    import cnn.cli
+    import cnn.cli.train
 
     def diverge(args):
         raise TrainingDiverged("training diverged: a NaN or Inf loss or gradient at epoch 3, step 7 of 10.")
 
-    monkeypatch.setattr(cnn.cli, "_train", diverge)
+    monkeypatch.setattr(cnn.cli.train, "run", diverge)
     assert main(["train"]) == 3 and "epoch 3, step 7" in capsys.readouterr().err
 
 
@@ -492,7 +492,7 @@ def test_a_signal_while_preparing_the_data_stops_at_once_keeping_nothing_half_pr
     # middle of it and "at once" stays far from "after preparing" on a loaded machine (a suite run beside
     # other work once took 13 s to stop here with 10 ms an example; the files appear within a second).
     slow = (
-        "import time\nfrom cnn.datasets import fashion_mnist as f\n"
+        "import time\nfrom cnn.data import fashion_mnist as f\n"
         "_g = f.FashionMnistIdx._generate_examples\n"
         "def slow(self, *a):\n    for x in _g(self, *a):\n        time.sleep(0.05)\n        yield x\n"
         "f.FashionMnistIdx._generate_examples = slow"
@@ -538,7 +538,7 @@ def test_a_config_edited_by_hand_is_named_with_both_shapes(tiny_splits, idx_dir,
 def test_python_callers_get_type_and_value_errors_naming_the_argument(tiny_splits, tmp_path):
     with pytest.raises(TypeError, match=r"config: expected a cnn.TrainConfig .*got dict"):
         fit({"epochs": 1}, tiny_splits, tmp_path / "a")
-    with pytest.raises(TypeError, match=r"splits: expected cnn.data.Splits .*got NoneType"):
+    with pytest.raises(TypeError, match=r"splits: expected cnn.data.spec.Splits .*got NoneType"):
         fit(TrainConfig(epochs=1), None, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     state = initial_state(TrainConfig(), FASHION_MNIST)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from cnn import TrainConfig, build_model, create_train_state, fit
-from cnn.bench import SCHEMA_VERSION, benchmark, format_table, parse_peers
-from cnn.cli import main
-from cnn.data import Split
-from cnn.placement import on_device
-from cnn.state import make_optimizer
-from cnn.steps import gather, train_chunk, train_step
+from cnn.cli.main import main
+from cnn.data.spec import Split
+from cnn.engine.placement import on_device
+from cnn.engine.state import make_optimizer
+from cnn.engine.steps import gather, train_chunk, train_step
+from cnn.studies.bench import SCHEMA_VERSION, benchmark, format_table, parse_peers
 from tests.test_data import REAL_DIR
 
 
@@ -85,7 +85,7 @@ def test_chunks_of_steps_give_the_one_step_history(tiny_splits, tmp_path):
     not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file(), reason="real Fashion-MNIST not installed"
 )
 def test_same_accuracy_on_a_short_real_run(tmp_path):
-    from cnn.datasets.fashion_mnist import load_fashion_mnist
+    from cnn.data.fashion_mnist import load_fashion_mnist
 
     splits = load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=REAL_DIR)
     fast = fit(TrainConfig(epochs=1, limit_train=4000, steps_per_call=10), splits, tmp_path / "f")
@@ -203,7 +203,7 @@ def test_micro_batches_give_the_whole_batch_gradient():
     """A batch of 128 split into micro-batches of 64 (the CPU's automatic choice) or 32 takes the same
     optimizer step as the whole batch, up to float rounding (dropout off: the randomness is drawn per
     micro-batch); models with batch norm and sizes that do not divide the batch are never split."""
-    from cnn.state import create_train_state, micro_batch_size
+    from cnn.engine.state import create_train_state, micro_batch_size
 
     config = TrainConfig(batch_size=128, model_args={"dropout_rate": 0.0})
     model = build_model("seed_cnn", dropout_rate=0.0)

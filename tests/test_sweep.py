@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from cnn import TrainConfig, fit
-from cnn import sweep as sweep_module  # noqa: F401
 from cnn import train as train_module
-from cnn.data import FASHION_MNIST, Split, Splits
-from cnn.results import restore_run
-from cnn.sweep import SweepError, Variant, grid_variants, resolve, run_sweep
+from cnn.data.spec import FASHION_MNIST, Split, Splits
+from cnn.errors import SweepError
+from cnn.runs.results import restore_run
+from cnn.studies import sweep as sweep_module  # noqa: F401
+from cnn.studies.grid import Variant, grid_variants, resolve
+from cnn.studies.sweep import run_sweep
 from cnn.train import fit_seeds
 
 
@@ -105,7 +107,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_splits, tm
 def test_a_run_failing_after_a_signal_stops_the_sweep_instead_of_going_on(tiny_splits, tmp_path, monkeypatch):
     import signal
 
-    from cnn.train import Interrupted
+    from cnn.errors import Interrupted
 
     def signalled_then_fails(*args):
         signal.raise_signal(signal.SIGTERM)  # asked to stop, then the run fails before its epoch ends
@@ -186,7 +188,7 @@ def test_together_mode_is_measured_and_said(monkeypatch, capsys):
 
 
 def test_the_measurement_is_made_once_per_machine_and_network(monkeypatch, tmp_path):
-    from cnn import together
+    from cnn.studies import grouping as together
 
     calls = []
     monkeypatch.setattr(together, "_file", lambda: tmp_path / "together.json")
@@ -206,7 +208,7 @@ def test_the_measurement_is_made_once_per_machine_and_network(monkeypatch, tmp_p
 
 
 def test_the_three_ways_of_training_runs_together_are_measured(tiny_splits):
-    from cnn import together
+    from cnn.studies import grouping as together
 
     for mode in together.MODES:
         assert together.images_per_second(TrainConfig(batch_size=8), tiny_splits.spec, 2, mode, steps=2) > 0
@@ -246,7 +248,8 @@ def test_a_second_sweep_into_the_same_folder_keeps_the_first_ones_rows(tiny_spli
 
 
 def test_a_sweep_with_a_failed_variant_exits_non_zero_keeping_the_others(idx_dir, tmp_path, capsys):
-    from cnn.cli import EXIT_RUNS_FAILED, main
+    from cnn.cli.main import main
+    from cnn.errors import EXIT_RUNS_FAILED
 
     data = ["--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds")]
     args = ["--grid", "batch_size=[4096,32]", "--seeds", "1", "--base", '{"epochs": 1, "limit_train": 128}']

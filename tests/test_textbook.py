@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from cnn import conv
-from cnn.layers import AveragePooling2D, Conv2D, Dense, MaxPooling2D
+from cnn.models import conv
+from cnn.models.layers import AveragePooling2D, Conv2D, Dense, MaxPooling2D
 
 
 def _run(layer, x):

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from cnn import TrainConfig, fit
-from cnn.cli import main
-from cnn.events import EventLog, read_events
+from cnn.cli.main import main
+from cnn.runs.events import EventLog, read_events
 
 TAGS = {"loss/train": "loss", "loss/validation": "val_loss", "accuracy/train": "accuracy"}
 
@@ -87,7 +87,7 @@ def test_a_study_of_trials_each_a_run_with_pruning_a_table_and_plots(idx_dir, tm
 
 
 def test_a_study_whose_every_trial_failed_exits_non_zero(idx_dir, tmp_path, capsys):
-    from cnn.cli import EXIT_RUNS_FAILED
+    from cnn.errors import EXIT_RUNS_FAILED
 
     space = ["--space", "lr=loguniform(1e29,1e30)", "--trials", "2", "--pruner", "none"]
     assert main(tune_args(idx_dir, tmp_path, *space)) == EXIT_RUNS_FAILED
@@ -154,7 +154,7 @@ def test_a_first_run_prints_only_progress_and_never_imports_tensorflow(idx_dir, 
     args = ["train", "--source-dir", str(idx_dir), "--data-dir", str(tmp_path / "tfds"), "--epochs", "1"]
     args += ["--limit-train", "64", "--workdir", str(tmp_path / "run")]
     code = (
-        f"import sys\nfrom cnn.cli import main\ncode = main({args!r})\n"
+        f"import sys\nfrom cnn.cli.main import main\ncode = main({args!r})\n"
         "print('tensorflow imported:', 'tensorflow' in sys.modules)\nsys.exit(code)"
     )
     done = run_process([sys.executable, "-c", code])
@@ -201,7 +201,8 @@ def test_a_killed_workers_trial_is_marked_failed_and_tried_again(idx_dir, tmp_pa
 def test_a_pruned_trial_stops_after_the_epoch_it_was_pruned_at(tiny_splits, tmp_path):
     import optuna
 
-    from cnn.tune import objective, parse_dimension
+    from cnn.studies.space import parse_dimension
+    from cnn.studies.tune import objective
 
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # prunes every trial
     base = {"epochs": 4, "limit_train": 96}

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from cnn import TrainConfig, fit
-from cnn.cli import main
-from cnn.config import ConfigError, recipe, recipes
-from cnn.data import Split, Splits
-from cnn.models import check_model_args
-from cnn.resume import EarlyStopping
-from cnn.run_folder import WorkdirError
+from cnn.cli.main import main
+from cnn.config import recipe, recipes
+from cnn.data.spec import Split, Splits
+from cnn.errors import ConfigError, WorkdirError
+from cnn.runs.resume import EarlyStopping
+from cnn.train import check_run_config
 
 FAST = dict(batch_size=32, epochs=4, patience=10)
 
@@ -199,9 +199,9 @@ def test_invalid_config_names_the_field(field, value):
 
 def test_an_unknown_model_is_refused_before_any_data_is_read(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
-        check_model_args(TrainConfig(model="resnet9000"))
+        check_run_config(TrainConfig(model="resnet9000"))
     with pytest.raises(ValueError, match="dropout_rate must be a number in"):
-        check_model_args(TrainConfig(model_args={"dropout_rate": 2}))
+        check_run_config(TrainConfig(model_args={"dropout_rate": 2}))
     code = main(
         [
             "train",
@@ -262,7 +262,7 @@ def test_checkpoint_ties_keep_the_earlier_epoch(tmp_path):
     # Accuracy ties are common; the kept best checkpoint must be the epoch early stopping calls the best.
     import jax.numpy as jnp
 
-    from cnn.checkpoints import Checkpoints
+    from cnn.runs.checkpoints import Checkpoints
 
     checkpoints, stopping = Checkpoints(tmp_path / "checkpoints"), EarlyStopping(patience=10)
     for epoch, score in enumerate([-0.5, -0.9, -0.9, -0.9, -0.8], start=1):
@@ -275,7 +275,7 @@ def test_checkpoint_ties_keep_the_earlier_epoch(tmp_path):
 
 
 def test_a_run_saved_before_monitor_existed_still_resumes():
-    from cnn.config import config_differences
+    from cnn.runs.folder import config_differences
 
     saved = TrainConfig(**FAST).to_dict()
     del saved["monitor"]
@@ -286,15 +286,15 @@ def test_a_run_saved_before_monitor_existed_still_resumes():
 
 
 def test_recipes_are_files_the_cli_loads_and_flags_override(tmp_path):
-    from cnn.cli import _parser
+    from cnn.cli.main import parser
     from cnn.config import config_from_args
 
     assert {"main", "lecture", "vgg_bn", "vgg_bn_wide"} <= set(recipes())
     assert TrainConfig(**recipe("main")) == TrainConfig()  # the main job is the default config
-    wide = config_from_args(_parser().parse_args(["train", "--recipe", "vgg_bn_wide", "--epochs", "3"]))
+    wide = config_from_args(parser().parse_args(["train", "--recipe", "vgg_bn_wide", "--epochs", "3"]))
     assert wide.model == "vgg_bn" and wide.model_args == {"widths": [64, 128, 256]} and wide.epochs == 3
     assert wide.schedule == "cosine" and wide.monitor == "val_accuracy" and wide.batch_size == 128
-    lecture = config_from_args(_parser().parse_args(["train", "--recipe", "lecture"]))
+    lecture = config_from_args(parser().parse_args(["train", "--recipe", "lecture"]))
     assert (lecture.model, lecture.val_split, lecture.val_fraction, lecture.patience) == (
         "lecture_cnn",
         "last",

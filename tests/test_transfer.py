@@ -13,10 +13,10 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from cnn import TrainConfig, build_model, fit
-from cnn.data import DataSpec
-from cnn.results import restore_run
-from cnn.run_folder import RunNotFoundError
-from cnn.transfer import (
+from cnn.data.spec import DataSpec
+from cnn.errors import RunNotFoundError
+from cnn.runs.results import restore_run
+from cnn.studies.transfer import (
     format_counts,
     load_backbone,
     parameter_counts,
@@ -157,8 +157,8 @@ def test_tiny_few_shot_experiment(idx_dir, tmp_path, monkeypatch):
 
 
 def test_a_cut_backbone_counts_the_macs_of_the_layers_it_runs():
-    from cnn.models import model_summary
-    from cnn.summary import layer_rows
+    from cnn.models.registry import model_summary
+    from cnn.models.summary import layer_rows
 
     seed = {r.name: r.macs for r in layer_rows(build_model("seed_cnn"))}
     backbone = layer_rows(build_model("transfer"))[0]  # the seed CNN cut at pool2
@@ -172,7 +172,7 @@ def test_the_heads_outputs_must_fit_the_data():
 
 
 def test_a_cut_network_takes_train_as_every_model_does():
-    from cnn.applications import build
+    from cnn.models.applications.networks import build
 
     model, variables = build("mobilenet_v2", input_shape=(32, 32, 3), cut="block_2_add")
     x = np.zeros((2, 32, 32, 3), np.float32)

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn.assessment import calibration, classification_report
-from cnn.classify import read_images
-from cnn.cli import main
-from cnn.data import FASHION_MNIST
-from cnn.datasets import load_dataset
-from cnn.evaluation import predict
-from cnn.explain import grad_cam, input_gradients, smoothgrad, spatial_layers
-from cnn.results import finished_run
+from cnn.analysis.explain import grad_cam, input_gradients, smoothgrad, spatial_layers
+from cnn.analysis.scores import calibration, classification_report
+from cnn.cli.main import main
+from cnn.data.load import load_dataset
+from cnn.data.spec import FASHION_MNIST
+from cnn.engine.evaluation import predict
+from cnn.inference.predict import read_images
+from cnn.runs.results import finished_run
 from tests.processes import subprocess_env
 from tests.test_misuse import one_line_error
 
@@ -275,7 +275,7 @@ def test_explanations_of_a_run_and_of_an_application_network(run, capsys):
     np.testing.assert_allclose(grad_cam(state, images.astype(np.float32) / 255, "conv2"), cams, atol=1e-5)
     with pytest.raises(ValueError, match=r"'dense1' is no layer with feature maps; .* \['conv1', 'pool1'"):
         grad_cam(state, images, "dense1")
-    from cnn.applications import build
+    from cnn.models.applications.networks import build
 
     network = build("vgg16", input_shape=(32, 32, 3), cut="block2_pool")
     assert "base/block2_conv2" in spatial_layers(network, (32, 32, 3))
@@ -337,8 +337,8 @@ def test_an_exported_run_gives_the_same_logits_in_a_process_without_cnn(run, tmp
 def test_onnx_export_gives_the_same_logits_in_onnxruntime(model, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from cnn.config import TrainConfig
-    from cnn.export import export_onnx
-    from cnn.state import initial_state, model_variables
+    from cnn.engine.state import initial_state, model_variables
+    from cnn.inference.export import export_onnx
 
     state = initial_state(TrainConfig(model=model), FASHION_MNIST)
     path = export_onnx(state, tmp_path / f"{model}.onnx")

@@ -1,4 +1,5 @@
-"""Every picture of `cnn.viz` on a small trained model, the `viz` command, and their bad-input errors."""
+"""Every picture of `cnn.analysis.viz` on a small trained model, the `viz` command, and their bad-input
+errors."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cnn import CLASS_NAMES, TrainConfig, fit, viz
-from cnn.cli import main
-from cnn.evaluation import predict
-from cnn.results import restore_run
-from cnn.run_folder import RunNotFoundError
+from cnn import CLASS_NAMES, TrainConfig, fit
+from cnn.analysis import viz
+from cnn.cli.main import main
+from cnn.engine.evaluation import predict
+from cnn.errors import RunNotFoundError
+from cnn.runs.results import restore_run
 
 
 @pytest.fixture(scope="module")

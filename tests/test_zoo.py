@@ -10,16 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import TrainConfig, conv, fit
-from cnn.checkpoints import Checkpoints
-from cnn.evaluation import evaluate
-from cnn.layers import AvgPool, DepthwiseMaxPool, GlobalAvgPool, GlobalMaxPool, MaxPool, RandomShiftFlip
-from cnn.models import MODELS, build_model, check_model_args, check_model_name, default_input_shape
+from cnn import TrainConfig, fit
+from cnn.analysis.plots import plot_architecture
+from cnn.engine.evaluation import evaluate
+from cnn.engine.state import create_train_state, make_optimizer
+from cnn.engine.steps import train_step
+from cnn.models import conv
 from cnn.models.convnet import ConvBlock, convnet, convnet_shapes
-from cnn.plots import plot_architecture
-from cnn.state import create_train_state, make_optimizer
-from cnn.steps import train_step
-from cnn.summary import format_summary, layer_rows, totals
+from cnn.models.layers import AvgPool, DepthwiseMaxPool, GlobalAvgPool, GlobalMaxPool, MaxPool
+from cnn.models.preprocessing import RandomShiftFlip
+from cnn.models.registry import MODELS, build_model, check_model_name, default_input_shape
+from cnn.models.summary import format_summary, layer_rows, totals
+from cnn.runs.checkpoints import Checkpoints
+from cnn.train import check_run_config
 
 
 def conv_p(k, c_in, c_out, bias=True):
@@ -79,8 +82,9 @@ HAS_DROPOUT = {"seed_cnn", "homl_cnn", "convnet", "vgg_bn"}
 HAS_BATCH_NORM = {"vgg_bn", "wide_resnet"}
 
 
-# The famous ImageNet networks (cnn.applications) need larger colour inputs; tests/test_applications.py
-# checks them against Keras, and test_cli_trains_a_famous_network below trains one from the CLI.
+# The famous ImageNet networks (cnn.models.applications.networks) need larger colour inputs;
+# tests/test_applications.py checks them against Keras, and test_cli_trains_a_famous_network below trains one
+# from the CLI.
 FASHION_ZOO = sorted(name for name in MODELS if default_input_shape(name) == (28, 28, 1))
 FAMOUS = {"inception_v3", "vgg16", "resnet50", "mobilenet_v2"}
 
@@ -188,7 +192,7 @@ def test_summary_shapes_are_the_real_intermediate_shapes(zoo_model):
     name, model, variables = zoo_model
     x = jnp.ones((2, 28, 28, 1))
     _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
-    # A cut-short backbone (cnn.transfer) records its inner layers but no output of its own: skip it.
+    # A cut-short backbone (cnn.studies.transfer) records its inner layers but no output of its own: skip it.
     real = {
         k: v["__call__"][0].shape[1:]
         for k, v in state["intermediates"].items()
@@ -251,7 +255,7 @@ def test_convnet_choices_build_train_and_follow_output_size(downsample, head):
         mutable=["intermediates"],
     )
     inter = captured["intermediates"]
-    # The arithmetic of cnn.conv.output_size, block by block, against the real maps.
+    # The arithmetic of cnn.models.conv.output_size, block by block, against the real maps.
     h = 28
     for i, block in enumerate(blocks, start=1):
         h = conv.output_size(h, block.kernel, 2 if downsample == "strided_conv" else 1, block.padding)
@@ -306,11 +310,11 @@ def test_convnet_from_json_config_and_bad_keys():
     model = build_model(config.model, **config.model_args)
     assert model.blocks[0].downsample == "avg" and model.dense == (16,)
     with pytest.raises(ValueError, match=r"block 1: unknown keys \['filter'\]"):
-        check_model_args(TrainConfig(model="convnet", model_args={"blocks": [{"filter": 8}]}))
+        check_run_config(TrainConfig(model="convnet", model_args={"blocks": [{"filter": 8}]}))
     with pytest.raises(ValueError, match="head"):
-        check_model_args(TrainConfig(model="convnet", model_args={"head": "attention"}))
+        check_run_config(TrainConfig(model="convnet", model_args={"head": "attention"}))
     with pytest.raises(ValueError, match="model_args: mlp does not take"):
-        check_model_args(TrainConfig(model="mlp", model_args={"hiden": [10]}))
+        check_run_config(TrainConfig(model="mlp", model_args={"hiden": [10]}))
 
 
 # ------------------------------------------------------------------------------------------------ layers
@@ -404,7 +408,7 @@ def test_unknown_model_suggests_the_closest_name():
 
 @pytest.mark.parametrize("name", FASHION_ZOO)
 def test_cli_trains_every_model(name, idx_dir, tmp_path, capsys):
-    from cnn.cli import main
+    from cnn.cli.main import main
 
     code = main(
         [
@@ -432,7 +436,7 @@ def test_cli_trains_every_model(name, idx_dir, tmp_path, capsys):
 
 
 def test_cli_trains_a_famous_network_from_scratch(idx_dir, tmp_path, capsys):
-    from cnn.cli import main
+    from cnn.cli.main import main
 
     args = ["train", "--model", "mobilenet_v2", "--source-dir", str(idx_dir)]
     args += ["--data-dir", str(tmp_path / "tfds"), "--epochs", "1", "--limit-train", "32"]
@@ -445,7 +449,7 @@ def test_cli_trains_a_famous_network_from_scratch(idx_dir, tmp_path, capsys):
 
 
 def test_cli_summary_with_plot(tmp_path, capsys):
-    from cnn.cli import main
+    from cnn.cli.main import main
 
     assert main(["summary", "--model", "vgg_bn", "--plot", str(tmp_path / "vgg.png")]) == 0
     out = capsys.readouterr().out
@@ -477,7 +481,7 @@ def test_summary_counts_agree_with_flax_tabulate(name):
     """The summary's parameters equal flax.linen.tabulate's; its MACs are the multiply-adds behind
     tabulate's (XLA's) flops: 2 per MAC, plus at most a bias and an activation per output, less the taps
     that fall on 'same' padding (which XLA does not count)."""
-    from cnn.summary import layer_rows, totals
+    from cnn.models.summary import layer_rows, totals
 
     model = build_model(name)
     rows = layer_rows(model)

@@ -12,9 +12,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from cnn.conv import output_size
-from cnn.data import FASHION_MNIST
-from cnn.layers import (
+from cnn.data.spec import FASHION_MNIST
+from cnn.errors import ArchitectureError
+from cnn.models.conv import output_size
+from cnn.models.layers import (
     AvgPool,
     Conv2D,
     Dense,
@@ -23,10 +24,9 @@ from cnn.layers import (
     Flatten,
     GlobalAvgPool,
     MaxPool,
-    RandomRotation,
-    RandomShiftFlip,
     activation,
 )
+from cnn.models.preprocessing import RandomRotation, RandomShiftFlip
 
 DOWNSAMPLE = ("max", "avg", "none", "strided_conv", "depthwise_max", "depthwise_avg")
 CONVNET_HEADS = ("flatten_dense", "global_avg")  # what follows the conv blocks
@@ -50,10 +50,6 @@ class ConvBlock:
     downsample: str = "max"
     pool: int = 2
     convs: int = 1
-
-
-class ArchitectureError(ValueError):
-    """Layers that do not fit together: a map shrinking to nothing, a kernel larger than its input."""
 
 
 def as_blocks(blocks: Sequence[ConvBlock | Mapping[str, Any]]) -> tuple[ConvBlock, ...]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from cnn.layers import AvgPool, Conv2D, Dense, Flatten, MaxPool
+from cnn.models.layers import AvgPool, Conv2D, Dense, Flatten, MaxPool
 
 
 class SeedCNN(nn.Module):

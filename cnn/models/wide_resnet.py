@@ -11,7 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnn.layers import Conv2D, Dense, GlobalAvgPool
+from cnn.models.layers import Conv2D, Dense, GlobalAvgPool
 
 HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
