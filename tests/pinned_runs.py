@@ -17,7 +17,7 @@ from cnn import TrainConfig, fit, fit_seeds
 try:
     from cnn.data.fashion_mnist import SPLIT_FILES, load_fashion_mnist
 except ImportError:  # the code of 87cde3a
-    from cnn.data.spec import SPLIT_FILES, load_fashion_mnist
+    from cnn.data import SPLIT_FILES, load_fashion_mnist
 
 RUNS = {
     "seed_cnn": dict(epochs=2, patience=10),

@@ -26,7 +26,7 @@ from tests.processes import ROOT, subprocess_env
 BEFORE = "87cde3a"
 
 
-def _unpack(commit: str, dest: Path) -> Path:
+def unpack(commit: str, dest: Path) -> Path:
     """The package of `commit` (from this checkout's git history) unpacked into `dest`."""
     dest.mkdir()
     archive = dest / "code.tar"
@@ -57,7 +57,7 @@ def _train(code_root: Path, out: Path) -> dict:
 
 @pytest.mark.slow
 def test_training_is_number_for_number_what_it_was(tmp_path):
-    before = _train(_unpack(BEFORE, tmp_path / "before"), tmp_path / "before.json")
+    before = _train(unpack(BEFORE, tmp_path / "before"), tmp_path / "before.json")
     now = _train(ROOT, tmp_path / "now.json")
     assert set(now) == set(before)
     for name in before:
@@ -68,7 +68,7 @@ def test_training_is_number_for_number_what_it_was(tmp_path):
 def test_a_run_of_the_earlier_code_resumes_with_this_one(tmp_path):
     """Checkpoints written before the state grew its recipe parts restore into this code's state."""
     tiny_data(tmp_path / "idx")
-    old = _unpack(BEFORE, tmp_path / "before")
+    old = unpack(BEFORE, tmp_path / "before")
     args = [
         "-m", "cnn", "train", "--source-dir", str(tmp_path / "idx"), "--data-dir", str(tmp_path / "tfds"),
         "--workdir", str(tmp_path / "run"), "--limit-train", "256", "--batch-size", "32",

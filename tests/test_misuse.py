@@ -199,7 +199,7 @@ def test_a_read_only_workdir_is_one_line(idx_dir, prepared):
 def hold_lock(workdir: Path) -> subprocess.Popen:
     """Another process holding `workdir`'s run lock (as a run in progress does)."""
     code = (
-        "import sys, time\nfrom cnn.runs.folder import workdir_lock\n"
+        "import sys, time\nfrom cnn.runs.lock import workdir_lock\n"
         f"with workdir_lock({str(workdir)!r}):\n    print('locked', flush=True)\n    time.sleep(120)"
     )
     holder = subprocess.Popen(
