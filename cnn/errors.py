@@ -80,6 +80,12 @@ class TuneError(ValueError):
     """A search that cannot run: a malformed space, an unknown field, a bad budget."""
 
 
+class StorageError(ValueError):
+    """A `--storage` database that cannot serve a sweep or study: unreachable (the message names host and
+    port), its driver missing, made by another Optuna version, or holding this sweep or study with another
+    definition (the message names what differs)."""
+
+
 class ExperimentError(ValueError):
     """An experiment that is not there (names the ones that are)."""
 

@@ -46,7 +46,7 @@ FLOORS = {
                  {"analysis.viz"},
                  {"analysis.report"}],
     "inference": [{"inference", "inference.predict", "inference.export"}],
-    "studies": [{"studies", "studies.grid", "studies.grouping", "studies.transfer"},
+    "studies": [{"studies", "studies.grid", "studies.grouping", "studies.queue", "studies.transfer"},
                 {"studies.bench", "studies.space", "studies.tables"},
                 {"studies.overhead", "studies.sweep", "studies.tune"},
                 {"studies.scripts"}],

@@ -19,6 +19,36 @@ def add(sub: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ sweep
+def storage_flags(parser: Any, what: str, **given: Any) -> None:
+    """--storage URL and --heartbeat SECONDS (docs/how-to/many-machines.md)."""
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"a database ({what}): postgresql://USER:PASSWORD@HOST:5432/DB, mysql://..., sqlite:///FILE",
+        **given,
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        metavar="SECONDS",
+        help="with --storage: how often a worker says it is alive; one silent for 3 beats is taken for dead "
+        "and its run resumed by another (default 10)",
+        **given,
+    )
+
+
+def check_storage(args: argparse.Namespace) -> None:
+    """Refuses an unreachable --storage (one line naming host and port) or a bad --heartbeat, before any
+    data is read."""
+    from cnn.errors import StorageError
+    from cnn.studies.queue import connect
+
+    if getattr(args, "heartbeat", None) is not None and not args.heartbeat > 0:
+        raise StorageError(f"--heartbeat: expected seconds > 0, got {args.heartbeat}")
+    if getattr(args, "storage", None):
+        connect(args.storage).dispose()
+
+
 def add_sweep(sub: Any) -> None:
     sweep = sub.add_parser("sweep", help="train a grid of configs, several seeds each")
     sweep.add_argument(
@@ -37,6 +67,10 @@ def add_sweep(sub: Any) -> None:
     sweep.add_argument("--seeds", type=int, default=3)
     together_flag(sweep, default="auto")
     sweep.add_argument("--out", type=Path, required=True)
+    storage_flags(sweep, "the sweep's runs as a queue that workers on several machines share")
+    sweep.add_argument(
+        "--collect", action="store_true", help="train nothing: write the tables and plots of the runs there"
+    )
     add_config_flags(sweep.add_argument_group("the data set of every run"), only=DATA_FIELDS)
     data_location_flags(sweep)
     no_compile_cache_flag(sweep)
@@ -64,8 +98,12 @@ def run_sweep(args: argparse.Namespace) -> None:
     variants = grid.grid_variants(lists, "zip" if args.zip else "product")
     base = {**sweep.data_fields(args), **args.base}
     grid.resolve(base, variants)  # every error before the data is loaded
+    check_storage(args)
     splits = sweep.sweep_data(base, args.data_dir, args.source_dir)
-    rows = sweep.run_sweep(base, variants, list(range(args.seeds)), splits, args.out, together=args.together)
+    rows = sweep.run_sweep(
+        base, variants, list(range(args.seeds)), splits, args.out, together=args.together,
+        storage=args.storage, heartbeat=args.heartbeat or 10.0, collect_only=args.collect,
+    )  # fmt: skip
     print(tables.markdown_table(rows))
     sweep.check_finished(rows, variants)
 
@@ -152,6 +190,7 @@ def report_study(args: argparse.Namespace, base: dict[str, Any], direction: str)
 
 # ------------------------------------------------------------------------------------------ experiments
 EXPERIMENT_FLAGS = ("epochs", "seeds", "limit_train", "together", "data_dir", "source_dir", *DATA_FIELDS)
+EXPERIMENT_FLAGS += ("storage", "heartbeat")
 
 
 def default_experiments() -> str:
@@ -179,6 +218,7 @@ def add_experiments(sub: Any) -> None:
     together_flag(experiments, **given)
     experiments.add_argument("--data-dir", help="tfds data dir", **given)
     experiments.add_argument("--source-dir", help="folder with the Fashion-MNIST IDX files", **given)
+    storage_flags(experiments, "each experiment's runs as a queue shared by workers", **given)
     add_config_flags(experiments.add_argument_group("the data set"), only=DATA_FIELDS)
     no_compile_cache_flag(experiments)
     experiments.set_defaults(run=run_experiments)
@@ -190,6 +230,7 @@ def run_experiments(args: argparse.Namespace) -> None:
 
     if hasattr(args, "together"):
         check_together(args.together)
+    check_storage(args)
     forwarded = []
     for name in EXPERIMENT_FLAGS:
         if hasattr(args, name):

@@ -21,6 +21,7 @@ from cnn.data.spec import Splits
 from cnn.engine import costs
 from cnn.errors import ExperimentError, RunsFailed, SweepError
 from cnn.studies.grid import Variant, resolve
+from cnn.studies.queue import connect
 from cnn.studies.sweep import TOGETHER, check_finished, data_fields, run_sweep, sweep_data
 from cnn.studies.tables import markdown_table
 
@@ -105,6 +106,8 @@ def experiment_parser(
         help="seeds in one vmapped program (its convolutions grouped, or as batched matmuls), or one after "
         "another (auto: the fastest measured)",
     )
+    parser.add_argument("--storage", default=None, metavar="URL", help="a database: the runs as one queue")
+    parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS", help="with --storage")
     return parser
 
 
@@ -117,8 +120,14 @@ def run_experiment(
     base = {**data_fields(args), "epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
     resolve(base, variants)  # fail on a bad definition before loading any data
     out = args.out or Path(__file__).resolve().parents[2] / "experiments" / "results" / name
+    storage = getattr(args, "storage", None)
+    if storage:
+        connect(storage).dispose()  # an unreachable database refused before any data is read
     splits = sweep_data(base, args.data_dir, args.source_dir)
-    rows = run_sweep(base, variants, list(range(args.seeds)), splits, out, together=args.together)
+    rows = run_sweep(
+        base, variants, list(range(args.seeds)), splits, out, together=args.together, storage=storage,
+        heartbeat=getattr(args, "heartbeat", 10.0),
+    )  # fmt: skip
     print(markdown_table(rows))
     try:
         check_finished(rows, variants)

@@ -74,11 +74,16 @@ def run_sweep(
     splits: Splits,
     out: str | Path,
     together: str = "auto",
+    storage: str | None = None,
+    heartbeat: float = 10.0,
+    collect_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs every variant for every seed (skipping finished runs) and writes the sweep's tables and plots.
 
     `together`: how runs train, see `seeds_mode`: vmapped, the seeds of a variant and the variants that
-    differ only in learning rate or weight decay are one program."""
+    differ only in learning rate or weight decay are one program. `storage`: a database URL whose queue
+    this process shares with the sweep's other workers (`run_queued`); the tables are written by the one
+    that sees every run done. `collect_only`: no training, the tables of the runs there."""
     out = Path(out)
     configs = resolve(base, variants)  # every error before any training
     if not seeds:
@@ -94,7 +99,13 @@ def run_sweep(
         for s in seeds
     }
     out.mkdir(parents=True, exist_ok=True)
-    for group in together_groups(variants, configs):
+    writes = True
+    if storage is not None and not collect_only:
+        definition = {"base": base, "variants": {v.name: v.overrides for v in variants}, "seeds": list(seeds)}
+        definition |= {"together": together, "data": splits.spec.to_dict()}
+        parts = queue_parts(variants, configs, seeds, together)
+        writes = run_queued(storage, heartbeat, definition, parts, variants, configs, splits, out, together)
+    for group in [] if storage is not None or collect_only else together_groups(variants, configs):
         runs = [
             (variants[i], dataclasses.replace(configs[i], seed=s), out / variants[i].name / f"seed{s}")
             for i in group
@@ -109,9 +120,61 @@ def run_sweep(
             _train_group(runs, splits, mode)
     rows = collect(out, variants, configs, seeds, splits.spec)
     rows += earlier_rows(out, {r["variant"] for r in rows})
-    write_tables(rows, out)
-    plot_sweep(rows, out)
+    if writes:
+        write_tables(rows, out)
+        plot_sweep(rows, out)
     return rows
+
+
+def queue_parts(
+    variants: Sequence[Variant], configs: Sequence[TrainConfig], seeds: Sequence[int], together: str
+) -> list[list[tuple[int, int]]]:
+    """The sweep's runs as the queue's items, (variant index, seed) each: every run on its own with
+    `--together sequential`, else each group that trains as one program (`together_groups`) whole."""
+    groups = together_groups(variants, configs)
+    if together == "sequential":
+        return [[(i, s)] for group in groups for i in group for s in seeds]
+    return [[(i, s) for i in group for s in seeds] for group in groups]
+
+
+def run_queued(
+    storage: str,
+    heartbeat: float,
+    definition: dict[str, Any],
+    parts: list[list[tuple[int, int]]],
+    variants: Sequence[Variant],
+    configs: Sequence[TrainConfig],
+    splits: Splits,
+    out: Path,
+    together: str,
+) -> bool:
+    """This worker's share of a sweep whose runs are a queue in the database `storage` (`cnn.studies.queue`,
+    the sweep named after the `out` folder): it claims items until every one is done, a silent worker's
+    resumed from its checkpoints; a signal releases the item in progress (its epoch saved) for another
+    worker. Returns whether this worker writes the tables (every run done, and no other worker took it)."""
+    from cnn.studies.queue import Queue
+
+    work = Queue(storage, out.name, heartbeat)
+    keys = [json.dumps([[variants[i].name, s] for i, s in part]) for part in parts]
+    work.define(definition, keys)  # a worker of another sweep definition is refused here
+    part_of = dict(zip(keys, parts, strict=True))
+    for key in work.claims():
+        runs = [
+            (variants[i], dataclasses.replace(configs[i], seed=s), out / variants[i].name / f"seed{s}")
+            for i, s in part_of[key]
+        ]
+        runs = [r for r in runs if not reusable(r[2], r[1], splits.spec)]
+        print(f"[{work.worker}] claimed {', '.join(f'{v.name}/seed{c.seed}' for v, c, _ in runs) or key}")
+        try:
+            with work.holding(key):
+                if runs:
+                    _train_group(runs, splits, seeds_mode(together, runs[0][1], splits.spec, len(runs)))
+        except BaseException:  # a signal, Ctrl-C or a crash: the item back to the queue, epochs kept
+            work.release(key)
+            raise
+        if not work.finish(key):
+            print(f"[{work.worker}] {key}: another worker had taken it over; its result stands")
+    return work.take_collect()
 
 
 def check_finished(rows: Sequence[dict[str, Any]], variants: Sequence[Variant]) -> None:
