@@ -130,7 +130,7 @@ def add_tune(sub: Any) -> None:
     tune.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
     tune.add_argument("--pruner", default="median", choices=["median", "none"])
     tune.add_argument("--seed", type=int, default=None, help="of the sampler (default: random)")
-    tune.add_argument("--study", default="cnn", help="the study's name in the journal")
+    tune.add_argument("--study", default="cnn", help="the study's name in the journal (or the database)")
     tune.add_argument(
         "--workers",
         type=int,
@@ -140,6 +140,7 @@ def add_tune(sub: Any) -> None:
     )
     tune.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # set for those it starts
     tune.add_argument("--out", type=Path, required=True, help="the journal, trials and plots")
+    storage_flags(tune, "the study in Optuna's RDB storage instead of the journal in --out")
     add_config_flags(tune.add_argument_group("the data set of every trial"), only=DATA_FIELDS)
     data_location_flags(tune)
     no_compile_cache_flag(tune)
@@ -148,7 +149,7 @@ def add_tune(sub: Any) -> None:
 
 def run_tune(args: argparse.Namespace) -> None:
     from cnn.errors import StudyInterrupted, TuneError
-    from cnn.studies import space, tune
+    from cnn.studies import space, storage, tune
     from cnn.studies.sweep import data_fields, sweep_data
 
     dims = space.read_space(args.space, args.space_file)
@@ -156,17 +157,24 @@ def run_tune(args: argparse.Namespace) -> None:
         raise TuneError(f"--trials and --workers: expected at least 1, got {args.trials} and {args.workers}")
     base = {**data_fields(args), **args.base}
     space.check_search(base, dims)  # every error before the data is loaded
-    tune.check_journal(args.out / tune.JOURNAL, args.study)
+    if args.storage is None:
+        storage.check_journal(args.out / storage.JOURNAL, args.study)
+    check_storage(args)
     splits = sweep_data(base, args.data_dir, args.source_dir)  # prepared once, before any worker starts
+    heartbeat = args.heartbeat or 10.0
     direction = "minimize" if TrainConfig(**base).monitor == "val_loss" else "maximize"
     study = tune.open_study(
-        args.out, args.study, direction, args.sampler, args.pruner, args.seed, args.worker
-    )
+        args.out, args.study, direction, args.sampler, args.pruner, args.seed, args.worker, args.storage,
+        heartbeat,
+    )  # fmt: skip
+    searched = {d.path: f"{d.kind}{list(d.args)}" for d in dims}
+    storage.check_study(study, direction, searched, base)  # a study of another search refused
     if args.workers > 1:  # this process starts them, passes a signal on, waits and reports
         tune.run_workers(tune.without_workers(args.argv), args.workers, args.out)
     else:
         try:
-            tune.search(study, base, dims, splits, args.out, args.trials, args.timeout)
+            wait = heartbeat if args.storage else None  # then waits for the others' trials (or retries them)
+            tune.search(study, base, dims, splits, args.out, args.trials, args.timeout, wait)
         except StudyInterrupted as e:
             if args.worker:  # the process that started it says so, once
                 sys.exit(e.exit_code)
@@ -179,7 +187,17 @@ def report_study(args: argparse.Namespace, base: dict[str, Any], direction: str)
     from cnn.errors import RunsFailed
     from cnn.studies import tune
 
-    study = tune.open_study(args.out, args.study, direction, args.sampler, args.pruner, None)
+    study = tune.open_study(
+        args.out,
+        args.study,
+        direction,
+        args.sampler,
+        args.pruner,
+        None,
+        0,
+        args.storage,
+        args.heartbeat or 10,
+    )
     for path in tune.write_report(study, args.out):
         print(path)
     if not [t for t in study.trials if t.state.name == "COMPLETE"]:

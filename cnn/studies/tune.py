@@ -1,7 +1,9 @@
 """Adaptive hyper-parameter search with Optuna: a search space of config fields, TPE (or random) sampling,
 pruning on the monitored validation metric after every epoch, every trial a normal run folder, and the study
 in a journal file in the output folder, so the same command started in several processes (or on several
-machines sharing the folder) works on one study without a database server.
+machines sharing the folder) works on one study without a database server; or, with `--storage URL`, in
+Optuna's RDB storage (PostgreSQL, MySQL, SQLite), whose heartbeats fail the trial of a worker that died and
+try it again, resumed from its folder's last saved epoch.
 
     python -m cnn tune --space 'lr=loguniform(1e-4,1e-2)' --space 'batch_size=choice(32,64,128)' \\
         --space 'model_args.dropout_rate=uniform(0,0.6)' --trials 20 --workers 2 --out runs/tune
@@ -10,7 +12,6 @@ machines sharing the folder) works on one study without a database server.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -21,19 +22,34 @@ from pathlib import Path
 from typing import Any
 
 from cnn.data.spec import Splits
-from cnn.errors import Interrupted, StudyInterrupted, TrainingDiverged, TrainingFailed, TuneError
+from cnn.errors import (
+    Interrupted,
+    StudyInterrupted,
+    TrainingDiverged,
+    TrainingFailed,
+    TuneError,
+)
 from cnn.studies.space import Dimension, trial_config
+from cnn.studies.storage import JOURNAL, check_journal, other_study, rdb_storage
 from cnn.train import fit
 
-JOURNAL = "study.journal"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def open_study(
-    out: Path, name: str, direction: str, sampler: str, pruner: str, seed: int | None, worker: int = 0
+    out: Path,
+    name: str,
+    direction: str,
+    sampler: str,
+    pruner: str,
+    seed: int | None,
+    worker: int = 0,
+    url: str | None = None,
+    heartbeat: float = 10.0,
 ) -> Any:
-    """The study in `out/study.journal` (created, or joined when another process made it); its trials
-    left running by a killed worker of this host are marked failed and queued again (`recover`). The
+    """The study in `out/study.journal`, or in the database at `url` (`rdb_storage`), created or joined when
+    another process made it; in the journal, its trials left running by a killed worker of this host are
+    marked failed and queued again (`recover`; the database's heartbeats do that for any host). The
     sampler's seed is drawn from `seed`, the `worker` number and the trials already there, so that workers
     and reruns do not draw the points drawn before."""
     import numpy as np
@@ -43,8 +59,11 @@ def open_study(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the trials are reported here, not in its log lines
     out.mkdir(parents=True, exist_ok=True)
-    check_journal(out / JOURNAL, name)
-    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    if url is not None:
+        storage = rdb_storage(url, heartbeat)
+    else:
+        check_journal(out / JOURNAL, name)
+        storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     pruners = {
         # Optuna's default start (5 finished trials first), and never on one epoch's evidence alone
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
@@ -54,56 +73,16 @@ def open_study(
         study_name=name, storage=storage, load_if_exists=True, direction=direction, pruner=pruners[pruner]()
     )
     first = storage.get_all_studies()[0].study_name
-    if first != name:  # another name was created in the same moment: the first one keeps the folder
+    if url is None and first != name:  # another name made in the same moment: the first keeps the folder
         storage.delete_study(study._study_id)
         raise TuneError(other_study(out, first, name))
-    recover(study, storage)
+    if url is None:
+        recover(study, storage)
     if seed is not None:
         seed = int(np.random.SeedSequence([seed, worker, len(study.trials)]).generate_state(1)[0])
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     study.sampler = samplers[sampler](seed=seed)
     return study
-
-
-def check_journal(path: Path, name: str | None = None) -> None:
-    """Refuses, before Optuna reads or appends anything, a journal whose complete lines are not all JSON
-    objects (a damaged file, or not a journal), or one of another study than `name` (its trial folders and
-    report would mix with this one's): TuneError naming the file and the line, or both studies."""
-    if not path.exists():
-        return
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TuneError(
-            f"{path}: not a readable Optuna journal ({e}); move it away or give another --out"
-        ) from None
-    for number, line in enumerate(text.splitlines(keepends=True), 1):
-        if not line.endswith("\n") or not line.strip():  # a line still being written by another process
-            continue
-        try:
-            ok = isinstance(json.loads(line), dict)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise TuneError(
-                f"{path}: line {number} is not an Optuna journal record (the file is damaged, or not a "
-                "journal); nothing was written to it: move it away or give another --out"
-            )
-    if name is not None:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        names = [s.study_name for s in JournalStorage(JournalFileBackend(str(path))).get_all_studies()]
-        if names and names[0] != name:
-            raise TuneError(other_study(path.parent, names[0], name))
-
-
-def other_study(out: Path, holder: str, name: str) -> str:
-    """Why study `name` may not go into `out`, which holds study `holder`, and the fix."""
-    return (
-        f"--out {out} holds the study {holder!r} (its journal, trial folders and trials.md); study {name!r} "
-        f"needs a folder of its own: give another --out, or --study {holder} to continue that one"
-    )
 
 
 def recover(study: Any, storage: Any) -> list[int]:
@@ -123,7 +102,8 @@ def recover(study: Any, storage: Any) -> list[int]:
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:  # another process starting at the same time recovered it
                 continue
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            folder = trial.user_attrs.get("folder", f"trial-{trial.number:04d}")
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "folder": folder})
             print(
                 f"Trial {trial.number}: its worker (PID {owner['pid']}) is gone; marked failed, queued again"
             )
@@ -178,10 +158,13 @@ def objective(
 ):
     """Optuna's objective: one trial is one run in `out/trial-NNNN`, its monitored validation metric
     reported after every epoch (the pruner may stop it there: its folder stays a resumable run). A trial
-    stopped by a signal (after its epoch in progress) is marked failed and its point queued again."""
+    stopped by a signal (after its epoch in progress) is marked failed and its point queued again; the
+    trial that tries a point again resumes the folder of the first (its `folder` attribute)."""
     import optuna
 
     def run(trial: optuna.Trial) -> float:
+        folder = trial.user_attrs.get("folder", f"trial-{trial.number:04d}")
+        trial.set_user_attr("folder", folder)
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         config = trial_config(base, {d.path: d.suggest(trial) for d in dims})
 
@@ -194,14 +177,14 @@ def objective(
             if signals is not None and signals.signum is not None:  # came while this trial was sampled
                 raise StudyInterrupted(signals.signum, out)
             with signals.training() if signals is not None else contextlib.nullcontext():
-                results = fit(config, splits, out / f"trial-{trial.number:04d}", on_epoch_end=report)
+                results = fit(config, splits, out / folder, on_epoch_end=report)
         except (TrainingDiverged, TrainingFailed) as e:  # recorded as failed; the study goes on
             print(f"Trial {trial.number} failed: {e}", flush=True)
             raise
         except (Interrupted, KeyboardInterrupt) as e:  # its epochs are saved; the point is tried again
             stopped = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
             trial.set_user_attr("stopped", stopped)
-            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "folder": folder})
             raise
         trial.set_user_attr("test_accuracy", results["test_accuracy"])
         return results[config.monitor]  # minimised (val_loss) or maximised (val_accuracy)
@@ -246,14 +229,17 @@ def trials_table(study: Any) -> str:
         "| trial | state | value | test accuracy | epochs | " + " | ".join(names) + " |",
         "|---|---|---|---|---|" + "---|" * len(names),
     ]
+    silent = {t.system_attrs.get("failed_trial") for t in study.trials}  # failed by the heartbeat, retried
     for t in study.trials:
         value = "" if t.value is None else f"{t.value:.4f}"
         test = t.user_attrs.get("test_accuracy")
         params = " | ".join(_short(t.params.get(n, "")) for n in names)
         epochs = max(t.intermediate_values, default=0)
         test_text = "" if test is None else f"{test:.4f}"
-        state = t.state.name.lower() + (
-            f" ({t.user_attrs['stopped']}, queued again)" if "stopped" in t.user_attrs else ""
+        state = (
+            t.state.name.lower()
+            + (f" ({t.user_attrs['stopped']}, queued again)" if "stopped" in t.user_attrs else "")
+            + (" (its worker fell silent, queued again)" if t.number in silent else "")
         )
         lines.append(f"| {t.number} | {state} | {value} | {test_text} | {epochs} | {params} |")
     return "\n".join(lines)
@@ -313,23 +299,42 @@ def counted_trials(study: Any) -> list[Any]:
     again (a lost worker's, an interrupted one's), whose point a waiting trial tries again."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried |= {t.system_attrs.get("failed_trial") for t in trials}  # failed by the storage's heartbeat
     return [t for t in trials if t.number not in retried and t.state.name != "WAITING"]
 
 
 def run_study(
-    study: Any, run: Any, trials: int, timeout: float | None, signals: TrialSignals | None = None
+    study: Any,
+    run: Any,
+    trials: int,
+    timeout: float | None,
+    signals: TrialSignals | None = None,
+    wait: float | None = None,
 ) -> None:
     """Trials until the study holds `trials` of them (counting every process's, `counted_trials`),
     `timeout` seconds pass or a signal came between trials (`signals`); a diverged or failed trial is
-    recorded as failed and the search goes on."""
+    recorded as failed and the search goes on. `wait` (a storage with heartbeats): while other workers'
+    trials run, look every `wait` seconds for one whose worker fell silent, and try it again here."""
+    import time
+
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    def stopped() -> bool:
+        return signals is not None and signals.signum is not None
 
     def enough(study: Any, trial: Any) -> None:
-        if len(counted_trials(study)) >= trials or (signals is not None and signals.signum is not None):
+        if len(counted_trials(study)) >= trials or stopped():
             study.stop()
 
-    if len(counted_trials(study)) >= trials:
-        return
-    study.optimize(run, timeout=timeout, callbacks=[enough], catch=(TrainingDiverged, TrainingFailed))
+    while True:
+        if len(counted_trials(study)) < trials and not stopped():
+            study.optimize(run, timeout=timeout, callbacks=[enough], catch=(TrainingDiverged, TrainingFailed))
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if wait is None or timeout is not None or stopped() or not running:
+            return
+        time.sleep(wait)
+        fail_stale_trials(study)  # a silent worker's trial failed, and queued again to be resumed here
 
 
 def search(
@@ -340,12 +345,13 @@ def search(
     out: Path,
     trials: int,
     timeout: float | None,
+    wait: float | None = None,
 ) -> None:
     """The trials of this process (`run_study` of `objective`); SIGTERM or SIGINT stops them after the
     epoch in progress, that trial failed and queued again (StudyInterrupted)."""
     with TrialSignals() as signals:
         try:
-            run_study(study, objective(base, dims, splits, out, signals), trials, timeout, signals)
+            run_study(study, objective(base, dims, splits, out, signals), trials, timeout, signals, wait)
         except Interrupted as e:
             raise StudyInterrupted(e.signum, out) from None
         except KeyboardInterrupt:  # SIGINT while a trial was starting or ending, outside its epochs
