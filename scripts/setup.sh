@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-time set-up, safe to re-run: a virtual environment in .venv with the package, its dev, photos and onnx extras,
+# One-time set-up, safe to re-run: a virtual environment in .venv with the package, its dev, photos, onnx and cluster
+# extras, PostgreSQL's server (for the tests of sweeps across machines),
 # and the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist where apt is available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,9 +12,17 @@ fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[dev,photos,onnx]'
+    .venv/bin/python -m pip install --quiet -e '.[dev,photos,onnx,cluster]'
     rm -f .venv/.installed-*
     touch "$stamp"
+fi
+
+# A PostgreSQL server for the tests of sweeps and studies across machines (tests/test_cluster.py)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    pg_sudo=""
+    [ "$(id -u)" = 0 ] || pg_sudo="sudo -n"
+    { $pg_sudo apt-get update -qq && $pg_sudo apt-get install -y -qq postgresql >/dev/null; } ||
+        echo "PostgreSQL could not be installed: the tests that need its server are skipped."
 fi
 
 system_dir=/usr/share/datasets/fashion-mnist

@@ -233,18 +233,19 @@ def test_two_workers_share_a_sweep_and_the_killed_ones_run_is_resumed(idx_dir, p
     queue = Queue(database, out.name)
     held = {}
 
-    def first_is_in_its_second_epoch() -> bool:
+    def first_saved_its_first_epoch() -> bool:
         mine = [
             k for k, s in queue.states().items() if s["owners"] == [f"{socket.gethostname()}:{first.pid}"]
         ]
         folders = [out / v / f"seed{s}" for k in mine for v, s in json.loads(k)]
         held.update(folders=folders, key=mine[0] if mine else None)
-        return any((f / "history.json").exists() for f in folders)
+        return any((f / "checkpoints" / "1").is_dir() for f in folders)  # epoch 1 saved (renamed when whole)
 
     second = start_worker(args, env, tmp_path / "second.log")
-    wait_for(first_is_in_its_second_epoch, first, tmp_path / "first.log")
+    wait_for(first_saved_its_first_epoch, first, tmp_path / "first.log")
     first.send_signal(signal.SIGKILL)
     first.wait()
+    assert not any((f / "checkpoints" / "2").exists() for f in held["folders"])  # killed in its 2nd epoch
     assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
     log = (tmp_path / "second.log").read_text()
     states = queue.states()
@@ -286,7 +287,8 @@ def test_ctrl_c_on_a_worker_stops_it_and_releases_its_run(idx_dir, prepared, tmp
     history = json.loads((out / "lr=0.001" / "seed0" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     (state,) = Queue(url, out.name).states().values()
-    assert state == {"state": DONE, "claims": 2, "owners": [state["owners"][0]] * 2}  # this process twice
+    host = socket.gethostname()
+    assert state == {"state": DONE, "claims": 2, "owners": [f"{host}:{worker.pid}", f"{host}:{os.getpid()}"]}
 
 
 @pytest.mark.slow
@@ -304,10 +306,11 @@ def test_two_tune_workers_on_postgresql_retry_a_killed_workers_trial_from_its_ep
     args += ["--storage", database, "--heartbeat", "1"]
     env = slowed(tmp_path, 1.0)
     first = start_worker(args, env, tmp_path / "first.log")
-    wait_for(lambda: (out / "trial-0000" / "history.json").exists(), first, tmp_path / "first.log")
+    wait_for(lambda: (out / "trial-0000" / "checkpoints" / "1").is_dir(), first, tmp_path / "first.log")
     second = start_worker(args, env, tmp_path / "second.log")
     first.send_signal(signal.SIGKILL)
     first.wait()
+    assert not (out / "trial-0000" / "checkpoints" / "2").exists()  # killed in its second epoch
     assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
     study = optuna.load_study(study_name="cnn", storage=database_url(database))
     trials = study.trials
