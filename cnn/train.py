@@ -59,11 +59,9 @@ def fit(
       overwrite: delete a run with a different config found in `workdir` instead of refusing.
       on_epoch_end: called after each epoch (and its checkpoint) with the epoch and its metrics.
       init_state: start from this state (e.g. pretrained, with a freezing optimizer; see
-      `cnn.studies.transfer`)
-        instead of a fresh one.
-      mesh: a `jax.sharding.Mesh` with a `data` axis (see `cnn.engine.devices.data_mesh`): batches split over
-      its
-        devices, parameters replicated. None (or a one-device mesh): the plain one-device path.
+        `cnn.studies.transfer`) instead of a fresh one.
+      mesh: a `jax.sharding.Mesh` with a `data` axis (see `cnn.engine.devices.data_mesh`): batches split
+        over its devices, parameters replicated. None (or a one-device mesh): the plain one-device path.
     Returns:
       The results dictionary also written to `workdir/results.json` (metrics of the best epoch's weights).
     Raises:

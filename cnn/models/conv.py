@@ -128,7 +128,8 @@ def conv2d_reference(
       x: `(H, W)` or `(H, W, C_in)`.
       kernel: `(kh, kw)` (one filter, applied to a one-channel image) or `(kh, kw, C_in, C_out)`.
       bias: `(C_out,)` or None.
-      stride, dilation: an int or a (rows, columns) pair.
+      stride: an int or a (rows, columns) pair.
+      dilation: an int or a (rows, columns) pair.
       padding: 'valid', 'same' (TensorFlow/Keras rules), an int, or ((top, bottom), (left, right)).
     Returns:
       `(H_out, W_out)` for a 2-D kernel, else `(H_out, W_out, C_out)`, float64.
@@ -193,7 +194,10 @@ def conv2d(
     Args:
       x: `(N, H, W, C_in)`.
       kernel: `(kh, kw, C_in, C_out)`.
-      bias, stride, padding, dilation: as in `conv2d_reference`.
+      bias: as in `conv2d_reference`.
+      stride: as in `conv2d_reference`.
+      padding: as in `conv2d_reference`.
+      dilation: as in `conv2d_reference`.
     Returns:
       `(N, H_out, W_out, C_out)`. Jit-able (the arguments other than arrays are static).
     """

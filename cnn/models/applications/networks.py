@@ -215,7 +215,10 @@ def build(
 
     Args:
       input_shape: (H, W, C) of the images.
-      include_top, classes, pooling, classifier_activation: Keras' options.
+      include_top: Keras' option: the classifier on top.
+      classes: Keras' option: the classifier's outputs.
+      pooling: Keras' option: None, 'avg' or 'max' after the last block.
+      classifier_activation: Keras' option: the classifier's activation.
       cut: a layer name (`mixed7`, `block5_conv3`, `conv4_block6_out`, `block_16_project_BN`, ...): the
         network runs up to that layer's output (a `cnn.models.cutting.Cut`; the layers after it have no
         variables).
