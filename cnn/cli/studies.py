@@ -167,8 +167,9 @@ def run_tune(args: argparse.Namespace) -> None:
         args.out, args.study, direction, args.sampler, args.pruner, args.seed, args.worker, args.storage,
         heartbeat,
     )  # fmt: skip
-    searched = {d.path: f"{d.kind}{list(d.args)}" for d in dims}
-    storage.check_study(study, direction, searched, base)  # a study of another search refused
+    if args.storage:  # a worker of a study of another search refused (a journal's rerun may change it)
+        searched = {d.path: f"{d.kind}{list(d.args)}" for d in dims}
+        storage.check_study(study, direction, searched, base)
     if args.workers > 1:  # this process starts them, passes a signal on, waits and reports
         tune.run_workers(tune.without_workers(args.argv), args.workers, args.out)
     else:

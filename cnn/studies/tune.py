@@ -102,8 +102,7 @@ def recover(study: Any, storage: Any) -> list[int]:
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:  # another process starting at the same time recovered it
                 continue
-            folder = trial.user_attrs.get("folder", f"trial-{trial.number:04d}")
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "folder": folder})
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             print(
                 f"Trial {trial.number}: its worker (PID {owner['pid']}) is gone; marked failed, queued again"
             )
@@ -155,15 +154,17 @@ def objective(
     splits: Splits,
     out: Path,
     signals: TrialSignals | None = None,
+    resume: bool = False,
 ):
     """Optuna's objective: one trial is one run in `out/trial-NNNN`, its monitored validation metric
     reported after every epoch (the pruner may stop it there: its folder stays a resumable run). A trial
-    stopped by a signal (after its epoch in progress) is marked failed and its point queued again; the
-    trial that tries a point again resumes the folder of the first (its `folder` attribute)."""
+    stopped by a signal (after its epoch in progress) is marked failed and its point queued again; with
+    `resume` (a database's study), the trial that tries a point again resumes the first one's folder (its
+    `folder` attribute, which Optuna's retry of a silent worker's trial copies too)."""
     import optuna
 
     def run(trial: optuna.Trial) -> float:
-        folder = trial.user_attrs.get("folder", f"trial-{trial.number:04d}")
+        folder = (resume and trial.user_attrs.get("folder")) or f"trial-{trial.number:04d}"
         trial.set_user_attr("folder", folder)
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         config = trial_config(base, {d.path: d.suggest(trial) for d in dims})
@@ -351,7 +352,8 @@ def search(
     epoch in progress, that trial failed and queued again (StudyInterrupted)."""
     with TrialSignals() as signals:
         try:
-            run_study(study, objective(base, dims, splits, out, signals), trials, timeout, signals, wait)
+            run = objective(base, dims, splits, out, signals, resume=wait is not None)  # on a database
+            run_study(study, run, trials, timeout, signals, wait)
         except Interrupted as e:
             raise StudyInterrupted(e.signum, out) from None
         except KeyboardInterrupt:  # SIGINT while a trial was starting or ending, outside its epochs
