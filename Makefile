@@ -1,6 +1,6 @@
 # The two commands: `make train` (the main job) and `make test` (the whole suite). Both set everything up.
 # Extra arguments: make train ARGS="--epochs 5"   make test PYTEST_ARGS="-k data"
-.PHONY: setup train test lint bench experiments
+.PHONY: setup train test test-fast lint bench experiments
 
 setup:
 	@bash scripts/setup.sh
@@ -8,9 +8,14 @@ setup:
 train: setup
 	.venv/bin/python -m cnn train $(ARGS)
 
-# Two workers: most tests are bound by XLA compilation, which runs on one core.
+# Two workers: most tests are bound by XLA compilation, which runs on one core. The 20 slowest tests are
+# printed at the end, so that time creep shows in every log.
 test: setup
-	.venv/bin/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n 2 --dist worksteal --durations=20 $(PYTEST_ARGS)
+
+# The fast tier: every test not marked `slow` (no process started, no real data set, no notebook).
+test-fast: setup
+	.venv/bin/python -m pytest -n 2 --dist worksteal -m "not slow" --durations=10 $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check cnn tests experiments scripts

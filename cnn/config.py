@@ -88,7 +88,12 @@ class TrainConfig:
         "all", "RandAugment: the ops to draw from, comma-separated (python -m cnn train --help lists them)"
     )
     weight_decay: float = _field(0.0, "AdamW's decoupled weight decay when > 0")
-    steps_per_call: int = _field(10, "train steps compiled into one call (unrolled; 10 is fastest measured)")
+    steps_per_call: int | str = _field(
+        "auto",
+        "train steps compiled into one (unrolled) call; auto: chosen from the run's planned steps and what "
+        "compiling and calling cost on this device (cnn.engine.chunking)",
+        parse="int_or_auto",
+    )
     micro_batch: int = _field(
         0,
         "split each training batch into micro-batches of this size inside the compiled step (gradients "
@@ -177,7 +182,8 @@ def _check_numbers(c: TrainConfig) -> None:
     _check(c, "optimizer", c.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
     wd_ok = _is_number(c.weight_decay) and 0 <= c.weight_decay < math.inf
     _check(c, "weight_decay", wd_ok, "a finite number >= 0")
-    _check(c, "steps_per_call", _is_int(c.steps_per_call) and c.steps_per_call >= 1, "an integer >= 1")
+    k_ok = c.steps_per_call == "auto" or (_is_int(c.steps_per_call) and c.steps_per_call >= 1)
+    _check(c, "steps_per_call", k_ok, "an integer >= 1 or auto")
     _check(c, "epoch_loop", c.epoch_loop in ("auto", "chunks", "scan"), "auto, chunks or scan")
     _check(c, "precision", c.precision in ("float32", "bfloat16"), "float32 or bfloat16")
     _check(c, "monitor", c.monitor in MONITORS, f"one of {MONITORS}")
@@ -208,18 +214,10 @@ def _check_recipe(c: TrainConfig) -> None:
     _check(c, "decay_epochs", _is_int(c.decay_epochs) and c.decay_epochs >= 1, "an integer >= 1")
     _check(c, "decay_rate", _is_number(c.decay_rate) and 0 < c.decay_rate < 1, "a number in (0, 1)")
     _check(c, "plateau_patience", _is_int(c.plateau_patience) and c.plateau_patience >= 1, "an integer >= 1")
-    _check(
-        c,
-        "grad_clip",
-        _is_number(c.grad_clip) and 0 <= c.grad_clip < math.inf,
-        "a finite number >= 0 (0: off)",
-    )
-    _check(
-        c,
-        "label_smoothing",
-        _is_number(c.label_smoothing) and 0 <= c.label_smoothing < 1,
-        "a number in [0, 1)",
-    )
+    clip_ok = _is_number(c.grad_clip) and 0 <= c.grad_clip < math.inf
+    _check(c, "grad_clip", clip_ok, "a finite number >= 0 (0: off)")
+    smoothing_ok = _is_number(c.label_smoothing) and 0 <= c.label_smoothing < 1
+    _check(c, "label_smoothing", smoothing_ok, "a number in [0, 1)")
     _check(c, "ema_decay", _is_number(c.ema_decay) and 0 <= c.ema_decay < 1, "a number in [0, 1) (0: off)")
     _check(c, "crop_padding", _is_int(c.crop_padding) and 0 <= c.crop_padding <= 64, "an integer in 0..64")
     _check(c, "flip", isinstance(c.flip, bool), "true or false")
@@ -236,12 +234,8 @@ def _check_recipe(c: TrainConfig) -> None:
         if isinstance(c.randaugment_ops, str)
         else [c.randaugment_ops]
     )
-    _check(
-        c,
-        "randaugment_ops",
-        not unknown and bool(randaugment_ops(c)),
-        f"'all' or ops among {', '.join(RANDAUGMENT_OPS)} (unknown: {unknown})",
-    )
+    ops_ok, ops = not unknown and bool(randaugment_ops(c)), ", ".join(RANDAUGMENT_OPS)
+    _check(c, "randaugment_ops", ops_ok, f"'all' or ops among {ops} (unknown: {unknown})")
 
 
 def randaugment_ops(c: TrainConfig) -> tuple[str, ...]:
@@ -279,15 +273,9 @@ def _check(config: TrainConfig, field: str, ok: bool, allowed: str) -> None:
 
 
 DATA_FIELDS = (
-    "dataset",
-    "image_size",
-    "channels",
-    "val_fraction",
-    "test_fraction",
-    "split_seed",
-    "val_split",
+    "dataset", "image_size", "channels", "val_fraction", "test_fraction", "split_seed", "val_split",
     "skip_bad_images",
-)
+)  # fmt: skip
 
 
 def json_object(text: str) -> dict:
@@ -326,6 +314,8 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
                 nargs=len(typing.get_args(args[0])),
                 metavar=tuple("HWC"[: len(typing.get_args(args[0]))]),
             )
+        elif f.metadata.get("parse") == "int_or_auto":
+            kwargs.update(type=int_or_auto, metavar="{K,auto}")
         else:
             kwargs["type"] = args[0] if args else kind
         if "choices" in f.metadata:  # validated by TrainConfig, whose message names the field
@@ -333,6 +323,16 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
         if "metavar" in f.metadata:
             kwargs["metavar"] = f.metadata["metavar"]
         parser.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+
+
+def int_or_auto(text: str) -> int | str:
+    """A flag's value: `auto`, or an integer (its range is checked by `TrainConfig`)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
 
 
 def field_default(name: str) -> Any:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from cnn.config import TrainConfig
 from cnn.data.spec import Split, Splits
 from cnn.engine import costs
+from cnn.engine.chunking import choose_steps_per_call
 from cnn.engine.devices import batch_sharding, check_batch_size, is_parallel, replicate
 from cnn.engine.epochs import Call, EpochPlan, rolled_epoch, sum_on_host
 from cnn.engine.evaluation import mean_metrics, metric_sums
@@ -174,9 +175,12 @@ def train_runs(
         state, keys = members.stack([s for s, _ in opened]), members.stack([run_keys(c) for c in configs])
         if is_parallel(mesh):
             state, keys = replicate(state, mesh), replicate(keys, mesh)
-        state = epoch_loop(state, runs, train, splits.val, keys, members, mesh, on_epoch_end)
+        data = training_data(train, config.data_placement, mesh)
+        plan = epoch_plan(config, splits, data, len(train))
+        state = epoch_loop(state, runs, data, plan, splits.val, keys, members, mesh, on_epoch_end)
         compiled = costs.since(start)  # setting up and training, every run of the program together
         extra = {
+            "steps_per_call": max(c.steps for c in plan.calls),
             "compilations": compiled.compilations,
             "compile_seconds": compiled.seconds,
             "compile_cache_hits": compiled.cache_hits,
@@ -199,11 +203,21 @@ def start_states(configs: Sequence[TrainConfig], splits: Splits, examples: int) 
     return [initial_state(c, splits.spec, steps, injectable=varying).replace(tx=shared) for c in configs]
 
 
+def epoch_plan(config: TrainConfig, splits: Splits, data: Any, examples: int) -> EpochPlan:
+    """The epoch's compiled calls, `steps_per_call` chosen for this run (`cnn.engine.chunking`) and said
+    unless it was given."""
+    rolled = rolled_epoch(config, data)
+    choice = choose_steps_per_call(config, splits.spec, examples // config.batch_size, rolled)
+    if choice.reason != "given" and not rolled:
+        print(f"Steps per call: {choice.steps_per_call} ({choice.reason})", flush=True)
+    chosen = dataclasses.replace(config, steps_per_call=choice.steps_per_call)
+    return EpochPlan.of(examples, chosen, rolled, isinstance(data, HostData))
+
+
 # ------------------------------------------------------------------------------------------- the loop
-def epoch_loop(state, runs, train, val, keys, members, mesh, on_epoch_end):
+def epoch_loop(state, runs, data, plan, val, keys, members, mesh, on_epoch_end):
     """Epochs until every run has finished or stopped early; returns the last state."""
     config = runs[0].config
-    data = training_data(train, config.data_placement, mesh)
     if isinstance(data, HostData):
         if members.count > 1:
             raise ValueError(
@@ -211,7 +225,6 @@ def epoch_loop(state, runs, train, val, keys, members, mesh, on_epoch_end):
                 "train them one after another (--together sequential)"
             )
         print(f"Streaming the training images from the host ({data.images.nbytes / 2**20:,.0f} MiB)")
-    plan = EpochPlan.of(len(train), config, rolled_epoch(config, data), isinstance(data, HostData))
     with stop_on_signals() as stop, marked_if_stopping(stop):
         while any(run.training for run in runs):
             epochs, active = [r.record.epoch + 1 for r in runs], [r.training for r in runs]

@@ -34,7 +34,7 @@ FLOORS = {
                 "engine.augment", "engine.vmap"},
                {"engine.placement", "engine.state"},
                {"engine.epochs", "engine.steps"},
-               {"engine.evaluation"}],
+               {"engine.chunking", "engine.evaluation"}],
     "runs": [{"runs", "runs.disk", "runs.events", "runs.curves", "runs.lock", "runs.signals"},
              {"runs.checkpoints", "runs.folder"},
              {"runs.resume"},

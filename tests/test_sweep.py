@@ -57,7 +57,7 @@ def test_vmapped_seeds_equal_sequential_runs(tiny_splits, tmp_path, misleading):
 
 
 VARIANTS = [Variant("bs16", {"batch_size": 16}), Variant("bs32", {"batch_size": 32})]
-BASE = {"epochs": 2, "patience": 5, "limit_train": 128}
+BASE = {"epochs": 2, "patience": 5, "limit_train": 128, "steps_per_call": 10}  # an epoch: one call
 
 
 @pytest.mark.parametrize("together", ["vmap", "sequential"])
@@ -188,10 +188,11 @@ def test_together_mode_is_measured_and_said(monkeypatch, capsys):
 
 
 def test_the_measurement_is_made_once_per_machine_and_network(monkeypatch, tmp_path):
+    from cnn.engine import compile_cache
     from cnn.studies import grouping as together
 
     calls = []
-    monkeypatch.setattr(together, "_file", lambda: tmp_path / "together.json")
+    monkeypatch.setattr(compile_cache, "measurements_file", lambda name: tmp_path / f"{name}.json")
 
     def measure(config, spec, runs, mode, steps=8):
         calls.append(mode)
@@ -208,6 +209,7 @@ def test_the_measurement_is_made_once_per_machine_and_network(monkeypatch, tmp_p
 
 
 def test_the_three_ways_of_training_runs_together_are_measured(tiny_splits):
+    from cnn.engine import compile_cache
     from cnn.studies import grouping as together
 
     for mode in together.MODES:

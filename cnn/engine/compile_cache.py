@@ -8,6 +8,7 @@ a cache folder set for JAX itself (`JAX_COMPILATION_CACHE_DIR`, `jax.config`) is
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -56,3 +57,39 @@ def use_compile_cache(setting: str | None = None) -> Path | None:
     set_jax_option("jax_persistent_cache_min_entry_size_bytes", 0)
     set_jax_option("jax_compilation_cache_max_size", MAX_BYTES)  # also what turns the file lock on
     return folder
+
+
+# ------------------------------------------------------------- measurements remembered beside the cache
+def measurements_file(name: str) -> Path | None:
+    """`jax-NAME.json` beside the compilation cache's folder: timings measured on this machine (they belong
+    to it as its programs do). None when no cache folder is set."""
+    import jax
+
+    folder = jax.config.jax_compilation_cache_dir
+    return Path(folder).with_name(f"{Path(folder).name}-{name}.json") if folder else None
+
+
+def remembered(name: str) -> dict:
+    """The measurements of `measurements_file(name)` by key ({} when there are none or the file is unreadable:
+    they are measured again)."""
+    path = measurements_file(name)
+    try:
+        found = json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def remember(name: str, key: str, value: object) -> None:
+    """Adds (or replaces) one entry of `measurements_file(name)`, written whole to a temporary file and
+    renamed into place (a reader never sees half a file); a read-only folder just forgets it."""
+    path = measurements_file(name)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**remembered(name), key: value}, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass

@@ -47,6 +47,8 @@ def check_field(path: str, value: Any) -> None:
         return  # checked when the model is built
     default = FIELDS[name].default
     expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+    if default == "auto":  # steps_per_call: an integer, or auto (the value is checked by TrainConfig)
+        expected = (int, str)
     if expected and (
         not isinstance(value, expected) or (isinstance(value, bool) and type(default) is not bool)
     ):

@@ -7,17 +7,14 @@ and remembered beside the compilation cache (`~/.cache/cnn/jax-together.json`)."
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
 from cnn.config import TrainConfig
 from cnn.data.spec import DataSpec
+from cnn.engine.compile_cache import remember, remembered
 from cnn.engine.state import initial_state
 from cnn.engine.steps import train_chunk
 from cnn.engine.vmap import Members
@@ -30,12 +27,10 @@ def choose(config: TrainConfig, spec: DataSpec, runs: int, steps: int = 8) -> tu
     """The fastest way (one of `MODES`) to train `runs` runs of `config` on data described by `spec`, and the
     training images/s measured for each (or remembered from an earlier measurement on this machine)."""
     key = _key(config, spec, runs)
-    remembered = _remembered()
-    if key in remembered:
-        rates = remembered[key]
-    else:
+    rates = remembered("together").get(key)
+    if not (isinstance(rates, dict) and set(rates) == set(MODES)):
         rates = {mode: images_per_second(config, spec, runs, mode, steps) for mode in MODES}
-        _remember(key, rates)
+        remember("together", key, rates)
     return max(rates, key=rates.get), rates
 
 
@@ -78,30 +73,3 @@ def _key(config: TrainConfig, spec: DataSpec, runs: int) -> str:
     shape = "x".join(map(str, spec.image_shape))
     where = f"{device.platform}:{device.device_kind}|jax {jax.__version__}"
     return f"{where}|{shape}|{config.precision}|bs {config.batch_size}|{runs} runs"
-
-
-def _file() -> Path | None:
-    """Beside the compilation cache's folder (its programs and these timings belong to one machine)."""
-    folder = jax.config.jax_compilation_cache_dir
-    return Path(folder).with_name(f"{Path(folder).name}-together.json") if folder else None
-
-
-def _remembered() -> dict[str, Any]:
-    path = _file()
-    try:
-        return json.loads(path.read_text()) if path else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _remember(key: str, rates: dict[str, float]) -> None:
-    path = _file()
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**_remembered(), key: rates}, indent=1))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache folder: measured again next time
