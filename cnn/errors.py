@@ -143,6 +143,20 @@ class Interrupted(Exception):
         super().__init__(f"{name}: {done}, saved in {workdir}; run the same command again to resume")
 
 
+class Stopped(Interrupted):
+    """SIGTERM or SIGINT outside an epoch (starting up, preparing data, between runs, writing tables), or
+    asked during the last epoch of a run that then finished: nothing was in progress to save, no further
+    run starts. `exit_code` is 128 + the signal number (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, signum: int, when: str):
+        self.signum, self.epoch, self.exit_code = signum, 0, 128 + signum
+        Exception.__init__(
+            self,
+            f"{signal.Signals(signum).name}: stopped {when}; every epoch finished before is saved: run the "
+            "same command again to go on",
+        )
+
+
 class StudyInterrupted(Interrupted):
     """The study stopped on SIGTERM or SIGINT (`exit_code` 143 or 130): the trials in progress stopped after
     their epoch in progress, each marked failed and its point queued again for the next run."""

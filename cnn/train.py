@@ -38,7 +38,7 @@ from cnn.models.registry import check_model_args
 from cnn.runs.folder import check_workdir, prepare_workdir
 from cnn.runs.lock import workdir_lock
 from cnn.runs.record import Run
-from cnn.runs.signals import marked_if_stopping, stop_on_signals
+from cnn.runs.signals import marked_if_stopping, raise_if_stopping, stop_on_signals
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -151,6 +151,7 @@ def train_runs(
     its folder (locked, checked and prepared before any work), resumed where they stopped; returns their
     results."""
     check_arguments(configs, splits)
+    raise_if_stopping(f"before training {workdirs[0]}, the run before it finished and saved")
     for c in configs:
         check_augmented_once(c, model_for(c, splits.spec))
     config, workdirs = configs[0], [Path(w) for w in workdirs]

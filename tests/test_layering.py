@@ -37,7 +37,7 @@ FLOORS = {
                {"engine.chunking", "engine.evaluation"}],
     "runs": [{"runs", "runs.disk", "runs.events", "runs.curves", "runs.lock", "runs.signals"},
              {"runs.checkpoints", "runs.folder"},
-             {"runs.resume"},
+             {"runs.resume", "runs.outputs"},
              {"runs.results"},
              {"runs.record"}],
     "analysis": [{"analysis", "analysis.plots", "analysis.explain", "analysis.scores",

@@ -80,9 +80,13 @@ def run_script(main: Callable[[], Any]) -> None:
 
 def exit_code(command: Callable[[], Any]) -> int:
     """Runs `command`; its known failures (`cnn.errors.exit_code_of`) printed in one line on stderr and
-    turned into exit codes. An unknown error is a bug: its traceback is printed."""
+    turned into exit codes. An unknown error is a bug: its traceback is printed. SIGTERM and SIGINT are
+    obeyed at every moment of it (`cnn.runs.signals.command_signals`)."""
+    from cnn.runs.signals import command_signals
+
     try:
-        command()
+        with command_signals():
+            command()
     except Exception as e:
         code = exit_code_of(e)
         if code is None:

@@ -149,9 +149,11 @@ def add_tune(sub: Any) -> None:
 
 def run_tune(args: argparse.Namespace) -> None:
     from cnn.errors import StudyInterrupted, TuneError
+    from cnn.runs.outputs import check_output
     from cnn.studies import space, storage, tune
     from cnn.studies.sweep import data_fields, sweep_data
 
+    check_output(args.out, flag="--out", folder=True)  # a run's folder is no study's
     dims = space.read_space(args.space, args.space_file)
     if args.trials < 1 or args.workers < 1:
         raise TuneError(f"--trials and --workers: expected at least 1, got {args.trials} and {args.workers}")

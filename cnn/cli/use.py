@@ -40,6 +40,7 @@ def add_summary(sub: Any) -> None:
         help="image shape (default: Fashion-MNIST's 28 28 1, or a famous network's smallest)",
     )
     summary.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the diagram")
+    summary.add_argument("--force", action="store_true", help="replace the --plot file if it exists")
     summary.set_defaults(run=run_summary)
 
 
@@ -47,15 +48,19 @@ def run_summary(args: argparse.Namespace) -> None:
     from cnn.analysis.plots import plot_architecture
     from cnn.models.registry import build_model, check_model_name, default_input_shape
     from cnn.models.summary import format_summary, layer_rows
+    from cnn.runs.outputs import atomic_path, check_output
 
     check_model_name(args.model)
+    if args.plot:  # before any work: a run's own file, or a file there without --force, is refused
+        check_output(args.plot, args.force, "--plot")
     shape = tuple(args.input_shape) if args.input_shape else default_input_shape(args.model)
     rows = layer_rows(build_model(args.model, input_shape=shape, **args.model_args), shape)
     if args.plot:  # before the table: a path that cannot be written fails first
         make_parent(args.plot)
     print(format_summary(rows, title=args.model))
     if args.plot:
-        plot_architecture(rows, args.plot, title=args.model)
+        with atomic_path(args.plot) as temporary:
+            plot_architecture(rows, temporary, title=args.model)
         print(f"Diagram written to {args.plot}")
 
 
@@ -79,8 +84,11 @@ def add_viz(sub: Any) -> None:
 def run_viz(args: argparse.Namespace) -> None:
     from cnn.analysis.viz import write_all
     from cnn.data.load import load_dataset
+    from cnn.runs.outputs import check_output
     from cnn.runs.results import restore_run
 
+    if args.out is not None:  # the run folder, or its checkpoints/, is no place for pictures
+        check_output(args.out, folder=True)
     config, _, _ = restore_run(args.workdir)  # a missing run fails here, before the data is loaded
     splits = load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
     for path in write_all(args.workdir, splits, args.out, cam=args.cam):
@@ -125,7 +133,10 @@ def add_evaluate(sub: Any) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from cnn.analysis.report import evaluate_run
+    from cnn.runs.outputs import check_output
 
+    if args.out is not None:  # the run folder, or its checkpoints/, is no place for the report
+        check_output(args.out, folder=True)
     report, paths = evaluate_run(
         args.workdir, args.split, args.dataset, args.flip, args.out, args.data_dir, args.source_dir
     )
@@ -145,11 +156,12 @@ def add_export(sub: Any) -> None:
     export.add_argument(
         "--onnx", action="store_true", help="also FILE with the suffix .onnx (needs the onnx extra: jax2onnx)"
     )
+    export.add_argument("--force", action="store_true", help="replace FILE (and its .json) if they exist")
     export.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
     from cnn.inference.export import export_run
 
-    for path in export_run(args.workdir, args.out, onnx=args.onnx):
+    for path in export_run(args.workdir, args.out, onnx=args.onnx, force=args.force):
         print(path)

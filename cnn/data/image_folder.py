@@ -133,6 +133,12 @@ def read_split(
         labels.append(label)
     if not images:
         raise DataError(f"dataset: no readable image in {folder}")
+    emptied = [names[i] for i in range(len(names)) if i not in set(labels)]
+    if emptied:  # every file of a class skipped: a class without examples is no class to learn
+        raise DataError(
+            f"dataset: class folder {folder / emptied[0]} has no readable image left after "
+            "--skip-bad-images (every file of it was skipped); replace its images or remove the class folder"
+        )
     if channels is None and 1 in first and 3 in first:
         raise DataError(
             f"dataset: {folder} mixes grayscale ({first[1]}) and colour ({first[3]}) images; "

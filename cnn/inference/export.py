@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from cnn.data.spec import to_float
 from cnn.engine.state import TrainState, model_variables
 from cnn.runs.folder import write_json
+from cnn.runs.outputs import atomic_path, check_output, write_atomic
 from cnn.runs.results import finished_run
 
 PLATFORMS = ("cpu", "cuda")
@@ -76,24 +77,30 @@ def export_onnx(state: TrainState, path: Path) -> Path:
 
 
 def export_run(
-    workdir: str | Path, out: str | Path, platforms: tuple[str, ...] = PLATFORMS, onnx: bool = False
+    workdir: str | Path,
+    out: str | Path,
+    platforms: tuple[str, ...] = PLATFORMS,
+    onnx: bool = False,
+    force: bool = False,
 ) -> list[Path]:
     """The finished run in `workdir` (its best epoch) as `out` (the serialized program) and `out` + .json
     (class names, input shape and dtype, output, the run), and with `onnx` `out` with the suffix .onnx; the
-    folder of `out` is created. Returns the paths written."""
+    folder of `out` is created. A path among a run's own files is refused, an existing file too unless
+    `force`; each file is written whole and renamed into place. Returns the paths written."""
     out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"out: {out} is a folder; give a file name, e.g. {out / 'model.jaxexport'}")
     if onnx and out.suffix == ".onnx":
         raise ValueError(
             f"out: {out} is the ONNX file's name; give the program's, e.g. {out.with_suffix('.jaxexport')}"
         )
+    outputs = [out, out.with_name(out.name + ".json"), *([out.with_suffix(".onnx")] if onnx else [])]
+    for path in outputs:  # every path checked before any work
+        check_output(path, force)
     if onnx:
-        onnx_tools()  # before any work
+        onnx_tools()
     config, spec, state, meta = finished_run(workdir)
     exported = export_state(state, platforms)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(exported.serialize())
+    write_atomic(out, exported.serialize())
     outputs = int(exported.out_avals[0].shape[-1])
     description: dict[str, Any] = {
         "format": "jax.export (StableHLO), load with jax.export.deserialize(bytes).call(images)",
@@ -112,8 +119,8 @@ def export_run(
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
     }
-    description_path = out.with_name(out.name + ".json")
-    write_json(description_path, description)
-    if not onnx:
-        return [out, description_path]
-    return [out, description_path, export_onnx(state, out.with_suffix(".onnx"))]
+    write_json(outputs[1], description)
+    if onnx:
+        with atomic_path(outputs[2]) as temporary:
+            export_onnx(state, temporary)
+    return outputs

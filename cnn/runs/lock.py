@@ -42,6 +42,31 @@ def workdir_lock(workdir: str | Path) -> Iterator[None]:
         release_lock(fd, path, fallback)
 
 
+def wait_while_busy(workdir: str | Path, poll: float = 2.0) -> bool:
+    """Waits while another live process holds the lock of `workdir` (saying so once; a lock left by a dead
+    one is no wait); returns whether it waited. A lock held by this very process is `WorkdirBusy`."""
+    workdir, waited = Path(workdir), False
+    while (workdir / LOCK_FILE).exists():
+        try:
+            with workdir_lock(workdir):
+                break
+        except WorkdirBusy as e:
+            if _holder_pid(workdir / LOCK_FILE) == os.getpid():
+                raise
+            if not waited:
+                print(f"{e}: waiting for it", flush=True)
+            waited = True
+            time.sleep(poll)
+    return waited
+
+
+def _holder_pid(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _me() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -20,6 +20,7 @@ from cnn.config import DATA_FIELDS, add_config_flags
 from cnn.data.spec import Splits
 from cnn.engine import costs
 from cnn.errors import ExperimentError, RunsFailed, SweepError
+from cnn.runs.outputs import check_output
 from cnn.studies.grid import Variant, resolve
 from cnn.studies.queue import connect
 from cnn.studies.sweep import TOGETHER, check_finished, data_fields, run_sweep, sweep_data
@@ -120,6 +121,7 @@ def run_experiment(
     base = {**data_fields(args), "epochs": args.epochs, "limit_train": args.limit_train, **(base or {})}
     resolve(base, variants)  # fail on a bad definition before loading any data
     out = args.out or Path(__file__).resolve().parents[2] / "experiments" / "results" / name
+    check_output(out, flag="--out", folder=True)  # before the data is read: a run's folder is no sweep's
     storage = getattr(args, "storage", None)
     if storage:
         connect(storage).dispose()  # an unreachable database refused before any data is read

@@ -27,8 +27,10 @@ from cnn.data.load import load_dataset
 from cnn.data.spec import DataSpec, Splits
 from cnn.engine.state import model_for
 from cnn.engine.vmap import TOGETHER_FIELDS
-from cnn.errors import Interrupted, RunsFailed, SweepError
+from cnn.errors import Interrupted, RunsFailed, SweepError, WorkdirBusy
 from cnn.runs.folder import config_differences, saved_spec, write_json
+from cnn.runs.lock import wait_while_busy
+from cnn.runs.outputs import check_output
 from cnn.studies.grid import Variant, resolve
 from cnn.studies.grouping import CONV, MODES, choose
 from cnn.studies.tables import collect, earlier_rows, write_tables
@@ -84,7 +86,7 @@ def run_sweep(
     differ only in learning rate or weight decay are one program. `storage`: a database URL whose queue
     this process shares with the sweep's other workers (`run_queued`); the tables are written by the one
     that sees every run done. `collect_only`: no training, the tables of the runs there."""
-    out = Path(out)
+    out = check_output(out, flag="--out", folder=True)  # a run's folder is no sweep's
     configs = resolve(base, variants)  # every error before any training
     if not seeds:
         raise SweepError("seeds: expected at least one seed")
@@ -113,7 +115,8 @@ def run_sweep(
             if not finished[i, s]
         ]
         for i in group:
-            if all(finished[i, s] for s in seeds):
+            if all(finished[i, s] for s in seeds):  # an error.json of an earlier attempt: its cause is gone
+                (out / variants[i].name / "error.json").unlink(missing_ok=True)
                 print(f"[{variants[i].name}] finished before: skipped")
         if runs:
             mode = seeds_mode(together, runs[0][1], splits.spec, len(runs))
@@ -221,6 +224,10 @@ def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, 
     folders = {v.name: w.parent for v, _, w in runs}
     for name in names:
         (folders[name] / "error.json").unlink(missing_ok=True)
+    runs = [r for r in runs if not finished_elsewhere(*r, splits.spec)]
+    if not runs:
+        return
+    names = list(dict.fromkeys(v.name for v, _, _ in runs))
     print(f"[{', '.join(names)}] training {len(runs)} run(s) ({mode})", flush=True)
     try:
         if mode == "sequential":
@@ -230,6 +237,9 @@ def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, 
             fit_together([c for _, c, _ in runs], splits, [w for _, _, w in runs], conv=CONV[mode])
     except Interrupted:
         raise
+    except WorkdirBusy:  # another process took one of these runs meanwhile: wait for it, train the rest
+        _train_group(runs, splits, mode)
+        return
     except Exception as e:  # one failed variant must not end the sweep (a signal still does)
         signum = getattr(e, "stop_requested", None)
         if len(names) > 1 and signum is None:  # which failed: each alone (a finished epoch is resumed)
@@ -247,6 +257,17 @@ def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, 
         if signum is not None:  # asked to stop while the run failed: stop, do not start the next one
             out = next(iter(folders.values())).parent
             raise Interrupted(signum, 0, out, failed=", ".join(names)) from e
+
+
+def finished_elsewhere(variant: Variant, config: TrainConfig, workdir: Path, spec: DataSpec) -> bool:
+    """Whether the run in `workdir` was being trained by another process (a second sweep on the same
+    `--out`): waited for, then True if that process finished it (it is this sweep's result too)."""
+    if not wait_while_busy(workdir):
+        return False
+    done = reusable(workdir, config, spec)
+    if done:
+        print(f"[{variant.name}] seed {config.seed}: finished by another process; taken as it is")
+    return done
 
 
 def data_fields(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,6 +4,7 @@ seeds that finished), written as CSV, JSON and Markdown; rows of earlier sweeps 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from cnn.data.spec import DataSpec
 from cnn.engine.state import model_for
 from cnn.models.summary import layer_rows, totals
 from cnn.runs.folder import write_json
+from cnn.runs.outputs import write_atomic
 from cnn.studies.grid import Variant
 
 
@@ -170,11 +172,13 @@ def _null_nan(value: Any) -> Any:
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
-    """results.csv, results.json and results.md in `out`."""
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    """results.csv, results.json and results.md in `out`, each written whole and renamed into place (a
+    signal or a full disk meanwhile leaves the earlier tables, never half of one)."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "results.csv", table.getvalue())
     # JSON has no NaN: a variant without finished seeds gets null there (the CSV and Markdown say nan)
     write_json(out / "results.json", [{k: _null_nan(v) for k, v in r.items()} for r in rows])
-    (out / "results.md").write_text(markdown_table(rows) + "\n")
+    write_atomic(out / "results.md", markdown_table(rows) + "\n")

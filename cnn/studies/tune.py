@@ -29,6 +29,7 @@ from cnn.errors import (
     TrainingFailed,
     TuneError,
 )
+from cnn.runs.signals import pending
 from cnn.studies.space import Dimension, trial_config
 from cnn.studies.storage import JOURNAL, check_journal, other_study, rdb_storage
 from cnn.train import fit
@@ -116,8 +117,14 @@ class TrialSignals:
     trains (`training()`) they are the run's own, as in `train` (cnn.runs.signals.stop_on_signals)."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.noted: int | None = None
         self.previous: dict[int, Any] = {}
+
+    @property
+    def signum(self) -> int | None:
+        """The signal noted between trials, or the request a trial's last epoch left standing (the trial
+        finished, and no further one starts)."""
+        return self.noted if self.noted is not None else pending()
 
     def __enter__(self) -> TrialSignals:
         if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
@@ -129,11 +136,11 @@ class TrialSignals:
             signal.signal(sig, handler)
 
     def request(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+        if self.noted is not None:
             signal.signal(signum, self.previous[signum])
             signal.raise_signal(signum)
             return
-        self.signum = signum
+        self.noted = signum
         print(f"{signal.Signals(signum).name}: stopping the study before its next trial", flush=True)
 
     @contextlib.contextmanager

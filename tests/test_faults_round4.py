@@ -1,0 +1,138 @@
+"""Faults of round 4: a signal obeyed at every moment of a sweep, a study and a run; a progress bar that
+counts finished work; no output written over a run's own files or an existing file; a read-only checkpoints
+folder ends the process; two sweeps on one folder; a class left without images."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from cnn import train as train_module
+from cnn.cli.main import main
+from cnn.runs import signals as signals_module
+from cnn.studies import sweep as sweep_module
+
+SWEEP = ["sweep", "--grid", "lr=[0.001,0.002]", "--seeds", "1", "--together", "sequential"]
+BASE = ["--base", '{"epochs": 1, "limit_train": 128, "batch_size": 32}']
+
+
+def _data(idx_dir: Path, prepared: Path) -> list[str]:
+    return ["--source-dir", str(idx_dir), "--data-dir", str(prepared)]
+
+
+def _signal_once(sig: int, then=None):
+    """A function that raises `sig` in this process the first time it is called, then calls `then`."""
+    sent = []
+
+    def hook(*args, **kwargs):
+        if not sent:
+            sent.append(sig)
+            signal.raise_signal(sig)
+        return then(*args, **kwargs) if then is not None else None
+
+    return hook
+
+
+def _stopped(capsys, code: int, rc: int, words: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == code, err
+    assert err.count("\n") == 0 and words in err and "run the same command again" in err, err
+    return err
+
+
+# ------------------------------------------------------------------------------------------- 1 signals
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_in_the_last_epoch_of_a_sweeps_run_starts_no_further_run(
+    idx_dir, prepared, tmp_path, monkeypatch, capsys, sig, code
+):
+    monkeypatch.setattr(train_module, "run_call", _signal_once(sig, train_module.run_call))
+    out = tmp_path / "s"
+    rc = main([*SWEEP, *BASE, *_data(idx_dir, prepared), "--out", str(out)])
+    _stopped(capsys, code, rc, "the run before it finished and saved")
+    assert (out / "lr=0.001" / "seed0" / "results.json").is_file()  # the run it came in finished
+    assert not (out / "lr=0.002").exists()  # and no further run started
+    assert signals_module.STOP["command"] is False and signal.getsignal(sig) is not signals_module._request
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["preparing the data", "between runs", "writing the tables"],
+)
+def test_a_signal_at_any_other_moment_of_a_sweep_stops_it_at_once(
+    idx_dir, prepared, tmp_path, monkeypatch, capsys, moment
+):
+    if moment == "preparing the data":
+        hook = _signal_once(signal.SIGINT, sweep_module.load_dataset)
+        monkeypatch.setattr(sweep_module, "load_dataset", hook)
+    elif moment == "between runs":
+        fit, calls = sweep_module.fit, []
+
+        def second_run(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 2:
+                signal.raise_signal(signal.SIGINT)
+            return fit(*args, **kwargs)
+
+        monkeypatch.setattr(sweep_module, "fit", second_run)
+    else:
+        hook = _signal_once(signal.SIGINT, sweep_module.write_tables)
+        monkeypatch.setattr(sweep_module, "write_tables", hook)
+    out = tmp_path / "s"
+    rc = main([*SWEEP, *BASE, *_data(idx_dir, prepared), "--out", str(out)])
+    _stopped(capsys, 130, rc, "SIGINT: stopped at once (no epoch was training)")
+    trained = sorted(p.parent.parent.name for p in out.glob("*/seed0/results.json"))
+    assert trained == {"preparing the data": [], "between runs": ["lr=0.001"]}.get(
+        moment, ["lr=0.001", "lr=0.002"]
+    )
+    assert not (out / "results.md").exists() and not list(out.glob("*.tmp*"))  # no table, no half of one
+    assert not list(out.glob("*/error.json"))  # a signal is no failure of a run
+
+
+def test_a_signal_in_the_last_epoch_of_a_single_run_ends_with_its_code_after_saving(
+    idx_dir, prepared, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(train_module, "run_call", _signal_once(signal.SIGTERM, train_module.run_call))
+    workdir = tmp_path / "run"
+    args = ["train", *_data(idx_dir, prepared), "--workdir", str(workdir), "--epochs", "1"]
+    args += ["--limit-train", "64"]
+    rc = main(args)
+    _stopped(capsys, 143, rc, "after the work in progress finished and was saved")
+    assert (workdir / "results.json").is_file()
+    assert main(args) == 0  # the same command again: nothing left to do, and no request left standing
+
+
+def test_a_signal_in_a_trials_last_epoch_starts_no_further_trial(
+    idx_dir, prepared, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(train_module, "run_call", _signal_once(signal.SIGTERM, train_module.run_call))
+    out = tmp_path / "study"
+    args = ["tune", *_data(idx_dir, prepared), "--out", str(out)]
+    args += ["--base", '{"epochs": 1, "limit_train": 64}']
+    rc = main([*args, "--space", "lr=loguniform(1e-4,1e-2)", "--trials", "3", "--pruner", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 143 and err.startswith("SIGTERM: stopped the study in") and err.count("\n") == 0, err
+    assert sorted(p.name for p in out.glob("trial-*")) == ["trial-0000"]
+    assert (out / "trial-0000" / "results.json").is_file()
+
+
+# ------------------------------------------------------------------------------------- 6 data sets
+def test_a_class_left_without_images_by_skip_bad_images_is_refused_naming_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cnn import TrainConfig, load_dataset
+    from cnn.errors import DataError
+
+    root = tmp_path / "photos"
+    for name in ("cat", "dog", "emu"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / name / f"{i}.png")
+    for path in (root / "emu").iterdir():
+        path.write_bytes(b"not an image")
+    config = TrainConfig(dataset=str(root), skip_bad_images=True)
+    with pytest.raises(DataError, match=r"class folder .*emu has no readable image left after --skip-bad"):
+        load_dataset(config, data_dir=tmp_path / "tfds")
+    assert not any((tmp_path / "tfds").rglob("*.array_record*"))
