@@ -35,3 +35,14 @@ bench: setup
 # compiled programs): make experiments ARGS="--epochs 1 --seeds 2 --limit-train 512"
 experiments: setup
 	.venv/bin/python -m cnn experiments $(ARGS)
+
+# The documentation site (mkdocs.yml) into site/, the notebooks run at their small default settings so their
+# figures are on the pages (about as long as the notebooks' tests); the generated reference pages are checked
+# first (python scripts/docs_pages.py rewrites them). The suite builds it too, strictly, without running them.
+.PHONY: docs docs-serve
+docs: setup
+	.venv/bin/python scripts/docs_pages.py --check
+	.venv/bin/mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	.venv/bin/mkdocs serve

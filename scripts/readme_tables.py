@@ -1,4 +1,6 @@
-"""Regenerates the README's tables (never typed by hand).
+"""Regenerates the tables of the README and of the documentation pages (never typed by hand). A table lives
+between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers in whichever file holds them (README.md, a page
+of docs/ or experiments/README.md); each command rewrites its block where it is.
 
 python scripts/readme_tables.py results RUN_DIR...   # results of finished runs
 python scripts/readme_tables.py results --append RUN_DIR...   # rows added below the table's rows
@@ -6,6 +8,8 @@ python scripts/readme_tables.py zoo                  # the model zoo and the fam
 python scripts/readme_tables.py placement RUN_DIR...  # data on the device vs streamed from the host
 python scripts/readme_tables.py bench FILE [BLOCK]   # a benchmark report (block: bench or bench-gpu)
 python scripts/readme_tables.py layout               # every module of cnn/, lowest layer first, and its job
+python scripts/readme_tables.py packages             # the README's map: one line per package, and its job
+python scripts/readme_tables.py overhead FILE        # where a small run's wall time goes (bench --overhead)
 """
 
 from __future__ import annotations
@@ -18,6 +22,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 EXPERIMENTS = ROOT / "experiments"
+DOCS = ROOT / "docs"
+
+
+def block_files() -> list[Path]:
+    """Every file that may hold a generated block: the README, the documentation pages, the experiments'
+    README."""
+    return [README, *sorted(DOCS.rglob("*.md")), EXPERIMENTS / "README.md"]
+
+
+def block_file(block: str) -> Path:
+    """The file that holds the markers of `block`."""
+    for path in block_files():
+        if path.is_file() and f"<!-- {block}:start -->" in path.read_text():
+            return path
+    raise SystemExit(
+        f"no file holds the block {block!r} (<!-- {block}:start --> ... <!-- {block}:end -->): "
+        f"add its markers to README.md or a page of docs/"
+    )
 
 
 def results_row(workdir: Path) -> str:
@@ -72,10 +94,10 @@ def placement_table(workdirs: list[str]) -> str:
     return "\n".join(lines)
 
 
-def block_text(block: str, readme: Path = README) -> str:
-    """What the README holds between a block's markers."""
+def block_text(block: str, path: Path | None = None) -> str:
+    """What a block holds between its markers, in `path` or in whichever file holds it."""
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
-    text = readme.read_text()
+    text = (path or block_file(block)).read_text()
     return text[text.index(start) + len(start) : text.index(end)].strip()
 
 
@@ -209,6 +231,22 @@ def layout_table() -> str:
     return "\n".join(lines)
 
 
+def packages_table() -> str:
+    """The README's map of the package: the top modules a reader starts from, then one line per package (the
+    first sentence of its `__init__` docstring), from the bottom of the layer order."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_layering import FLOORS, PACKAGES, module_paths
+
+    paths = module_paths()
+    lines = ["| where | what it holds |", "|---|---|"]
+    for package in PACKAGES:
+        if package in FLOORS:
+            lines.append(f"| `cnn/{package}/` | {module_job(paths[package])} |")
+        elif package not in ("__init__", "__main__"):
+            lines.append(f"| `cnn/{package}.py` | {module_job(paths[package])} |")
+    return "\n".join(lines)
+
+
 def overhead_table(path: str) -> str:
     """`bench --overhead`'s JSON as the README's table, with the machine and command beside it."""
     from cnn.studies.overhead import format_overhead
@@ -224,8 +262,10 @@ def overhead_table(path: str) -> str:
     )
 
 
-def replace_block(block: str, table: str, readme: Path = README) -> None:
+def replace_block(block: str, table: str, path: Path | None = None) -> None:
+    """Writes `table` between the markers of `block`, in `path` or in whichever file holds them."""
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    readme = path or block_file(block)
     text = readme.read_text()
     if start not in text:
         raise SystemExit(f"{readme} has no {start} marker")
@@ -263,6 +303,8 @@ if __name__ == "__main__":
                 replace_block(name, table, EXPERIMENTS / "README.md")
     elif command == "layout":
         replace_block("layout", layout_table())
+    elif command == "packages":
+        replace_block("packages", packages_table())
     elif command == "overhead" and args:  # overhead FILE
         replace_block("overhead", overhead_table(args[0]))
     elif command == "bench" and args:  # bench FILE [BLOCK]
