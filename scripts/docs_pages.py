@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -42,13 +43,23 @@ def flag_name(action: argparse.Action) -> str:
     return f"{names} {cell(metavar)}" if metavar and action.option_strings else names
 
 
+def usage_lines(usage: str, width: int = 100) -> list[str]:
+    """argparse's usage, wrapped between its bracketed groups (never inside one)."""
+    lines = [""]
+    for token in re.findall(r"\[[^\[\]]*(?:\[[^\]]*\][^\[\]]*)*\]|\S+", " ".join(usage.split())):
+        if lines[-1].strip() and len(lines[-1]) + 1 + len(token) > width:
+            lines.append("   ")
+        lines[-1] += " " + token if lines[-1] else token
+    return lines
+
+
 def command_section(name: str, parser: argparse.ArgumentParser, summary: str) -> list[str]:
     parser.format_help()  # fills in the help that needs the library (cnn.cli.flags.OneLineParser.late_help)
     lines = [f"## `{name}`", "", cell(summary).replace("\\|", "|") + ".", ""]
     if parser.description:
         lines += [" ".join(parser.description.split()), ""]
     usage = parser.format_usage().removeprefix("usage: ").strip()
-    lines += ["```", " ".join(usage.split()), "```", ""]
+    lines += ["```", *usage_lines(usage), "```", ""]
     for group in parser._action_groups:
         actions = [a for a in group._group_actions if not isinstance(a, argparse._HelpAction)]
         if not actions:
