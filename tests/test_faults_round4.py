@@ -136,3 +136,66 @@ def test_a_class_left_without_images_by_skip_bad_images_is_refused_naming_it(tmp
     with pytest.raises(DataError, match=r"class folder .*emu has no readable image left after --skip-bad"):
         load_dataset(config, data_dir=tmp_path / "tfds")
     assert not any((tmp_path / "tfds").rglob("*.array_record*"))
+
+
+# ------------------------------------------------------------------------- 4 a read-only checkpoints folder
+@pytest.fixture
+def read_only(tmp_path):
+    """Makes a folder read-only for this process (chattr +i as root, chmod 555 otherwise); undone after."""
+    import os
+    import subprocess
+
+    made = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() == 0:
+            try:
+                subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError):
+                pytest.skip("root, and no chattr +i on this file system: nothing is read-only to root")
+        else:
+            folder.chmod(0o555)
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=False, capture_output=True)
+        folder.chmod(0o755)
+
+
+def test_a_save_refused_by_the_folder_ends_in_one_error_and_leaves_no_thread_waiting(tmp_path, read_only):
+    import threading
+
+    import numpy as np
+
+    from cnn.errors import WorkdirError
+    from cnn.runs.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    state = {"w": np.zeros(4, np.float32)}
+    checkpoints.save(1, state, {"epoch": 1}, 0.5)
+    checkpoints.wait()
+    read_only(tmp_path / "checkpoints")
+    with pytest.raises(WorkdirError, match=r"checkpoints: cannot write .*make .*checkpoints writable"):
+        checkpoints.save(2, state, {"epoch": 2}, 0.4)
+        checkpoints.close()
+    waiting = [t for t in threading.enumerate() if type(t).__name__ == "_SignalingThread"]
+    for thread in waiting:
+        thread.join(timeout=10)
+    assert not [t for t in waiting if t.is_alive()]  # else the process would never end
+
+
+def test_resuming_into_a_read_only_checkpoints_folder_is_refused_before_training(
+    idx_dir, prepared, tmp_path, read_only, capsys
+):
+    workdir = tmp_path / "run"
+    args = ["train", *_data(idx_dir, prepared), "--workdir", str(workdir), "--limit-train", "64"]
+    assert main([*args, "--epochs", "1"]) == 0
+    read_only(workdir / "checkpoints")
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: checkpoints: cannot write in {workdir / 'checkpoints'}")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.out + captured.err
+    assert "Epoch 2/2" not in captured.out  # refused before training

@@ -6,7 +6,10 @@ folder and renames it when complete, so a killed process leaves no half-written 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from cnn.errors import DiskFull, out_of_space
+from cnn.errors import DiskFull, WorkdirError, out_of_space
 from cnn.runs.disk import check_room
 
 
@@ -25,7 +28,11 @@ class _QuietOrbax(logging.Filter):
     handlers used here never write): printed on every restore, it says nothing about the checkpoint."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not ("orbax" in record.pathname and str(record.msg).startswith("Metadata file does not exist"))
+        if "orbax" not in record.pathname:
+            return True
+        # a failed save: the error reaches the caller (`Checkpoints.wait`), said there in one line
+        failed = record.levelno >= logging.ERROR and record.exc_info is not None
+        return not (failed or str(record.msg).startswith("Metadata file does not exist"))
 
 
 logging.getLogger("absl").addFilter(_QuietOrbax())
@@ -127,16 +134,63 @@ class Checkpoints:
     def close(self) -> None:
         try:
             self.wait()
+        except BaseException:
+            abandon_waiting_saves()  # else the process never ends: they would wait for the failed save
+            raise
         finally:
             self.manager.close()
 
 
+def check_writable(directory: Path) -> None:
+    """Refuses (WorkdirError, before any training) a checkpoints folder this process cannot write in (a
+    read-only folder or file system, another user's folder): found now, not by a background save."""
+    probe = Path(directory) / f".cnn-write-test-{os.getpid()}"
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise WorkdirError(
+            f"checkpoints: cannot write in {directory} ({e.strerror or e}); make it writable (e.g. chmod -R "
+            "u+w) and run the same command again to resume, or use another --workdir; nothing is lost"
+        ) from None
+
+
+def abandon_waiting_saves() -> int:
+    """Orbax's save threads still waiting for a step of a save that failed, cancelled and released (the
+    signal they wait for set), so that the process can end; returns how many. Reaches into orbax's
+    futures: where they differ (another version), nothing is done."""
+    try:
+        from orbax.checkpoint._src.futures import future, signaling_client
+
+        waiting = [
+            t for t in threading.enumerate() if isinstance(t, future._SignalingThread) and t.is_alive()
+        ]
+        client = signaling_client.get_signaling_client()
+        for thread in waiting:
+            thread._cancelled = True
+            for signal in thread._receive_signals:
+                key = future.AwaitableSignalsContract.get_unique_awaitable_singal_key(
+                    signal, thread._operation_id
+                )
+                client.key_value_set(key, "abandoned", allow_overwrite=True)
+    except (ImportError, AttributeError, TypeError):
+        return 0
+    return len(waiting)
+
+
 @contextlib.contextmanager
 def _no_space_as_diskfull(directory: Path) -> Iterator[None]:
-    """A full disk met while saving (now, or in the background by an earlier save) as `DiskFull`."""
+    """A full disk met while saving (now, or in the background by an earlier save) as `DiskFull`; a folder
+    that refuses the write (permission, read-only) as WorkdirError naming it."""
     try:
         yield
     except (OSError, ValueError, RuntimeError) as e:
         if out_of_space(e):
             raise DiskFull(f"no space to save the checkpoint in {directory}: {RESUME_HINT}") from None
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise WorkdirError(
+                f"checkpoints: cannot write {e.filename or directory} ({e.strerror}); make {directory} "
+                f"writable and {RESUME_HINT}"
+            ) from None
         raise

@@ -117,10 +117,10 @@ def check_workdir(workdir: str | Path, config: TrainConfig, overwrite: bool = Fa
     try:
         saved = json.loads(config_file.read_text())
         differences = config_differences(saved["config"], config)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8 (UnicodeDecodeError), no config
         raise WorkdirError(
-            f"workdir {workdir}: its config.json is unreadable ({e}); restore it from a backup (the "
-            "checkpoints beside it are kept), or use another --workdir (--overwrite would delete this run)"
+            f"{config_file} is unreadable ({type(e).__name__}: {str(e)[:120]}); restore it from a backup "
+            "(the checkpoints beside it are kept), or use another --workdir"
         ) from None
     if differences:
         raise WorkdirError(
@@ -179,7 +179,7 @@ def not_a_run(config_file: Path, strict: bool = True) -> str | None:
     try:
         saved = json.loads(config_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        return f"its config.json is not readable JSON ({type(e).__name__})"
+        return f"its config.json is not readable JSON ({type(e).__name__}: {str(e)[:80]})"
     fields = {f.name for f in dataclasses.fields(TrainConfig)} | set(REMOVED_FIELDS)
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         return "its config.json has no run config (no 'config' object)"

@@ -14,7 +14,7 @@ from cnn.data.spec import Splits
 from cnn.engine import costs
 from cnn.engine.devices import is_primary
 from cnn.engine.state import TrainState, learning_rate, steps_per_epoch
-from cnn.runs.checkpoints import Checkpoints
+from cnn.runs.checkpoints import Checkpoints, check_writable
 from cnn.runs.events import EventLog
 from cnn.runs.folder import write_history
 from cnn.runs.results import run_results, write_results
@@ -41,6 +41,7 @@ class Run:
         cls, config: TrainConfig, workdir: Path, state: TrainState, together: int = 1, label: str = ""
     ) -> tuple[TrainState, Run]:
         """The run in `workdir` resumed from its latest good checkpoint (or `state`, fresh)."""
+        check_writable(workdir / "checkpoints")
         state, record, checkpoints = resume(Checkpoints(workdir / "checkpoints"), state, config, workdir)
         if record.history:  # a run killed between its checkpoint and its history file
             write_history(workdir, record.history)

@@ -17,9 +17,13 @@ from cnn.config import TrainConfig
 from cnn.data.spec import DataSpec
 from cnn.engine.state import model_for
 from cnn.models.summary import layer_rows, totals
+from cnn.runs.disk import read_json
 from cnn.runs.folder import write_json
 from cnn.runs.outputs import write_atomic
 from cnn.studies.grid import Variant
+
+# How to go on from a run's results.json or history.json that cannot be read.
+RETRAIN = "move that run's folder away (or restore the file from a backup) and run the same command again"
 
 
 def earlier_rows(out: Path, current: set[str]) -> list[dict[str, Any]]:
@@ -83,12 +87,12 @@ def collect(
     rows = []
     for variant, config in zip(variants, configs, strict=True):
         results = [
-            json.loads(p.read_text())
+            read_json(p, RETRAIN)
             for s in seeds
             if (p := out / variant.name / f"seed{s}" / "results.json").is_file()
         ]
         histories = [
-            json.loads(p.read_text())
+            read_json(p, RETRAIN)
             for s in seeds
             if (p := out / variant.name / f"seed{s}" / "history.json").is_file()
         ]
@@ -115,7 +119,7 @@ def collect(
                 ),
                 "seeds_finished": len(results),
                 "seeds": len(seeds),
-                "error": json.loads(error.read_text())["error"] if error.is_file() else "",
+                "error": recorded_error(error),
                 "val_curve": np.mean(
                     [
                         [h["val_accuracy"] for h in hist]
@@ -147,6 +151,16 @@ COLUMNS = [
     "seeds",
     "error",
 ]
+
+
+def recorded_error(path: Path) -> str:
+    """The failure a variant's `error.json` records ('' without one; a garbled one still counts)."""
+    if not path.is_file():
+        return ""
+    try:
+        return str(json.loads(path.read_text())["error"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{path} is unreadable ({type(e).__name__})"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
