@@ -341,15 +341,14 @@ def train_epoch(
             disable=None,
         )
         calls = []
-        for call in plan.calls:
+        for k, call in enumerate(plan.calls):
             state, metrics = run_call(state, data, order, keys["dropout"], live, call, members, mesh)
             calls.append(metrics)
-            if not bar.disable:
-                done = call.start // plan.batch_size + call.active
-                seconds = time.perf_counter() - t0 - costs.since(start).seconds
-                bar.set_postfix(img_s=f"{min(n, done * plan.batch_size) / max(seconds, 1e-9):.0f}")
-                bar.update(done - bar.n)
+            if not bar.disable and k > 0:  # the call before, with this one queued behind it (no idle device)
+                show_finished(bar, calls[-2], plan.calls[k - 1], plan, n, t0, start)
         jax.block_until_ready(calls)
+        if not bar.disable:
+            show_finished(bar, calls[-1], plan.calls[-1], plan, n, t0, start)
         bar.close()
     compiled = costs.since(start)
     seconds = time.perf_counter() - t0 - compiled.seconds
@@ -360,6 +359,17 @@ def train_epoch(
         "images": n,
     }
     return state, calls, timing
+
+
+def show_finished(bar: Any, metrics: Any, call: Call, plan: EpochPlan, n: int, t0: float, start: Any) -> None:
+    """The progress bar up to the end of `call` once it has finished on the device (JAX dispatches
+    asynchronously: a bar moved at dispatch would run ahead of the work), its images/s those of the
+    finished steps without compiling, as the epoch's line counts them."""
+    jax.block_until_ready(metrics)
+    done = call.start // plan.batch_size + call.active
+    seconds = time.perf_counter() - t0 - costs.since(start).seconds
+    bar.set_postfix(img_s=f"{min(n, done * plan.batch_size) / max(seconds, 1e-9):.0f}")
+    bar.update(done - bar.n)
 
 
 def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):

@@ -199,3 +199,53 @@ def test_resuming_into_a_read_only_checkpoints_folder_is_refused_before_training
     assert captured.err.startswith(f"error: checkpoints: cannot write in {workdir / 'checkpoints'}")
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.out + captured.err
     assert "Epoch 2/2" not in captured.out  # refused before training
+
+
+# ------------------------------------------------------------------------------------- 2 the progress bar
+def test_the_bar_counts_finished_calls_with_the_next_one_queued(tiny_splits, tmp_path, monkeypatch):
+    import jax
+
+    from cnn import TrainConfig, fit
+
+    events: list[tuple] = []
+
+    class Bar:
+        disable, n = False, 0
+
+        def __init__(self, total, **kwargs):
+            self.total = total
+
+        def set_postfix(self, **values):
+            self.rate = float(values["img_s"])
+
+        def update(self, steps):
+            self.n += steps
+            events.append(("bar", self.n, self.rate))
+
+        def close(self):
+            pass
+
+    dispatch, wait = train_module.run_call, jax.block_until_ready
+
+    def run_call(*args):
+        out = dispatch(*args)
+        events.append(("dispatched", id(out[1])))
+        return out
+
+    def block_until_ready(tree):
+        events.append(("waited", id(tree)))
+        return wait(tree)
+
+    monkeypatch.setattr(train_module, "tqdm", Bar)
+    monkeypatch.setattr(train_module, "run_call", run_call)
+    monkeypatch.setattr(jax, "block_until_ready", block_until_ready)
+    config = TrainConfig(epochs=1, limit_train=128, batch_size=32, steps_per_call=1, tensorboard=False)
+    results = fit(config, tiny_splits, tmp_path / "run")
+    calls = [e[1] for e in events if e[0] == "dispatched"]
+    bars = [e for e in events if e[0] == "bar"]
+    assert len(calls) == 4 and [b[1] for b in bars] == [1, 2, 3, 4]
+    for k, bar in enumerate(bars[:-1]):
+        at = events.index(bar)
+        assert events.index(("dispatched", calls[k + 1])) < events.index(("waited", calls[k])) < at
+    rate, line = bars[-1][2], results["images_per_second"]
+    assert 0.5 < rate / line < 2, (rate, line)  # the bar's rate is the epoch line's, not the dispatch rate
