@@ -4,6 +4,7 @@ folder ends the process; two sweeps on one folder; a class left without images."
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -249,3 +250,128 @@ def test_the_bar_counts_finished_calls_with_the_next_one_queued(tiny_splits, tmp
         assert events.index(("dispatched", calls[k + 1])) < events.index(("waited", calls[k])) < at
     rate, line = bars[-1][2], results["images_per_second"]
     assert 0.5 < rate / line < 2, (rate, line)  # the bar's rate is the epoch line's, not the dispatch rate
+
+
+# ------------------------------------------------------------------------ 5 two sweeps on one folder
+def test_a_run_another_process_trains_is_waited_for_and_taken_as_finished(
+    tiny_splits, tmp_path, monkeypatch, capsys
+):
+    import threading
+
+    from cnn import TrainConfig, fit
+    from cnn.runs import lock
+    from cnn.studies.grid import Variant
+    from cnn.studies.sweep import run_sweep
+
+    base = {"epochs": 1, "limit_train": 128, "batch_size": 32, "tensorboard": False}
+    variants = [Variant("a", {"lr": 0.001}), Variant("b", {"lr": 0.002})]
+    holder = {**lock._me(), "pid": 1}  # the lock reads as another live process's (PID 1)
+    monkeypatch.setattr(lock, "_me", lambda: holder)
+    workdir = tmp_path / "a" / "seed0"
+    other = threading.Thread(target=fit, args=(TrainConfig(**base, lr=0.001, seed=0), tiny_splits, workdir))
+    other.start()
+    while not (workdir / lock.LOCK_FILE).exists():  # the other process holds the run first
+        pass
+    rows = run_sweep(base, variants, [0], tiny_splits, tmp_path, together="sequential")
+    other.join()
+    out = capsys.readouterr().out
+    assert "is in use by another run (PID 1 on" in out and "waiting for it" in out
+    assert "[a] seed 0: finished by another process; taken as it is" in out
+    assert [r["seeds_finished"] for r in rows] == [1, 1] and not any(r["error"] for r in rows)
+    assert not list(tmp_path.glob("*/error.json"))
+
+
+def test_a_rerun_clears_the_error_of_a_variant_whose_runs_all_finished(tiny_splits, tmp_path, capsys):
+    from cnn.studies.grid import Variant
+    from cnn.studies.sweep import check_finished, run_sweep
+
+    base = {"epochs": 1, "limit_train": 128, "batch_size": 32, "tensorboard": False}
+    variants = [Variant("a", {"lr": 0.001})]
+    run_sweep(base, variants, [0], tiny_splits, tmp_path)
+    stale = {"error": "WorkdirBusy: workdir is in use by another run (PID 99999 on here)", "traceback": ""}
+    (tmp_path / "a" / "error.json").write_text(json.dumps(stale))
+    rows = run_sweep(base, variants, [0], tiny_splits, tmp_path)
+    assert not (tmp_path / "a" / "error.json").exists() and rows[0]["error"] == ""
+    check_finished(rows, variants)  # no RunsFailed
+    assert "(failed)" not in (tmp_path / "results.md").read_text()
+
+
+# --------------------------------------------------------------- 3 nothing written over what must be kept
+@pytest.fixture(scope="module")
+def finished_run(idx_dir, prepared, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    args = ["train", *_data(idx_dir, prepared), "--workdir", str(workdir), "--epochs", "1"]
+    assert main([*args, "--limit-train", "64", "--no-tensorboard"]) == 0
+    return workdir
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (["export", "--workdir", "{run}", "--out", "{run}/config.json"], "is config.json of the run in"),
+        (
+            ["export", "--workdir", "{run}", "--out", "{run}/checkpoints/m.jaxexport"],
+            "is checkpoints/m.jaxexport",
+        ),
+        (["export", "--workdir", "{run}", "--out", "{run}"], "is the run folder"),
+        (["summary", "--plot", "{run}/curves.png"], "is curves.png of the run in"),
+        (["viz", "--workdir", "{run}", "--out", "{run}"], "is the run folder"),
+        (["evaluate", "--workdir", "{run}", "--out", "{run}/checkpoints"], "is checkpoints of the run in"),
+        (["sweep", "--grid", "lr=[0.01]", "--out", "{run}"], "is the run folder"),
+        (["tune", "--space", "lr=loguniform(1e-4,1e-2)", "--out", "{run}/events"], "is events of the run in"),
+    ],
+)
+def test_no_command_writes_over_a_runs_own_files(finished_run, capsys, command, words):
+    before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    rc = main([c.replace("{run}", str(finished_run)) for c in command])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and words in err and "outside the run's own files" in err, err
+    assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
+
+
+def test_export_and_a_plot_replace_an_existing_file_only_with_force(finished_run, tmp_path, capsys):
+    out = tmp_path / "model.jaxexport"
+    out.write_bytes(b"mine")
+    export = ["export", "--workdir", str(finished_run), "--out", str(out)]
+    assert main(export) == 2 and out.read_bytes() == b"mine"
+    assert "model.jaxexport exists; pass --force to replace it" in capsys.readouterr().err
+    assert main([*export, "--force"]) == 0 and out.read_bytes() != b"mine"
+    assert json.loads((tmp_path / "model.jaxexport.json").read_text())["model"] == "seed_cnn"
+    plot = tmp_path / "net.png"
+    plot.write_bytes(b"mine")
+    assert main(["summary", "--plot", str(plot)]) == 2 and plot.read_bytes() == b"mine"
+    assert main(["summary", "--plot", str(plot), "--force"]) == 0 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.jaxexport",
+        "model.jaxexport.json",
+        "net.png",
+    ]
+
+
+def test_a_config_json_that_is_not_utf8_is_named_with_the_fix(
+    finished_run, idx_dir, prepared, tmp_path, capsys
+):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir)
+    (workdir / "config.json").write_bytes(b"\xe4\x00binary program")
+    args = [
+        "train",
+        *_data(idx_dir, prepared),
+        "--workdir",
+        str(workdir),
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: {workdir / 'config.json'} is unreadable (UnicodeDecodeError: ")
+        and err.count("\n") == 1
+    )
+    assert "restore it from a backup" in err
+    assert main(["predict", "--workdir", str(workdir), str(tmp_path)]) == 2
+    assert f"{workdir / 'config.json'} is unreadable" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def onnx_tools() -> tuple[Any, Any]:
     return onnx, to_onnx
 
 
-def export_onnx(state: TrainState, path: Path) -> Path:
+def export_onnx(state: TrainState, path: Path, name: str | None = None) -> Path:
     """`state`'s forward pass (uint8 images, a symbolic batch -> logits) as the ONNX model `path`, converted
     by jax2onnx. The shape annotations jax2onnx leaves between layers are dropped (after batch norm, moved
     to NCHW, some still say NHWC and onnxruntime refuses the file); onnxruntime infers them again."""
@@ -67,7 +67,9 @@ def export_onnx(state: TrainState, path: Path) -> Path:
     for logger in quiet:
         logger.setLevel(logging.ERROR)
     try:
-        model = to_onnx(functools.partial(_logits, state), [spec], model_name=path.stem, return_mode="proto")
+        model = to_onnx(
+            functools.partial(_logits, state), [spec], model_name=name or path.stem, return_mode="proto"
+        )
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
@@ -92,8 +94,8 @@ def export_run(
         raise ValueError(
             f"out: {out} is the ONNX file's name; give the program's, e.g. {out.with_suffix('.jaxexport')}"
         )
-    outputs = [out, out.with_name(out.name + ".json"), *([out.with_suffix(".onnx")] if onnx else [])]
-    for path in outputs:  # every path checked before any work
+    paths = [out, out.with_name(out.name + ".json"), *([out.with_suffix(".onnx")] if onnx else [])]
+    for path in paths:  # every path checked before any work
         check_output(path, force)
     if onnx:
         onnx_tools()
@@ -119,8 +121,8 @@ def export_run(
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
     }
-    write_json(outputs[1], description)
+    write_json(paths[1], description)
     if onnx:
-        with atomic_path(outputs[2]) as temporary:
-            export_onnx(state, temporary)
-    return outputs
+        with atomic_path(paths[2]) as temporary:
+            export_onnx(state, temporary, name=paths[2].stem)
+    return paths
