@@ -166,6 +166,7 @@ def read_only(tmp_path):
 
 
 def test_a_save_refused_by_the_folder_ends_in_one_error_and_leaves_no_thread_waiting(tmp_path, read_only):
+    import contextlib
     import threading
 
     import numpy as np
@@ -183,7 +184,8 @@ def test_a_save_refused_by_the_folder_ends_in_one_error_and_leaves_no_thread_wai
         checkpoints.close()
     waiting = [t for t in threading.enumerate() if type(t).__name__ == "_SignalingThread"]
     for thread in waiting:
-        thread.join(timeout=10)
+        with contextlib.suppress(Exception):  # orbax's join raises what the thread raised (cancelled, ...)
+            thread.join(timeout=10)
     assert not [t for t in waiting if t.is_alive()]  # else the process would never end
 
 

@@ -434,7 +434,7 @@ def test_truncated_run_files_are_named_and_the_fix_keeps_the_checkpoints(idx_dir
     config.write_text(config.read_text()[:60])
     assert train(idx_dir, tmp_path, run) == 2
     err = one_line_error(capsys)
-    assert "config.json is unreadable" in err and "--overwrite would delete this run" in err
+    assert "config.json is unreadable" in err and "restore it from a backup" in err
     assert (run / "checkpoints").is_dir()
 
 
