@@ -209,7 +209,6 @@ def test_the_measurement_is_made_once_per_machine_and_network(monkeypatch, tmp_p
 
 
 def test_the_three_ways_of_training_runs_together_are_measured(tiny_splits):
-    from cnn.engine import compile_cache
     from cnn.studies import grouping as together
 
     for mode in together.MODES:
