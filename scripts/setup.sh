@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
-# A PostgreSQL server for the tests of sweeps and studies across machines (tests/test_cluster.py)
+# A PostgreSQL server for the tests of sweeps and studies across machines (tests/studies/test_cluster.py)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     pg_sudo=""
     [ "$(id -u)" = 0 ] || pg_sudo="sudo -n"

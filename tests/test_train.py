@@ -347,7 +347,7 @@ def test_the_progress_bar_moves_on_a_terminal(idx_dir, tmp_path):
 
 
 def test_resuming_on_data_that_changed_is_refused_naming_the_change(tmp_path, capsys):
-    from tests.test_datasets import _write_folder
+    from tests.data.test_image_folders_and_lfw import _write_folder
 
     root = _write_folder(tmp_path / "photos", per_class=10)
     run = tmp_path / "run"

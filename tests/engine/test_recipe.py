@@ -20,7 +20,7 @@ from cnn.engine.steps import losses_and_correct
 from cnn.errors import ConfigError
 from cnn.studies.space import check_search, read_space
 from cnn.train import fit
-from tests.test_misuse import one_line_error
+from tests.cli.test_misuse import one_line_error
 
 
 # ------------------------------------------------------------------------------------------- bad values
@@ -256,7 +256,7 @@ def test_the_ablation_takes_one_knob_away_at_a_time():
     from cnn.models.registry import build_model
     from cnn.studies.grid import resolve
 
-    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
+    script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "experiments" / "recipe.py"))
     variants = script["variants"]()
     warmups = {e: script["base_for"](e)["warmup_epochs"] for e in (1, 2, 8, 24, 60)}
     assert warmups == {1: 0, 2: 1, 8: 1, 24: 2, 60: 5}  # the strong recipe's share of warm-up, 5 of 60
@@ -286,7 +286,7 @@ def test_the_ablation_runs_only_the_variants_asked_for(monkeypatch, capsys):
         seen.update(names=[v.name for v in variants], warmup=base["warmup_epochs"], epochs=args.epochs)
 
     monkeypatch.setattr(cnn.studies.scripts, "run_experiment", run_experiment)  # bound when the script loads
-    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "experiments" / "recipe.py"))
+    script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "experiments" / "recipe.py"))
     script["main"](["--variants", "plain", "strong", "--epochs", "12"])
     assert seen == {"names": ["strong", "plain"], "warmup": 1, "epochs": 12}
     with pytest.raises(SystemExit):

@@ -83,8 +83,8 @@ HAS_BATCH_NORM = {"vgg_bn", "wide_resnet"}
 
 
 # The famous ImageNet networks (cnn.models.applications.networks) need larger colour inputs;
-# tests/test_applications.py checks them against Keras, and test_cli_trains_a_famous_network below trains one
-# from the CLI.
+# tests/models/test_applications.py checks them against Keras, and test_cli_trains_a_famous_network below
+# trains one from the CLI.
 FASHION_ZOO = sorted(name for name in MODELS if default_input_shape(name) == (28, 28, 1))
 FAMOUS = {"inception_v3", "vgg16", "resnet50", "mobilenet_v2"}
 

@@ -19,7 +19,7 @@ from cnn.engine.placement import on_device
 from cnn.engine.state import make_optimizer
 from cnn.engine.steps import gather, train_chunk, train_step
 from cnn.studies.bench import SCHEMA_VERSION, benchmark, format_table, parse_peers
-from tests.test_data import REAL_DIR
+from tests.data.test_fashion_mnist import REAL_DIR
 
 
 def _state(model="seed_cnn"):
@@ -187,7 +187,7 @@ def test_profile_script_weight_gradient_as_one_matmul_equals_xlas():
     """scripts/profile_step.py times the convolution's weight gradient both ways: they must agree."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "profile_step.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "profile_step.py"
     spec = importlib.util.spec_from_file_location("profile_step", path)
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)

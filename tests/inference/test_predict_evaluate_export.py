@@ -24,8 +24,8 @@ from cnn.data.spec import FASHION_MNIST
 from cnn.engine.evaluation import predict
 from cnn.inference.predict import read_images
 from cnn.runs.results import finished_run
+from tests.cli.test_misuse import one_line_error
 from tests.processes import subprocess_env
-from tests.test_misuse import one_line_error
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -146,7 +146,7 @@ def test_tiny_few_shot_experiment(idx_dir, tmp_path, monkeypatch):
         ],
     )
     runpy.run_path(
-        str(Path(__file__).resolve().parent.parent / "experiments" / "transfer.py"), run_name="__main__"
+        str(Path(__file__).resolve().parents[2] / "experiments" / "transfer.py"), run_name="__main__"
     )
     table = (out / "results.md").read_text()
     for method in ("frozen", "finetune", "scratch"):

@@ -15,7 +15,7 @@ import pytest
 from cnn.cli.main import main
 from cnn.data.transforms import shift
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 EXPECTED_ROWS = {
     "padding": ["same", "valid", "deep-same", "deep-valid"],
     "stride": ["stride1+maxpool2", "stride2-conv", "stride3-conv"],

@@ -1,0 +1,1 @@
+"""Looking at trained networks (`cnn.analysis`)."""

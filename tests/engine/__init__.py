@@ -1,0 +1,1 @@
+"""What runs on the device (`cnn.engine`): steps, runs trained together, devices, costs."""

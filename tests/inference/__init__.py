@@ -1,0 +1,1 @@
+"""A finished run used outside training (`cnn.inference`)."""

@@ -1,0 +1,1 @@
+"""The networks and their layers (`cnn.models`), against Keras where Keras has them."""

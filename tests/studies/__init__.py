@@ -1,0 +1,1 @@
+"""Many runs at once (`cnn.studies`): sweeps, experiments, tune, transfer, many machines."""
