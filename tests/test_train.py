@@ -126,8 +126,9 @@ def test_same_seed_same_history_and_resume_matches_an_uninterrupted_run(
     assert resumed["test_accuracy"] == results["test_accuracy"]
 
 
-def test_a_finished_run_is_not_trained_again(trained, tiny_splits, capsys):
-    workdir, results = trained
+def test_a_finished_run_is_not_trained_again(trained, tiny_splits, tmp_path, capsys):
+    workdir, results = tmp_path / "run", trained[1]
+    shutil.copytree(trained[0], workdir)  # results.json is written again: the shared run stays as it was
     epochs = []
     capsys.readouterr()
     again = fit(TrainConfig(**FAST), tiny_splits, workdir, on_epoch_end=lambda e, m: epochs.append(e))

@@ -262,6 +262,7 @@ def test_a_run_another_process_trains_is_waited_for_and_taken_as_finished(
 
     from cnn import TrainConfig, fit
     from cnn.runs import lock
+    from cnn.studies import sweep as sweep_module
     from cnn.studies.grid import Variant
     from cnn.studies.sweep import run_sweep
 
@@ -270,7 +271,19 @@ def test_a_run_another_process_trains_is_waited_for_and_taken_as_finished(
     holder = {**lock._me(), "pid": 1}  # the lock reads as another live process's (PID 1)
     monkeypatch.setattr(lock, "_me", lambda: holder)
     workdir = tmp_path / "a" / "seed0"
-    other = threading.Thread(target=fit, args=(TrainConfig(**base, lr=0.001, seed=0), tiny_splits, workdir))
+    # The other run holds its lock until the sweep has found it busy (its epoch end waits a second after
+    # the sweep starts waiting), however fast its one epoch trains.
+    found_busy, real_wait = threading.Event(), sweep_module.wait_while_busy
+
+    def waits(folder, *args, **kwargs):
+        threading.Timer(1.0, found_busy.set).start()
+        return real_wait(folder, 0.2)
+
+    monkeypatch.setattr(sweep_module, "wait_while_busy", waits)
+    config = TrainConfig(**base, lr=0.001, seed=0)
+    other = threading.Thread(
+        target=fit, args=(config, tiny_splits, workdir, False, lambda *_: found_busy.wait(60))
+    )
     other.start()
     while not (workdir / lock.LOCK_FILE).exists():  # the other process holds the run first
         pass
