@@ -205,6 +205,50 @@ def test_resuming_into_a_read_only_checkpoints_folder_is_refused_before_training
 
 
 # ------------------------------------------------------------------------------------- 2 the progress bar
+@pytest.mark.slow
+def test_on_a_terminal_the_bar_and_the_epoch_line_tell_the_same_rate(idx_dir, prepared, tmp_path):
+    """`python -m cnn train` under a pseudo-terminal (where tqdm draws its bar): no rate the bar shows is
+    more than 3x the epoch line's (a bar counting dispatched calls showed 85x), its last is within 3x of it,
+    and its step count only grows."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import subprocess
+    import termios
+
+    from tests.processes import ROOT, subprocess_env, train_command
+
+    command = train_command(idx_dir, prepared, tmp_path / "run", "--epochs", "2", "--batch-size", "4",
+                            "--steps-per-call", "1", "--no-tensorboard")  # fmt: skip
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a width to draw in
+    process = subprocess.Popen(
+        command, stdin=follower, stdout=follower, stderr=follower, env=subprocess_env(), cwd=ROOT
+    )
+    os.close(follower)
+    chunks = []
+    try:
+        while data := os.read(leader, 65536):
+            chunks.append(data)
+    except OSError:  # the terminal closed with the process
+        pass
+    finally:
+        os.close(leader)
+        assert process.wait(timeout=240) == 0, b"".join(chunks)[-2000:]
+    out = b"".join(chunks).decode(errors="replace")
+    lines = [re.search(r"\((\d+) img/s\)", line) for line in out.splitlines() if line.startswith("Epoch ")]
+    epoch_rates = [int(m.group(1)) for m in lines if m]
+    for epoch, rate in zip((1, 2), epoch_rates, strict=True):
+        draws = re.findall(rf"Epoch {epoch}/2:[^\r\n]*?(\d+)/120 [^\r\n]*?img_s=(\d+)", out)
+        assert draws, f"no bar drawn in epoch {epoch}: {out[-1500:]!r}"
+        steps = [int(done) for done, _ in draws]
+        assert steps == sorted(steps)
+        assert all(int(bar) <= 3 * rate for _, bar in draws), (rate, draws)  # never ahead of the work
+        assert int(draws[-1][1]) >= rate / 3, (rate, draws)  # and at the end, the epoch line's rate
+
+
 def test_the_bar_counts_finished_calls_with_the_next_one_queued(tiny_splits, tmp_path, monkeypatch):
     import jax
 
