@@ -70,6 +70,7 @@ def add_viz(sub: Any) -> None:
     )
     viz.add_argument("--workdir", type=Path, required=True)
     viz.add_argument("--out", type=Path, default=None, help="default: WORKDIR/viz")
+    viz.add_argument("--force", action="store_true", help="write into an --out folder that holds files")
     viz.add_argument(
         "--cam",
         default=None,
@@ -89,10 +90,21 @@ def run_viz(args: argparse.Namespace) -> None:
 
     if args.out is not None:  # the run folder, or its checkpoints/, is no place for pictures
         check_output(args.out, folder=True)
+        check_empty_folder(args.out, args.force)
     config, _, _ = restore_run(args.workdir)  # a missing run fails here, before the data is loaded
     splits = load_dataset(config, data_dir=args.data_dir, source_dir=args.source_dir)
     for path in write_all(args.workdir, splits, args.out, cam=args.cam):
         print(path)
+
+
+def check_empty_folder(out: Path, force: bool) -> None:
+    """A chosen --out folder that already holds files is refused without --force (its files could be
+    someone's own with the names the pictures take); the default folder in the run is the command's own."""
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise ValueError(
+            f"--out: {out} already holds files, which this command may write over; pass --force to write "
+            "there anyway, or choose a new or empty folder"
+        )
 
 
 def add_predict(sub: Any) -> None:
@@ -127,6 +139,7 @@ def add_evaluate(sub: Any) -> None:
     )
     evaluate.add_argument("--flip", action="store_true", help="test-time augmentation: average with mirrors")
     evaluate.add_argument("--out", type=Path, default=None, help="default: WORKDIR/eval")
+    evaluate.add_argument("--force", action="store_true", help="write into an --out folder that holds files")
     data_location_flags(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
@@ -137,6 +150,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     if args.out is not None:  # the run folder, or its checkpoints/, is no place for the report
         check_output(args.out, folder=True)
+        check_empty_folder(args.out, args.force)
     report, paths = evaluate_run(
         args.workdir, args.split, args.dataset, args.flip, args.out, args.data_dir, args.source_dir
     )

@@ -407,6 +407,24 @@ def test_export_and_a_plot_replace_an_existing_file_only_with_force(finished_run
     ]
 
 
+def test_viz_and_evaluate_write_into_a_folder_holding_files_only_with_force(
+    finished_run, idx_dir, prepared, tmp_path, capsys
+):
+    out = tmp_path / "pictures"
+    out.mkdir()
+    (out / "confusion.png").write_bytes(b"mine")
+    data = _data(idx_dir, prepared)
+    for command in ("viz", "evaluate"):
+        assert main([command, "--workdir", str(finished_run), "--out", str(out), *data]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "already holds files" in err and "--force" in err, err
+        assert sorted(p.name for p in out.iterdir()) == ["confusion.png"]  # nothing written
+    assert main(["evaluate", "--workdir", str(finished_run), "--out", str(out), "--force", *data]) == 0
+    assert len(list(out.iterdir())) > 1
+    assert main(["evaluate", "--workdir", str(finished_run), *data]) == 0  # the run's own eval/: no flag
+    assert main(["evaluate", "--workdir", str(finished_run), *data]) == 0
+
+
 def test_a_config_json_that_is_not_utf8_is_named_with_the_fix(
     finished_run, idx_dir, prepared, tmp_path, capsys
 ):
