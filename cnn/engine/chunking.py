@@ -24,7 +24,7 @@ import numpy as np
 from cnn.config import TrainConfig
 from cnn.data.spec import DataSpec
 from cnn.engine import costs
-from cnn.engine.compile_cache import remember, remembered
+from cnn.engine.compile_cache import remember, remembered, this_device
 from cnn.engine.state import initial_state
 from cnn.engine.steps import train_chunk
 from cnn.engine.vmap import Members
@@ -72,11 +72,10 @@ def choose_steps_per_call(config: TrainConfig, spec: DataSpec, full_batches: int
 
 def program_key(config: TrainConfig, spec: DataSpec) -> str:
     """What the compiled training step depends on: device, JAX, model, input shape, batch and precision."""
-    device = jax.devices()[0]
     shape = "x".join(map(str, spec.image_shape))
     model = f"{config.model}{json.dumps(config.model_args, sort_keys=True) if config.model_args else ''}"
-    where = f"{device.platform}:{device.device_kind}|jax {jax.__version__}"
-    return f"{where}|{model}|{shape}|{spec.num_classes} classes|bs {config.batch_size}|{config.precision}"
+    batch = f"bs {config.batch_size}|{config.precision}"
+    return f"{this_device()}|{model}|{shape}|{spec.num_classes} classes|{batch}"
 
 
 def remembered_costs(key: str) -> dict[int, dict[str, float]]:

@@ -69,6 +69,14 @@ def measurements_file(name: str) -> Path | None:
     return Path(folder).with_name(f"{Path(folder).name}-{name}.json") if folder else None
 
 
+def this_device() -> str:
+    """The first part of a remembered measurement's key: the device and JAX's version it was measured with."""
+    import jax
+
+    device = jax.devices()[0]
+    return f"{device.platform}:{device.device_kind}|jax {jax.__version__}"
+
+
 def remembered(name: str) -> dict:
     """The measurements of `measurements_file(name)` by key ({} when there are none or the file is unreadable:
     they are measured again)."""

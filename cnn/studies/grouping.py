@@ -14,7 +14,7 @@ import numpy as np
 
 from cnn.config import TrainConfig
 from cnn.data.spec import DataSpec
-from cnn.engine.compile_cache import remember, remembered
+from cnn.engine.compile_cache import remember, remembered, this_device
 from cnn.engine.state import initial_state
 from cnn.engine.steps import train_chunk
 from cnn.engine.vmap import Members
@@ -69,7 +69,5 @@ def images_per_second(config: TrainConfig, spec: DataSpec, runs: int, mode: str,
 
 
 def _key(config: TrainConfig, spec: DataSpec, runs: int) -> str:
-    device = jax.devices()[0]
     shape = "x".join(map(str, spec.image_shape))
-    where = f"{device.platform}:{device.device_kind}|jax {jax.__version__}"
-    return f"{where}|{shape}|{config.precision}|bs {config.batch_size}|{runs} runs"
+    return f"{this_device()}|{shape}|{config.precision}|bs {config.batch_size}|{runs} runs"
