@@ -142,12 +142,17 @@ def take_lock(fd: int, path: Path, workdir: Path) -> Path | None:
         return fallback
 
 
-def _holder(path: Path) -> str:
-    try:
-        h = json.loads(path.read_text())
-        return f"PID {h['pid']} on {h['host']}, since {h['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+def _holder(path: Path, tries: int = 10) -> str:
+    """Who holds the lock at `path`, as the holder wrote it. The holder writes it just after locking, so an
+    empty or half-written file is read again a few times (50 ms apart) before saying "holder unknown"."""
+    for attempt in range(tries):
+        try:
+            h = json.loads(path.read_text())
+            return f"PID {h['pid']} on {h['host']}, since {h['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if attempt + 1 < tries:
+                time.sleep(0.05)
+    return "holder unknown"
 
 
 def exclusive_file_lock(path: Path, workdir: Path) -> None:

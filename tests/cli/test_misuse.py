@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,28 @@ def test_the_lock_is_released_after_a_run_and_nested_use_is_refused(tmp_path):
     assert list((tmp_path / "w").iterdir()) == []  # the lock file goes with the lock
     with workdir_lock(tmp_path / "w"):  # released: taken again
         pass
+
+
+def test_a_holder_caught_between_locking_and_writing_its_name_is_still_named(tmp_path):
+    """The holder locks the (new, empty) file, then writes who it is: a second run that finds the lock
+    taken in between reads the file again rather than saying "holder unknown"; a file that stays empty
+    is "holder unknown", after a bounded wait."""
+    import threading
+
+    path = tmp_path / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, nothing written yet
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkdirBusy, match="holder unknown"), workdir_lock(tmp_path):
+            pass
+        assert time.monotonic() - started < 5
+        me = json.dumps({"host": "elsewhere", "pid": 4242, "started": "now"}).encode()
+        threading.Timer(0.1, os.write, (fd, me)).start()  # the name arrives while the second run reads
+        with pytest.raises(WorkdirBusy, match="PID 4242 on elsewhere"), workdir_lock(tmp_path):
+            pass
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("meanwhile", ["no-run", "another-run"])
