@@ -154,9 +154,10 @@ def empirical_receptive_field(
         return x
 
     x = jnp.ones((1, input_size, 1, 1))
-    out_len = stack(x).shape[1]
+    out_len = jax.eval_shape(stack, x).shape[1]
     unit = out_len // 2 if unit is None else unit
-    grad = jax.grad(lambda x: stack(x)[0, unit, 0, 0])(x)[0, :, 0, 0]
+    # one compiled program for the whole gradient, not one per operation of the stack
+    grad = jax.jit(jax.grad(lambda x: stack(x)[0, unit, 0, 0]))(x)[0, :, 0, 0]
     seen = np.flatnonzero(np.asarray(grad) > 0)
     return int(seen[0]), int(seen[-1])
 

@@ -56,6 +56,17 @@ def _lax_padding(padding):
     return padding
 
 
+# The vectorised convolution and pooling, and flax's, each compiled as one program per drawn case rather than
+# run operation by operation (each operation of a new shape compiles on its own; test_conv2d_is_jittable
+# checks that the compiled and the operation-by-operation convolution agree).
+conv2d = jax.jit(conv.conv2d, static_argnames=("stride", "padding", "dilation"))
+pool2d = jax.jit(conv.pool2d, static_argnums=(1, 2, 3, 4))
+flax_pools = {
+    "max": jax.jit(nn.max_pool, static_argnums=(1, 2, 3)),
+    "avg": jax.jit(nn.avg_pool, static_argnums=(1, 2, 3), static_argnames=("count_include_pad",)),
+}
+
+
 @PROPERTY
 @given(conv_cases())
 def test_reference_equals_vectorised_equals_lax_equals_flax(case):
@@ -66,9 +77,13 @@ def test_reference_equals_vectorised_equals_lax_equals_flax(case):
     args = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"])
 
     reference = conv.conv2d_reference(x, kernel, bias, **args)
-    vectorised = conv.conv2d(jnp.asarray(x[None]), jnp.asarray(kernel), jnp.asarray(bias), **args)[0]
+    vectorised = conv2d(jnp.asarray(x[None]), jnp.asarray(kernel), jnp.asarray(bias), **args)[0]
     lax = (
-        jax.lax.conv_general_dilated(
+        jax.jit(
+            jax.lax.conv_general_dilated,
+            static_argnums=(2, 3),
+            static_argnames=("rhs_dilation", "dimension_numbers", "precision"),
+        )(
             x[None],
             kernel,
             case["stride"],
@@ -87,7 +102,7 @@ def test_reference_equals_vectorised_equals_lax_equals_flax(case):
         kernel_dilation=case["dilation"],
         precision=jax.lax.Precision.HIGHEST,
     )
-    flax_out = layer.apply({"params": {"kernel": kernel, "bias": bias}}, x[None])[0]
+    flax_out = jax.jit(layer.apply)({"params": {"kernel": kernel, "bias": bias}}, x[None])[0]
 
     _rel_close(vectorised, reference)
     _rel_close(lax, reference)
@@ -124,9 +139,9 @@ def _per_axis(padding):
 def test_pooling_reference_equals_vectorised_equals_flax(size, stride, padding, hw, channels, seed):
     x = np.random.default_rng(seed).standard_normal((*hw, channels)).astype(np.float32)
     strides = stride or size
-    for mode, flax_pool in (("max", nn.max_pool), ("avg", nn.avg_pool)):
+    for mode, flax_pool in flax_pools.items():
         reference = conv.pool2d_reference(x, size, stride, padding, mode)
-        vectorised = conv.pool2d(jnp.asarray(x[None]), size, stride, padding, mode)[0]
+        vectorised = pool2d(jnp.asarray(x[None]), size, stride, padding, mode)[0]
         kwargs = {"count_include_pad": False} if mode == "avg" else {}
         flax_out = flax_pool(x[None], size, strides, padding.upper(), **kwargs)[0]
         _rel_close(vectorised, reference)
