@@ -1,7 +1,5 @@
 """`python -m cnn`: see `cnn.cli.main`."""
 
-import sys
+from cnn.cli.main import leave, main
 
-from cnn.cli.main import main
-
-sys.exit(main())
+leave(main())

@@ -204,12 +204,12 @@ def start_states(configs: Sequence[TrainConfig], splits: Splits, examples: int) 
     return [initial_state(c, splits.spec, steps, injectable=varying).replace(tx=shared) for c in configs]
 
 
-def epoch_plan(config: TrainConfig, splits: Splits, data: Any, examples: int) -> EpochPlan:
+def epoch_plan(config: TrainConfig, splits: Splits, data: Any, examples: int, say: bool = True) -> EpochPlan:
     """The epoch's compiled calls, `steps_per_call` chosen for this run (`cnn.engine.chunking`) and said
-    unless it was given."""
+    (`say`) unless it was given."""
     rolled = rolled_epoch(config, data)
     choice = choose_steps_per_call(config, splits.spec, examples // config.batch_size, rolled)
-    if choice.reason != "given" and not rolled:
+    if say and choice.reason != "given" and not rolled:
         print(f"Steps per call: {choice.steps_per_call} ({choice.reason})", flush=True)
     chosen = dataclasses.replace(config, steps_per_call=choice.steps_per_call)
     return EpochPlan.of(examples, chosen, rolled, isinstance(data, HostData))
@@ -374,9 +374,16 @@ def show_finished(bar: Any, metrics: Any, call: Call, plan: EpochPlan, n: int, t
 
 def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):
     """One compiled call: `call.steps` train steps from example `call.start` of the order (see `Call`)."""
+    program, args, static = call_program(state, data, order, rng, live, call, members, mesh)
+    return program(*args, **static)
+
+
+def call_program(state, data, order, rng, live, call: Call, members: Members, mesh):
+    """The program of `run_call`, its arguments and keyword arguments (also what `cnn.studies.ahead`
+    compiles ahead, so that both are the same program)."""
     if isinstance(data, HostData):
-        program = members.program(train_batches)
-        return program(state, *data.batches(order, call.start, call.batch, call.active), rng)  # K = active
+        batches = data.batches(order, call.start, call.batch, call.active)  # K = active
+        return members.program(train_batches), (state, *batches, rng), {}
     images, labels = data
     sharding = batch_sharding(mesh) if is_parallel(mesh) and call.batch % mesh.size == 0 else None
     program = members.program(
@@ -387,7 +394,5 @@ def run_call(state, data, order, rng, live, call: Call, members: Members, mesh):
     # (measured), and their histories are pinned to those of the unmasked program.
     masked = not call.rolled and (members.count == 1 or call.active < call.steps)
     active = call.active if masked else None
-    return program(
-        state, images, labels, order, call.start, rng, active, live=live,
-        batch_size=call.batch, steps=call.steps, sharding=sharding, unroll=not call.rolled,
-    )  # fmt: skip
+    static = {"batch_size": call.batch, "steps": call.steps, "sharding": sharding, "unroll": not call.rolled}
+    return program, (state, images, labels, order, call.start, rng, active), {"live": live, **static}

@@ -47,7 +47,7 @@ FLOORS = {
                  {"analysis.report"}],
     "inference": [{"inference", "inference.predict", "inference.export"}],
     "studies": [{"studies", "studies.grid", "studies.grouping", "studies.queue", "studies.transfer"},
-                {"studies.bench", "studies.space", "studies.storage", "studies.tables"},
+                {"studies.ahead", "studies.bench", "studies.space", "studies.storage", "studies.tables"},
                 {"studies.overhead", "studies.sweep", "studies.tune"},
                 {"studies.scripts"}],
     "cli": [{"cli", "cli.flags"},

@@ -63,6 +63,21 @@ def together_flag(parser: OneLineParser, **kwargs) -> None:
     parser.late_help["together"] = together_help
 
 
+def compile_ahead_help() -> str:
+    from cnn.studies.ahead import SETTINGS
+
+    return (
+        f"one of {', '.join(SETTINGS)}: while a run trains, compile the next one's programs in a background "
+        "thread (auto: where a second core or an accelerator is there to do it)"
+    )
+
+
+def compile_ahead_flag(parser: OneLineParser, **kwargs) -> None:
+    """`--compile-ahead MODE` (checked by the command: `cnn.studies.ahead.check_compile_ahead`)."""
+    parser.add_argument("--compile-ahead", metavar="MODE", **kwargs)
+    parser.late_help["compile_ahead"] = compile_ahead_help
+
+
 def make_parent(path: Path) -> None:
     """The folder of `path`, created; a parent that is a file is named as the path's error."""
     for parent in path.parents:

@@ -4,10 +4,11 @@ evaluate | export`. Parsing only; the logic is in the library."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from cnn.cli import bench, studies, train, use
 from cnn.cli.flags import OneLineParser
@@ -48,6 +49,19 @@ def main(argv: list[str] | None = None) -> int:
             sys.modules["cnn.engine.costs"].write_report(entered)
 
 
+def leave(code: int) -> NoReturn:
+    """Ends the process with status `code`. A compile still running ahead (a sweep stopped or failed before
+    the run it was for, `cnn.studies.ahead`) is not waited for: XLA cannot stop a compile, and Python would
+    wait for its thread (or abort it as it returns into a finished interpreter); the output is flushed and
+    the process ends at once."""
+    ahead = sys.modules.get("cnn.studies.ahead")
+    if ahead is not None and ahead.compiling():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def run_command(argv: list[str] | None) -> int:
     from cnn.engine.host_memory import setting_error
 
@@ -75,7 +89,7 @@ def run_script(main: Callable[[], Any]) -> None:
     a full disk, ...) is one line on stderr and the CLI's exit code, not a traceback; success returns."""
     code = exit_code(main)
     if code:
-        sys.exit(code)
+        leave(code)
 
 
 def exit_code(command: Callable[[], Any]) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cnn.cli.flags import data_location_flags, no_compile_cache_flag, together_flag
+from cnn.cli.flags import compile_ahead_flag, data_location_flags, no_compile_cache_flag, together_flag
 from cnn.config import DATA_FIELDS, TrainConfig, add_config_flags, json_object
 
 
@@ -66,6 +66,7 @@ def add_sweep(sub: Any) -> None:
     )
     sweep.add_argument("--seeds", type=int, default=3)
     together_flag(sweep, default="auto")
+    compile_ahead_flag(sweep, default="auto")
     sweep.add_argument("--out", type=Path, required=True)
     storage_flags(sweep, "the sweep's runs as a queue that workers on several machines share")
     sweep.add_argument(
@@ -80,8 +81,10 @@ def add_sweep(sub: Any) -> None:
 def run_sweep(args: argparse.Namespace) -> None:
     from cnn.errors import SweepError
     from cnn.studies import grid, sweep, tables
+    from cnn.studies.ahead import check_compile_ahead
 
     sweep.check_together(args.together)
+    check_compile_ahead(args.compile_ahead)
     lists = {}
     for item in args.grid:
         field, sep, values = item.partition("=")
@@ -103,6 +106,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     rows = sweep.run_sweep(
         base, variants, list(range(args.seeds)), splits, args.out, together=args.together,
         storage=args.storage, heartbeat=args.heartbeat or 10.0, collect_only=args.collect,
+        compile_ahead=args.compile_ahead,
     )  # fmt: skip
     print(tables.markdown_table(rows))
     sweep.check_finished(rows, variants)
@@ -211,7 +215,7 @@ def report_study(args: argparse.Namespace, base: dict[str, Any], direction: str)
 
 # ------------------------------------------------------------------------------------------ experiments
 EXPERIMENT_FLAGS = ("epochs", "seeds", "limit_train", "together", "data_dir", "source_dir", *DATA_FIELDS)
-EXPERIMENT_FLAGS += ("storage", "heartbeat")
+EXPERIMENT_FLAGS += ("storage", "heartbeat", "compile_ahead")
 
 
 def default_experiments() -> str:
@@ -237,6 +241,7 @@ def add_experiments(sub: Any) -> None:
         "--limit-train", type=int, metavar="N", help="each script's --limit-train", **given
     )
     together_flag(experiments, **given)
+    compile_ahead_flag(experiments, **given)
     experiments.add_argument("--data-dir", help="tfds data dir", **given)
     experiments.add_argument("--source-dir", help="folder with the Fashion-MNIST IDX files", **given)
     storage_flags(experiments, "each experiment's runs as a queue shared by workers", **given)
@@ -246,11 +251,14 @@ def add_experiments(sub: Any) -> None:
 
 
 def run_experiments(args: argparse.Namespace) -> None:
+    from cnn.studies.ahead import check_compile_ahead
     from cnn.studies.scripts import DEFAULT, run_experiments
     from cnn.studies.sweep import check_together
 
     if hasattr(args, "together"):
         check_together(args.together)
+    if hasattr(args, "compile_ahead"):
+        check_compile_ahead(args.compile_ahead)
     check_storage(args)
     forwarded = []
     for name in EXPERIMENT_FLAGS:

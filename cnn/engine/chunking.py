@@ -70,6 +70,15 @@ def choose_steps_per_call(config: TrainConfig, spec: DataSpec, full_batches: int
     return Choice(best, f"auto: {planned} steps planned, {costs_} ({where})")
 
 
+def measures(config: TrainConfig, spec: DataSpec, full_batches: int, rolled: bool) -> bool:
+    """Whether `choose_steps_per_call` would measure this program's costs first (compiling and timing it:
+    nothing a background thread may do while a run trains)."""
+    planned = config.epochs * full_batches
+    if rolled or config.steps_per_call != "auto" or planned < MEASURE_ABOVE:
+        return False
+    return fitted(remembered_costs(program_key(config, spec))) is None
+
+
 def program_key(config: TrainConfig, spec: DataSpec) -> str:
     """What the compiled training step depends on: device, JAX, model, input shape, batch and precision."""
     shape = "x".join(map(str, spec.image_shape))

@@ -1,13 +1,16 @@
 """Where a command's time goes: every XLA compilation of the process counted and timed from JAX's own
 monitoring events (tracing, lowering, compiling; a program read back from the persistent cache counts as a
 cache hit, not a compilation), and the wall time of a command's phases (data, training, evaluation,
-checkpoints, plots) with the compiling done inside them set apart."""
+checkpoints, plots) with the compiling done inside them set apart. Compiling done ahead in a background
+thread (`cnn.studies.ahead`) is counted apart (`AHEAD`): it is no part of the time of the run that trains
+meanwhile."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,19 +42,22 @@ class Compiles:
 
 
 TOTALS = Compiles()
+AHEAD = Compiles()  # compiled in a background thread inside `counted_apart`, for a run still to come
 PHASES: defaultdict[str, float] = defaultdict(float)
+_THREAD = threading.local()  # `totals`: where this thread's compilations count (TOTALS unless set apart)
 
 
 def _on_duration(event: str, duration: float, **_: object) -> None:
+    totals = getattr(_THREAD, "totals", TOTALS)  # JAX reports an event in the thread that compiles
     if event in COMPILE_EVENTS:
-        TOTALS.seconds += duration
+        totals.seconds += duration
     if event == BACKEND_EVENT:
-        TOTALS.backend += 1
+        totals.backend += 1
 
 
 def _on_event(event: str, **_: object) -> None:
     if event == CACHE_HIT_EVENT:
-        TOTALS.cache_hits += 1
+        getattr(_THREAD, "totals", TOTALS).cache_hits += 1
 
 
 monitoring.register_event_duration_secs_listener(_on_duration)
@@ -68,6 +74,17 @@ def since(start: Compiles) -> Compiles:
     return Compiles(
         TOTALS.backend - start.backend, TOTALS.cache_hits - start.cache_hits, TOTALS.seconds - start.seconds
     )
+
+
+@contextlib.contextmanager
+def counted_apart() -> Iterator[None]:
+    """This thread's compilations inside the block count in `AHEAD`, not in the process's `TOTALS` (which
+    the run training meanwhile in another thread subtracts from its training time)."""
+    _THREAD.totals = AHEAD
+    try:
+        yield
+    finally:
+        del _THREAD.totals
 
 
 @contextlib.contextmanager
@@ -99,6 +116,8 @@ def report(entered: float) -> dict[str, float]:
         "compile": TOTALS.seconds,
         "compilations": TOTALS.compilations,
         "compile_cache_hits": TOTALS.cache_hits,
+        "compile_ahead": AHEAD.seconds,  # in a background thread, beside the phases: not in `other`
+        "compilations_ahead": AHEAD.compilations,
         "other": wall - sum(phases.values()) - TOTALS.seconds,
     }
 

@@ -58,6 +58,14 @@ def metric_sums(state: TrainState, split: Split, batch_size: int, members: Membe
     return totals
 
 
+def compile_metric_sums(state: TrainState, split: Split, batch_size: int, members: Members = ONE_RUN) -> None:
+    """Compiles the program `metric_sums` calls for `state` and `split` without running it (where the split
+    fits on the device; see `cnn.studies.ahead`)."""
+    batches = eval_batches(split, batch_size)
+    if batches is not None:
+        members.program(eval_sums, donate=False).lower(state, *batches).compile()
+
+
 def mean_metrics(totals: dict[str, Any]) -> dict[str, float]:
     """Mean loss and accuracy from summed metrics of one run (on the host)."""
     return {

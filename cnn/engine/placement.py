@@ -73,8 +73,9 @@ def once_per_split(split: Split, key: Any, place: Any) -> Any:
     if cached is not None and cached[0]() is owners[0] and cached[1]() is owners[1]:
         return cached[2]
     value = place()
-    for k in [k for k, (a, b, _) in PLACED.items() if a() is None or b() is None]:
-        del PLACED[k]
+    # a copy to iterate: another thread (a compile ahead, `cnn.studies.ahead`) may place a split meanwhile
+    for k in [k for k, (a, b, _) in list(PLACED.items()) if a() is None or b() is None]:
+        PLACED.pop(k, None)
     PLACED[full_key] = (weakref.ref(owners[0]), weakref.ref(owners[1]), value)
     return value
 

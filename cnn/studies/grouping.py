@@ -26,12 +26,18 @@ CONV = {"vmap": "conv", "vmap_matmul": "matmul"}  # the `Members.conv` of each w
 def choose(config: TrainConfig, spec: DataSpec, runs: int, steps: int = 8) -> tuple[str, dict[str, float]]:
     """The fastest way (one of `MODES`) to train `runs` runs of `config` on data described by `spec`, and the
     training images/s measured for each (or remembered from an earlier measurement on this machine)."""
-    key = _key(config, spec, runs)
-    rates = remembered("together").get(key)
-    if not (isinstance(rates, dict) and set(rates) == set(MODES)):
+    rates = remembered_rates(config, spec, runs)
+    if rates is None:
         rates = {mode: images_per_second(config, spec, runs, mode, steps) for mode in MODES}
-        remember("together", key, rates)
+        remember("together", _key(config, spec, runs), rates)
     return max(rates, key=rates.get), rates
+
+
+def remembered_rates(config: TrainConfig, spec: DataSpec, runs: int) -> dict[str, float] | None:
+    """The images/s of each of `MODES` measured earlier on this machine for `runs` runs of `config`, or None
+    (`choose` measures them)."""
+    rates = remembered("together").get(_key(config, spec, runs))
+    return rates if isinstance(rates, dict) and set(rates) == set(MODES) else None
 
 
 def images_per_second(config: TrainConfig, spec: DataSpec, runs: int, mode: str, steps: int = 8) -> float:

@@ -21,6 +21,7 @@ from cnn.data.spec import Splits
 from cnn.engine import costs
 from cnn.errors import ExperimentError, RunsFailed, SweepError
 from cnn.runs.outputs import check_output
+from cnn.studies.ahead import SETTINGS
 from cnn.studies.grid import Variant, resolve
 from cnn.studies.queue import connect
 from cnn.studies.sweep import TOGETHER, check_finished, data_fields, run_sweep, sweep_data
@@ -107,6 +108,12 @@ def experiment_parser(
         help="seeds in one vmapped program (its convolutions grouped, or as batched matmuls), or one after "
         "another (auto: the fastest measured)",
     )
+    parser.add_argument(
+        "--compile-ahead",
+        default="auto",
+        choices=SETTINGS,
+        help="compile the next run's programs while one trains (auto: where a core or accelerator is spare)",
+    )
     parser.add_argument("--storage", default=None, metavar="URL", help="a database: the runs as one queue")
     parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS", help="with --storage")
     return parser
@@ -128,7 +135,7 @@ def run_experiment(
     splits = sweep_data(base, args.data_dir, args.source_dir)
     rows = run_sweep(
         base, variants, list(range(args.seeds)), splits, out, together=args.together, storage=storage,
-        heartbeat=getattr(args, "heartbeat", 10.0),
+        heartbeat=getattr(args, "heartbeat", 10.0), compile_ahead=getattr(args, "compile_ahead", "auto"),
     )  # fmt: skip
     print(markdown_table(rows))
     try:

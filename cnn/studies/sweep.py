@@ -26,11 +26,12 @@ from cnn.config import DATA_FIELDS, TrainConfig, field_default
 from cnn.data.load import load_dataset
 from cnn.data.spec import DataSpec, Splits
 from cnn.engine.state import model_for
-from cnn.engine.vmap import TOGETHER_FIELDS
+from cnn.engine.vmap import TOGETHER_FIELDS, Members
 from cnn.errors import Interrupted, RunsFailed, SweepError, WorkdirBusy
 from cnn.runs.folder import config_differences, saved_spec, write_json
 from cnn.runs.lock import wait_while_busy
 from cnn.runs.outputs import check_output
+from cnn.studies.ahead import Ahead, check_compile_ahead
 from cnn.studies.grid import Variant, resolve
 from cnn.studies.grouping import CONV, MODES, choose
 from cnn.studies.tables import collect, earlier_rows, write_tables
@@ -79,14 +80,17 @@ def run_sweep(
     storage: str | None = None,
     heartbeat: float = 10.0,
     collect_only: bool = False,
+    compile_ahead: str = "auto",
 ) -> list[dict[str, Any]]:
     """Runs every variant for every seed (skipping finished runs) and writes the sweep's tables and plots.
 
     `together`: how runs train, see `seeds_mode`: vmapped, the seeds of a variant and the variants that
     differ only in learning rate or weight decay are one program. `storage`: a database URL whose queue
     this process shares with the sweep's other workers (`run_queued`); the tables are written by the one
-    that sees every run done. `collect_only`: no training, the tables of the runs there."""
+    that sees every run done. `collect_only`: no training, the tables of the runs there. `compile_ahead`:
+    one of `cnn.studies.ahead.SETTINGS`, whether the next training's programs compile while one trains."""
     out = check_output(out, flag="--out", folder=True)  # a run's folder is no sweep's
+    check_compile_ahead(compile_ahead)
     configs = resolve(base, variants)  # every error before any training
     if not seeds:
         raise SweepError("seeds: expected at least one seed")
@@ -107,26 +111,47 @@ def run_sweep(
         definition |= {"together": together, "data": splits.spec.to_dict()}
         parts = queue_parts(variants, configs, seeds, together)
         writes = run_queued(storage, heartbeat, definition, parts, variants, configs, splits, out, together)
-    for group in [] if storage is not None or collect_only else together_groups(variants, configs):
-        runs = [
-            (variants[i], dataclasses.replace(configs[i], seed=s), out / variants[i].name / f"seed{s}")
-            for i in group
-            for s in seeds
-            if not finished[i, s]
-        ]
-        for i in group:
-            if all(finished[i, s] for s in seeds):  # an error.json of an earlier attempt: its cause is gone
-                (out / variants[i].name / "error.json").unlink(missing_ok=True)
-                print(f"[{variants[i].name}] finished before: skipped")
-        if runs:
-            mode = seeds_mode(together, runs[0][1], splits.spec, len(runs))
-            _train_group(runs, splits, mode)
+    if storage is None and not collect_only:
+        train_groups(variants, configs, seeds, finished, splits, out, together, compile_ahead)
     rows = collect(out, variants, configs, seeds, splits.spec)
     rows += earlier_rows(out, {r["variant"] for r in rows})
     if writes:
         write_tables(rows, out)
         plot_sweep(rows, out)
     return rows
+
+
+def train_groups(
+    variants: Sequence[Variant],
+    configs: Sequence[TrainConfig],
+    seeds: Sequence[int],
+    finished: dict[tuple[int, int], bool],
+    splits: Splits,
+    out: Path,
+    together: str,
+    compile_ahead: str,
+) -> None:
+    """The sweep's runs not `finished` before, group by group (`together_groups`), each group's programs
+    compiled while the group before it trains (`compile_ahead`, see `cnn.studies.ahead`)."""
+    groups = together_groups(variants, configs)
+    pending = [
+        [
+            (variants[i], dataclasses.replace(configs[i], seed=s), out / variants[i].name / f"seed{s}")
+            for i in group
+            for s in seeds
+            if not finished[i, s]
+        ]
+        for group in groups
+    ]
+    ahead = Ahead([[c for _, c, _ in runs] for runs in pending], splits, together, compile_ahead)
+    for group, runs in zip(groups, pending, strict=True):
+        for i in group:
+            if all(finished[i, s] for s in seeds):  # an error.json of an earlier attempt: its cause is gone
+                (out / variants[i].name / "error.json").unlink(missing_ok=True)
+                print(f"[{variants[i].name}] finished before: skipped")
+        if runs:
+            mode = seeds_mode(together, runs[0][1], splits.spec, len(runs))
+            _train_group(runs, splits, mode, ahead)
 
 
 def queue_parts(
@@ -216,10 +241,12 @@ def reusable(workdir: Path, config: TrainConfig, spec: DataSpec) -> bool:
     return epochs == config.epochs and (workdir / "results.json").is_file()
 
 
-def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, mode: str) -> None:
+def _train_group(
+    runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, mode: str, ahead: Ahead | None = None
+) -> None:
     """The runs of one group, as `mode`; a failure is recorded in its variant's `error.json` (a group of
     several variants that fails trains each variant on its own, so that only the failing one is marked; the
-    sweep goes on; a signal stops it, every run's epoch saved)."""
+    sweep goes on; a signal stops it, every run's epoch saved). `ahead`: told as each training starts."""
     names = list(dict.fromkeys(v.name for v, _, _ in runs))
     folders = {v.name: w.parent for v, _, w in runs}
     for name in names:
@@ -231,21 +258,25 @@ def _train_group(runs: list[tuple[Variant, TrainConfig, Path]], splits: Splits, 
     print(f"[{', '.join(names)}] training {len(runs)} run(s) ({mode})", flush=True)
     try:
         if mode == "sequential":
-            for _, config, workdir in runs:
+            for variant, config, workdir in runs:
+                if ahead is not None:
+                    ahead.reached([config], Members(1), variant.name)
                 fit(config, splits, workdir)
         else:
+            if ahead is not None:
+                ahead.reached([c for _, c, _ in runs], Members(len(runs), CONV[mode]), ", ".join(names))
             fit_together([c for _, c, _ in runs], splits, [w for _, _, w in runs], conv=CONV[mode])
     except Interrupted:
         raise
     except WorkdirBusy:  # another process took one of these runs meanwhile: wait for it, train the rest
-        _train_group(runs, splits, mode)
+        _train_group(runs, splits, mode, ahead)
         return
     except Exception as e:  # one failed variant must not end the sweep (a signal still does)
         signum = getattr(e, "stop_requested", None)
         if len(names) > 1 and signum is None:  # which failed: each alone (a finished epoch is resumed)
             print(f"[{', '.join(names)}] FAILED together ({type(e).__name__}); each variant on its own")
             for name in names:
-                _train_group([r for r in runs if r[0].name == name], splits, mode)
+                _train_group([r for r in runs if r[0].name == name], splits, mode, ahead)
             return
         for name in names:
             folders[name].mkdir(parents=True, exist_ok=True)
