@@ -325,15 +325,19 @@ def test_a_convolutions_gradient_written_out_equals_jaxs(kh, kw, sh, sw, dh, dw,
             x, k, (sh, sw), padding, rhs_dilation=(dh, dw), dimension_numbers=dimensions
         )
 
-    def ours_(x, k):
+    def written_out(x, k):
         return conv_with_plain_gradients(x, k, (sh, sw), padding, (dh, dw))
 
     def value_and_pullback(f):  # one compiled program per case, not one per operation
-        return jax.jit(lambda x, k, g: (lambda y, pull: (y, pull(g)))(*jax.vjp(f, x, k)))
+        def both(x, k, g):
+            y, pull = jax.vjp(f, x, k)
+            return y, pull(g)
+
+        return jax.jit(both)
 
     g = jnp.asarray(rng.normal(size=jax.eval_shape(jaxs, x, k).shape), jnp.float32)
     y, theirs = value_and_pullback(jaxs)(x, k, g)
-    ours_y, ours = value_and_pullback(ours_)(x, k, g)
+    ours_y, ours = value_and_pullback(written_out)(x, k, g)
     np.testing.assert_array_equal(ours_y, y)
     for mine, expected in zip(ours, theirs, strict=True):
         assert mine.shape == expected.shape
