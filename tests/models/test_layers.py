@@ -250,7 +250,8 @@ def test_rotation_matches_scipy_and_quarter_turns_are_exact():
 @pytest.mark.parametrize("size", [(2, 2), (3, 3), (2, 3)])
 def test_max_pool_gradient_shares_ties_as_jnp_max(size):
     """MaxPool's fast CPU gradient equals differentiating a reshape + `jnp.max` (ties split equally),
-    on maps full of ties (few distinct values) and with rows and columns left over."""
+    on maps full of ties (few distinct values) and with rows and columns left over; its maxima are the same
+    whether it is differentiated (the slices) or not (`reduce_window`, compiled or not)."""
     x = np.random.default_rng(0).integers(0, 3, size=(2, 9, 10, 3)).astype(np.float32)
     g = np.random.default_rng(1).normal(size=(2, 9 // size[0], 10 // size[1], 3)).astype(np.float32)
 
@@ -263,6 +264,9 @@ def test_max_pool_gradient_shares_ties_as_jnp_max(size):
     expected, vjp_ref = jax.vjp(reference, x)
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(expected))
     np.testing.assert_allclose(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]), rtol=1e-6, atol=1e-7)
+    plain = layers.MaxPool(size).apply
+    np.testing.assert_array_equal(np.asarray(plain({}, x)), np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(jax.jit(plain)({}, x)), np.asarray(expected))
 
 
 @pytest.mark.parametrize(
