@@ -1,5 +1,5 @@
 """`python -m cnn`: see `cnn.cli.main`."""
 
-from cnn.cli.main import leave, main
+from cnn.cli.main import end_process, main
 
-leave(main())
+end_process(main())

@@ -4,8 +4,10 @@ evaluate | export`. Parsing only; the logic is in the library."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -60,6 +62,25 @@ def leave(code: int) -> NoReturn:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def end_process(code: int) -> NoReturn:
+    """Ends `python -m cnn` with status `code` as the interpreter would, less its last step: the threads'
+    exit functions run and the other threads are waited for, then the exit handlers (logging, temporary
+    folders), the output is flushed, and the process ends without tearing down every module it imported
+    (that took 0.5-0.65 s after a small run on the 2-core machine, against 0.15 s for JAX alone). Where
+    Python lacks `threading._shutdown` or `atexit._run_exitfuncs` (CPython's own), or a compile runs ahead:
+    as `leave`."""
+    ahead = sys.modules.get("cnn.studies.ahead")
+    shutdown = getattr(threading, "_shutdown", None)
+    exit_functions = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or exit_functions is None or (ahead is not None and ahead.compiling()):
+        leave(code)
+    shutdown()
+    exit_functions()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_command(argv: list[str] | None) -> int:
