@@ -45,7 +45,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def train_command(idx_dir: Path, data_dir: Path, workdir: Path, *flags: str, prelude: str = "") -> list[str]:
     """`python -m cnn train` on the tiny data; `prelude` is Python run first (a fault to inject)."""
     args = ["train", "--source-dir", str(idx_dir), "--data-dir", str(data_dir), "--workdir", str(workdir)]
-    code = f"{prelude}\nimport sys\nfrom cnn.cli.main import main\nsys.exit(main({args + list(flags)!r}))"
+    code = f"{prelude}\nfrom cnn.cli.main import end_process, main\nend_process(main({args + list(flags)!r}))"
     return [sys.executable, "-c", code]
 
 

@@ -112,7 +112,7 @@ def _sweep(idx_dir, data_dir, out, prelude=""):
         "--data-dir",
         str(data_dir),
     ]
-    code = f"{prelude}\nimport sys\nfrom cnn.cli.main import main\nsys.exit(main({args!r}))"
+    code = f"{prelude}\nfrom cnn.cli.main import end_process, main\nend_process(main({args!r}))"
     return [sys.executable, "-c", code]
 
 
