@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from cnn.data.spec import to_float
 from cnn.engine.state import TrainState, model_variables
+from cnn.models.computation import max_as_slices
 from cnn.runs.folder import write_json
 from cnn.runs.outputs import atomic_path, check_output, write_atomic
 from cnn.runs.results import finished_run
@@ -58,7 +59,8 @@ def onnx_tools() -> tuple[Any, Any]:
 def export_onnx(state: TrainState, path: Path, name: str | None = None) -> Path:
     """`state`'s forward pass (uint8 images, a symbolic batch -> logits) as the ONNX model `path`, converted
     by jax2onnx. The shape annotations jax2onnx leaves between layers are dropped (after batch norm, moved
-    to NCHW, some still say NHWC and onnxruntime refuses the file); onnxruntime infers them again."""
+    to NCHW, some still say NHWC and onnxruntime refuses the file); onnxruntime infers them again. Max
+    pooling is traced as the maximum of slices (`max_as_slices`), which onnxruntime runs."""
     onnx, to_onnx = onnx_tools()
     (batch,) = jax.export.symbolic_shape("batch")
     spec = jax.ShapeDtypeStruct((batch, *state.input_shape), jnp.uint8)
@@ -67,9 +69,10 @@ def export_onnx(state: TrainState, path: Path, name: str | None = None) -> Path:
     for logger in quiet:
         logger.setLevel(logging.ERROR)
     try:
-        model = to_onnx(
-            functools.partial(_logits, state), [spec], model_name=name or path.stem, return_mode="proto"
-        )
+        with max_as_slices():
+            model = to_onnx(
+                functools.partial(_logits, state), [spec], model_name=name or path.stem, return_mode="proto"
+            )
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)

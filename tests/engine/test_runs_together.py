@@ -69,6 +69,7 @@ def test_runs_trained_together_are_named_by_what_differs():
 
 
 def test_vmapped_seeds_honour_steps_per_call_and_time_compilation(tiny_splits, tmp_path):
+    jax.clear_caches()  # the programs compile here, not found in memory from another module's tests
     config = TrainConfig(epochs=2, limit_train=128, patience=5)
     chunked = fit_seeds(
         TrainConfig(**{**config.to_dict(), "steps_per_call": 4}), [0, 1], tiny_splits, tmp_path / "c"

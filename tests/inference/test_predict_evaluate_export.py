@@ -20,7 +20,7 @@ from cnn.analysis.explain import grad_cam, input_gradients, smoothgrad, spatial_
 from cnn.analysis.scores import calibration, classification_report
 from cnn.cli.main import main
 from cnn.data.load import load_dataset
-from cnn.data.spec import FASHION_MNIST
+from cnn.data.spec import FASHION_MNIST, to_float
 from cnn.engine.evaluation import predict
 from cnn.inference.predict import read_images
 from cnn.runs.results import finished_run
@@ -325,8 +325,11 @@ def test_an_exported_run_gives_the_same_logits_in_a_process_without_cnn(run, tmp
     )  # fmt: skip
     assert loaded.returncode == 0, loaded.stderr
     theirs = np.load(tmp_path / "logits.npy")
-    ours = np.asarray(state.apply_fn({"params": state.params}, images.astype(np.float32) / 255, train=False))
-    np.testing.assert_allclose(theirs, ours, atol=1e-6, rtol=0)
+
+    def forward(images):  # cnn's compiled forward pass, its weights constants as in the exported program
+        return state.apply_fn({"params": state.params}, to_float(images, exact=True), train=False)
+
+    np.testing.assert_allclose(theirs, np.asarray(jax.jit(forward)(images)), atol=1e-6, rtol=0)
     assert main(["export", "--workdir", str(run), "--out", str(tmp_path)]) == 2
     assert "is a folder; give a file name" in one_line_error(capsys)
     assert main(["export", "--workdir", str(run), "--out", str(tmp_path / "m.onnx"), "--onnx"]) == 2
