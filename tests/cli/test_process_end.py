@@ -15,7 +15,7 @@ from tests.processes import run_process
 # A stand-in for a command's last moments: work left to a non-daemon thread and to a thread pool, an exit
 # handler, a temporary folder cleaned up at exit, output still in the buffers (no newline, no flush).
 ENDING = """
-import atexit, concurrent.futures, os, sys, tempfile, threading, time
+import atexit, concurrent.futures, json, sys, tempfile, threading, time
 from cnn.cli.main import end_process
 
 folder = tempfile.TemporaryDirectory()
@@ -33,9 +33,7 @@ end_process(STATUS)
 @pytest.mark.slow
 @pytest.mark.parametrize("status", [0, 3])
 def test_the_process_ends_with_its_threads_exit_handlers_output_and_status(status):
-    done = run_process(
-        [sys.executable, "-c", "import json\n" + ENDING.replace("STATUS", str(status))], timeout=60
-    )
+    done = run_process([sys.executable, "-c", ENDING.replace("STATUS", str(status))], timeout=60)
     assert done.returncode == status, done.stderr
     folder = json.loads(done.stdout.splitlines()[0])["folder"]
     for said in ("thread finished", "pooled work finished", "exit handler ran", "unflushed output"):
