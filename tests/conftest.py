@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import compile_profile
 from tests.processes import CACHE, with_test_xla_flags
 
 # Before JAX starts its backend:
@@ -31,6 +32,7 @@ from cnn.data.spec import Splits  # noqa: E402
 # (every eager operation of a property test's new shape) made it thousands of entries, and JAX's size-limited
 # cache lists every entry on each write (the figures: README, "Measurements behind the code").
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+compile_profile.start()
 
 TRAIN_SIZE, TEST_SIZE = 600, 200
 
@@ -82,6 +84,17 @@ def memory_mappings() -> int:
             return sum(1 for _ in maps)
     except OSError:
         return MAPPINGS_TO_CLEAR
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With `CNN_TEST_PROFILE` set, records the JAX tracing and compiling of a test, its set-up and
+    teardown included (`tests.compile_profile`)."""
+    started = compile_profile.begin()
+    try:
+        return (yield)
+    finally:
+        compile_profile.end(item.nodeid, started)
 
 
 @pytest.fixture(autouse=True, scope="module")
