@@ -68,7 +68,7 @@ def end_process(code: int) -> NoReturn:
     """Ends `python -m cnn` with status `code` as the interpreter would, less its last step: the threads'
     exit functions run and the other threads are waited for, then the exit handlers (logging, temporary
     folders), the output is flushed, and the process ends without tearing down every module it imported
-    (that took 0.5-0.65 s after a small run on the 2-core machine, against 0.15 s for JAX alone). Where
+    (most of the interpreter's exit time after a run: docs/explanations/performance.md). Where
     Python lacks `threading._shutdown` or `atexit._run_exitfuncs` (CPython's own), or a compile runs ahead:
     as `leave`."""
     ahead = sys.modules.get("cnn.studies.ahead")

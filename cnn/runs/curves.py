@@ -16,8 +16,8 @@ def plot_curves(
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    # Fixed margins rather than a layout engine: every run draws this figure, in 0.09-0.12 s against
-    # 0.19-0.20 s with constrained layout (the 2-core AMD EPYC).
+    # Fixed margins rather than a layout engine: every run draws this figure, and a layout engine about
+    # doubled the time it takes (docs/explanations/performance.md).
     fig.subplots_adjust(left=0.07, right=0.985, bottom=0.12, top=0.93, wspace=0.2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, [h[metric] for h in history], "o-", label=f"train {metric}")
