@@ -107,7 +107,7 @@ def test_learned_filters_beside_classic_ones(run):
     assert titles[:8] == [f"conv1 filter {i}" for i in range(8)] and "laplacian" in titles
 
 
-def test_viz_command_writes_every_picture(run, idx_dir, tmp_path, capsys):
+def test_viz_command_writes_every_picture_and_the_explanations(run, idx_dir, tmp_path, capsys):
     workdir, _ = run
     out = tmp_path / "pictures"
     code = main(
@@ -121,10 +121,13 @@ def test_viz_command_writes_every_picture(run, idx_dir, tmp_path, capsys):
             str(idx_dir),
             "--data-dir",
             str(tmp_path / "tfds"),
+            "--cam",
+            "conv2",
         ]
     )
     assert code == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}
+    assert (out / "cam_conv2.png").stat().st_size > 0  # with --cam: the explanations too
     assert {
         "filters.png",
         "curves.png",
