@@ -86,23 +86,6 @@ def memory_mappings() -> int:
         return MAPPINGS_TO_CLEAR
 
 
-def pytest_collection_modifyitems(config, items):
-    """The test files that hold tests marked `slow` run first, the end-to-end stories at the top of `tests/`
-    (the pinned histories, the notebooks) before the packages' files; each file's tests stay together and in
-    their order, so that a file's fixtures are built once. With two workers, a long test begun near the end
-    keeps one worker busy while the other, out of tests, idles; begun first, the short tests fill in."""
-    files: dict[str, list] = {}
-    for item in items:
-        files.setdefault(item.nodeid.split("::")[0], []).append(item)
-
-    def order(path: str) -> tuple[bool, bool]:
-        slow = any(t.get_closest_marker("slow") for t in files[path])
-        return not slow, path.count("/") > 1  # tests/test_x.py before tests/package/test_y.py
-
-    ordered = [files[path] for path in sorted(files, key=order)]
-    items[:] = [item for tests in ordered for item in tests]
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """With `CNN_TEST_PROFILE` set, records the JAX tracing and compiling of a test, its set-up and
