@@ -1,6 +1,8 @@
 """Where a test's time goes in JAX: with `CNN_TEST_PROFILE=FILE` set, each test appends one JSON line to FILE
-with its seconds of tracing, lowering to MLIR, compiling (or reading the persistent cache) and the number of
-programs compiled. `python -m tests.compile_profile FILE` sums them by test file and lists the heaviest tests.
+with its seconds of tracing, lowering to MLIR, compiling (or reading the persistent cache), the number of
+programs compiled, its worker and when it began. `python -m tests.compile_profile FILE` sums them by test
+file, says how long each worker was busy and when its last test ended (a worker idle at the end is time the
+order of the tests lost), and lists the heaviest tests.
 Off unless the variable is set (the listeners cost nothing then)."""
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ def start() -> None:
 
 def begin() -> float:
     _current.clear()
-    return time.perf_counter()
+    return time.time()
 
 
 def end(nodeid: str, started: float) -> None:
     if file := os.environ.get("CNN_TEST_PROFILE"):
-        record = {"test": nodeid, "seconds": time.perf_counter() - started, **_current}
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        record = {"test": nodeid, "worker": worker, "start": started, "seconds": time.time() - started}
+        record.update(_current)
         with open(file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -62,6 +66,13 @@ def summary(path: Path, top: int) -> str:
     for name, t in sorted(by_file.items(), key=lambda kv: -kv[1]["seconds"]):
         figures = " | ".join(f"{t[k]:.1f}" for k in keys[:-1])
         lines.append(f"| {name} | {figures} | {t['programs']:.0f} |")
+    lines += ["", "| worker | tests | busy seconds | last test ended (seconds after the first began) |"]
+    lines.append("|---|---|---|---|")
+    first = min((r["start"] for r in records if "start" in r), default=0.0)
+    for worker in sorted({r.get("worker", "main") for r in records}):
+        mine = [r for r in records if r.get("worker", "main") == worker]
+        busy, ended = sum(r["seconds"] for r in mine), max(r.get("start", first) + r["seconds"] for r in mine)
+        lines.append(f"| {worker} | {len(mine)} | {busy:.1f} | {ended - first:.1f} |")
     lines += ["", f"The {top} heaviest tests:", ""]
     for r in sorted(records, key=lambda r: -r["seconds"])[:top]:
         parts = ", ".join(f"{k} {r.get(k, 0.0):.1f}" for k in keys[1:-1])

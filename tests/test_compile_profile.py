@@ -15,6 +15,7 @@ from tests import compile_profile
 def test_a_compiled_function_is_recorded_and_summed_by_file(tmp_path, monkeypatch):
     listening = bool(os.environ.get("CNN_TEST_PROFILE"))  # the suite itself profiled: already registered
     monkeypatch.setenv("CNN_TEST_PROFILE", str(tmp_path / "profile.jsonl"))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # recorded as the worker "main"
     if not listening:
         jax.monitoring.register_event_duration_secs_listener(compile_profile._listen)
     try:
@@ -34,3 +35,4 @@ def test_a_compiled_function_is_recorded_and_summed_by_file(tmp_path, monkeypatc
     }
     assert rows["tests/a.py"].endswith(" | 1 |") and rows["tests/b.py"].endswith(" | 0 |")
     assert "tests/a.py::test_one" in text.split("heaviest")[1]
+    assert "| main | 2 | " in text  # both tests, on the one process that ran them
