@@ -21,21 +21,19 @@ CACHE = Path(
 )
 
 
-# XLA:CPU's backend optimisation off for every program the tests compile, in the test workers and in the
-# processes they start: the tests' programs are tiny and most of a test's time went to compiling them
-# (measured on the 2-core AMD EPYC: the pooling experiment's test 33 s at the default level, 23 s at 0; the
-# whole fast tier from an empty cache 739 s at the default level, 598 s at 0, though a compute-heavy program
-# such as SmoothGrad's runs 50x slower at 0: 3.9 s against 0.08 s a call).
-# What the tests check does not depend on it: every comparison is between programs compiled alike, or
-# against a tolerance. Benchmarks and users compile at the default level.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# XLA:CPU compiles the tests' programs the quick way, in the test workers and in the processes they start:
+# its backend optimisation off, and the older emitters for fused operations instead of the fusion emitters
+# (both measured from an empty compilation cache: docs/explanations/performance.md, "The test suite"). The
+# tests' programs are tiny and most of a test's time went to compiling them. What the tests check does not
+# depend on it: every comparison is between programs compiled alike, or against a tolerance. Benchmarks and
+# users compile with XLA's defaults.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
 def with_test_xla_flags(flags: str = "") -> str:
-    """`flags` (an XLA_FLAGS value) with the tests' own flags added."""
-    if TEST_XLA_FLAGS in flags.split():
-        return flags
-    return " ".join(f for f in (flags.strip(), TEST_XLA_FLAGS) if f)
+    """`flags` (an XLA_FLAGS value) with the tests' own flags added (those not already there)."""
+    given = flags.split()
+    return " ".join([*given, *(f for f in TEST_XLA_FLAGS if f not in given)])
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
