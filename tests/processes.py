@@ -31,9 +31,10 @@ TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_em
 
 
 def with_test_xla_flags(flags: str = "") -> str:
-    """`flags` (an XLA_FLAGS value) with the tests' own flags added (those not already there)."""
+    """`flags` (an XLA_FLAGS value) with the tests' own flags added, those that `flags` does not set."""
     given = flags.split()
-    return " ".join([*given, *(f for f in TEST_XLA_FLAGS if f not in given)])
+    named = {f.split("=")[0] for f in given}
+    return " ".join([*given, *(f for f in TEST_XLA_FLAGS if f.split("=")[0] not in named)])
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
