@@ -25,8 +25,9 @@ CACHE = Path(
 # its backend optimisation off, and the older emitters for fused operations instead of the fusion emitters
 # (both measured from an empty compilation cache: docs/explanations/performance.md, "The test suite"). The
 # tests' programs are tiny and most of a test's time went to compiling them. What the tests check does not
-# depend on it: every comparison is between programs compiled alike, or against a tolerance. Benchmarks and
-# users compile with XLA's defaults.
+# depend on it: comparisons are between programs compiled alike, or against a tolerance; the two whose
+# programs the older emitters round apart compile with XLA's own (tests/test_histories.py,
+# tests/engine/test_fast_paths.py). Benchmarks and users compile with XLA's defaults.
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
