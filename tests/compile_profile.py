@@ -58,9 +58,9 @@ def summary(path: Path, top: int) -> str:
     keys = ("seconds", "trace", "lower", "compile", "cache_read", "programs")
     by_file: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(keys, 0.0))
     for r in records:
-        for k in keys:
-            by_file[r["test"].split("::")[0]][k] += r.get(k, 0.0)
-    by_file["all"] = {k: sum(r.get(k, 0.0) for r in records) for k in keys}
+        for group in (r["test"].split("::")[0], "all"):
+            for k in keys:
+                by_file[group][k] += r.get(k, 0.0)
     lines = ["| file | seconds | trace | lower | compile (or cache read) | of it cache read | programs |"]
     lines.append("|---|---|---|---|---|---|---|")
     for name, t in sorted(by_file.items(), key=lambda kv: -kv[1]["seconds"]):

@@ -17,7 +17,7 @@ def test_a_compiled_function_is_recorded_and_summed_by_file(tmp_path, monkeypatc
     monkeypatch.setenv("CNN_TEST_PROFILE", str(tmp_path / "profile.jsonl"))
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # recorded as the worker "main"
     if not listening:
-        jax.monitoring.register_event_duration_secs_listener(compile_profile._listen)
+        compile_profile.start()
     try:
         started = compile_profile.begin()
         jax.jit(lambda x: jnp.sin(x) * 3.25 + 0.5)(np.arange(17.0, dtype=np.float32)).block_until_ready()
