@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnn.data.prepared import download_and_prepare, keep_arrays, read_arrays
+from cnn.data.prepared import LocalDatasetInfo, download_and_prepare, keep_arrays, read_arrays
 from cnn.data.spec import FASHION_MNIST, Split, Splits, with_sizes
 from cnn.data.splits import split_indices
 from cnn.errors import DataError
@@ -176,7 +176,7 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
         self.source_arrays = {split: read_split(source, split) for split in SPLIT_FILES}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="Fashion-MNIST: 28x28 grayscale images of 10 clothing classes: "
             + ", ".join(CLASS_NAMES),

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cnn.data.prepared import download_and_prepare, keep_arrays, read_arrays
+from cnn.data.prepared import LocalDatasetInfo, download_and_prepare, keep_arrays, read_arrays
 from cnn.data.transforms import resize, to_channels
 from cnn.errors import DataError
 
@@ -206,7 +206,7 @@ class ImageFolderSet(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="An image folder: " + ", ".join(self._names),
             features=tfds.features.FeaturesDict(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnn.data.prepared import download_and_prepare, keep_arrays, read_arrays
+from cnn.data.prepared import LocalDatasetInfo, download_and_prepare, keep_arrays, read_arrays
 from cnn.errors import DataError
 
 CLASS_NAMES = ("face", "not_face")
@@ -42,7 +42,7 @@ class LfwFaces(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="Faces and non-faces from Labeled Faces in the Wild, as shipped by scikit-image.",
             features=tfds.features.FeaturesDict(

@@ -37,6 +37,15 @@ class _QuietTfds(logging.Filter):
 logging.getLogger("absl").addFilter(_QuietTfds())
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+    """The `DatasetInfo` of a set built from local files. tfds' own looks for precomputed metadata in its
+    cloud bucket whenever a set is not prepared yet, through an empty temporary folder it never removes
+    (one left in the system's temporary folder per preparation); these sets have no such metadata."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 @contextlib.contextmanager
 def stopped_by_signals(where: str) -> Iterator[None]:
     """SIGINT and SIGTERM raise PreparationInterrupted at once (the first one; the next ones are ignored so

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,16 @@ def test_prepared_once_then_reused_without_the_source_files(tmp_path):
     second = data.load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=source)
     np.testing.assert_array_equal(first.test.images, second.test.images)
     assert first.spec == second.spec
+
+
+def test_preparing_leaves_nothing_in_the_systems_temporary_folder(tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    source = tmp_path / "src"
+    write_dataset(source, train_size=50, test_size=20)
+    data.load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=source)
+    assert sorted(p.name for p in system_tmp.iterdir()) == []
 
 
 def test_read_back_as_whole_arrays_not_record_by_record(tmp_path, monkeypatch):
