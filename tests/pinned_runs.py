@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,8 @@ def tiny_data(folder: Path) -> None:
 
 
 def main(out: str) -> None:
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(out).with_suffix(".work")  # beside the output, in the test's own folder
+    tmp.mkdir()
     tiny_data(tmp / "idx")
     splits = load_fashion_mnist(data_dir=tmp / "tfds", source_dir=tmp / "idx")
     runs: dict = {"cnn": cnn.__file__}

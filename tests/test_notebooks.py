@@ -35,9 +35,13 @@ PRINTS = {
 
 @pytest.fixture(scope="session")
 def notebook_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed. They
-    inherit the suite's compilation cache (`CNN_COMPILE_CACHE`, set by conftest) and its XLA flags."""
-    env = {"TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds"))}
+    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed; a
+    temporary folder of the test's own (the notebooks' runs go to `tempfile.mkdtemp()`). They inherit the
+    suite's compilation cache (`CNN_COMPILE_CACHE`, set by conftest) and its XLA flags."""
+    env = {
+        "TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds")),
+        "TMPDIR": str(tmp_path_factory.mktemp("notebook-tmp")),
+    }
     if not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
         source = tmp_path_factory.mktemp("notebook-idx")
         write_dataset(source, train_size=2000, test_size=500)

@@ -214,11 +214,60 @@ def test_a_malformed_input_shape_is_named(shape):
         build("inception_v3", input_shape=shape)
 
 
-def test_weights_that_are_a_folder_or_a_misspelt_name_are_named(tmp_path):
+def test_weights_that_are_a_folder_a_misspelt_name_or_missing_are_named_before_any_work(
+    tmp_path, monkeypatch
+):
+    initialised = []
+    monkeypatch.setattr(applications, "compiled_init", lambda model: initialised.append(model))
     with pytest.raises(WeightsError, match="is a folder; give a Keras weight file"):
         build("vgg16", input_shape=(32, 32, 3), weights=tmp_path)
     with pytest.raises(WeightsError, match="'ImageNet': the published weights are named 'imagenet'"):
         build("vgg16", input_shape=(32, 32, 3), weights="ImageNet")
+    with pytest.raises(WeightsError, match="missing.h5 does not exist"):
+        build("inception_v3", input_shape=(75, 75, 3), weights=tmp_path / "missing.h5")
+    assert initialised == []  # not even the program that initialises the network was built
+
+
+def test_weights_from_a_file_are_not_initialised_first(oracle, monkeypatch):
+    """Every array comes from the file: the random initialisation is traced for its shapes, never run."""
+    o = oracle("vgg16")
+    ran = []
+    real = applications.compiled_init
+    monkeypatch.setattr(applications, "compiled_init", lambda model: _counting(real(model), ran))
+    _, variables = build("vgg16", input_shape=o["shape"], weights=o["keras2"])
+    _, random = build("vgg16", input_shape=o["shape"])
+    assert len(ran) == 1  # the random network's; the one with weights only traced its shapes
+    assert jax.tree.structure(variables) == jax.tree.structure(random)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(variables))
+
+
+def test_a_variable_the_file_does_not_give_keeps_its_initialisation(oracle, monkeypatch):
+    o = oracle("vgg16")
+    real = applications.cached
+
+    def without_the_first_kernel(path, key, convert):
+        loaded = real(path, key, convert)
+        first = sorted(loaded["params"])[0]
+        kernel = loaded["params"][first]["kernel"]
+        layer = {**loaded["params"][first], "kernel": jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)}
+        return {**loaded, "params": {**loaded["params"], first: layer}}, first
+
+    monkeypatch.setattr(applications, "cached", lambda *a: without_the_first_kernel(*a)[0])
+    _, variables = build("vgg16", input_shape=o["shape"], weights=o["keras2"], seed=3)
+    _, random = build("vgg16", input_shape=o["shape"], seed=3)
+    first = sorted(variables["params"])[0]
+    np.testing.assert_array_equal(variables["params"][first]["kernel"], random["params"][first]["kernel"])
+    second = sorted(variables["params"])[1]
+    assert not np.array_equal(variables["params"][second]["kernel"], random["params"][second]["kernel"])
+
+
+def _counting(init, calls: list):
+    def counted(*args):
+        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+            calls.append(args)
+        return init(*args)
+
+    return counted
 
 
 def test_options_checked_as_keras_checks_them():

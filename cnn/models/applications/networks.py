@@ -233,15 +233,25 @@ def build(
         name, input_shape=input_shape, include_top=include_top, classes=classes,
         pooling=pooling, classifier_activation=classifier_activation,
     )  # fmt: skip
+    if weights is not None:
+        weight_file(name, weights, include_top)  # a missing or misnamed file fails here, before any work
     names = layer_names(model, input_shape)
     if cut is not None and cut not in names:
         raise ValueError(f"cut: {name} has no layer {cut!r}; its layers are {names[:6]} … {names[-3:]}")
     if weights is not None and include_top and weights == "imagenet" and classes != 1000:
         raise ValueError("classes: ImageNet weights with the top have 1000 classes; use include_top=False")
     init = remembered(compiled_init, model)
-    variables = dict(init(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape), jnp.float32)))
-    if weights is not None:
-        variables = load_weights(name, model, variables, weights, include_top, input_shape)
+    key, x = jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape), jnp.float32)
+    if weights is None:
+        variables = dict(init(key, x))
+    else:
+        # The file gives every array: the random initialisation is only traced, for the shapes.
+        variables = load_weights(
+            name, model, dict(jax.eval_shape(init, key, x)), weights, include_top, input_shape
+        )
+        if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(variables)):
+            fresh = init(key, x)  # a variable the file does not hold keeps its initialisation
+            variables = jax.tree.map(_filled, variables, dict(fresh))
     if cut is None:
         return model, variables
     cut_model = Cut(model, cut)
@@ -263,6 +273,19 @@ def imagenet_file(name: str, include_top: bool = False) -> tuple[str, str]:
     return file_name, f"{BASE_URL}{spec.url_folder}{file_name}"
 
 
+def weight_file(name: str, weights: str | os.PathLike, include_top: bool) -> Path:
+    """The Keras weight file `weights` names ('imagenet': the published one, found in Keras' cache folders);
+    WeightsError when it is misnamed, a folder or missing."""
+    if isinstance(weights, str) and weights.lower() == "imagenet" and weights != "imagenet":
+        raise WeightsError(f"weights: {weights!r}: the published weights are named 'imagenet' (lower case)")
+    path = find_file(*imagenet_file(name, include_top)) if str(weights) == "imagenet" else Path(weights)
+    if path.is_dir():
+        raise WeightsError(f"weights: {path} is a folder; give a Keras weight file (.h5, .keras)")
+    if not path.is_file():
+        raise WeightsError(f"weights: {path} does not exist")
+    return path
+
+
 def load_weights(
     name: str,
     model: nn.Module,
@@ -271,19 +294,22 @@ def load_weights(
     include_top: bool,
     input_shape: Sequence[int],
 ) -> dict[str, Any]:
-    """`variables` with every layer's arrays from a Keras weight file ('imagenet': the published one, found
-    in Keras' cache folders), converted once and cached as an orbax checkpoint."""
-    if isinstance(weights, str) and weights.lower() == "imagenet" and weights != "imagenet":
-        raise WeightsError(f"weights: {weights!r}: the published weights are named 'imagenet' (lower case)")
-    path = find_file(*imagenet_file(name, include_top)) if str(weights) == "imagenet" else Path(weights)
-    if path.is_dir():
-        raise WeightsError(f"weights: {path} is a folder; give a Keras weight file (.h5, .keras)")
-    if not path.is_file():
-        raise WeightsError(f"weights: {path} does not exist")
+    """`variables` (the network's, or only their shapes, as `jax.eval_shape` gives them) with every layer's
+    arrays from a Keras weight file ('imagenet': the published one, found in Keras' cache folders),
+    converted once and cached as an orbax checkpoint."""
+    path = weight_file(name, weights, include_top)
     order = keras_order(model, input_shape)
     key = f"{name}-{'top' if include_top else 'notop'}-{'x'.join(map(str, input_shape))}"
     loaded = cached(path, key, lambda: match_weights(jax.device_get(variables), order, path))
-    return jax.tree.map(jnp.asarray, loaded)
+    return jax.tree.map(_on_device, loaded)
+
+
+def _on_device(leaf: Any) -> Any:
+    return leaf if isinstance(leaf, jax.ShapeDtypeStruct) else jnp.asarray(leaf)
+
+
+def _filled(leaf: Any, initialised: jax.Array) -> Any:
+    return initialised if isinstance(leaf, jax.ShapeDtypeStruct) else leaf
 
 
 def preprocess_input(name: str, images: Any) -> jax.Array:
@@ -303,4 +329,5 @@ __all__ = [
     "imagenet_file",
     "load_weights",
     "preprocess_input",
+    "weight_file",
 ]
