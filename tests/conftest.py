@@ -19,6 +19,7 @@ os.environ["XLA_FLAGS"] = with_test_xla_flags(os.environ.get("XLA_FLAGS", ""))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 # The suite's one compilation cache (`tests.processes.CACHE`), set before `cnn` is imported: `import cnn`
 # turns it on with its size limit, which is what makes JAX lock its entries for the processes sharing it.
@@ -35,6 +36,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 compile_profile.start()
 
 TRAIN_SIZE, TEST_SIZE = 600, 200
+REAL_DIR = fashion_mnist.SYSTEM_DIR  # taken at import, before `_no_real_sources` points it elsewhere
+REAL_INSTALLED = (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -157,4 +160,20 @@ def prepared(idx_dir, tmp_path_factory) -> Path:
     read it)."""
     data_dir = tmp_path_factory.mktemp("tfds-prepared")
     fashion_mnist.load_fashion_mnist(data_dir=data_dir, source_dir=idx_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def real_tfds(tmp_path_factory) -> Path:
+    """A tfds data dir holding the real Fashion-MNIST (Debian's package), prepared once for the whole test
+    run: the first worker to ask prepares it under a file lock, the others find it prepared (the notebooks'
+    kernels and the tests only read it). Skips where the package is not installed."""
+    if not REAL_INSTALLED:
+        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    run_folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_folder = run_folder.parent  # this run's folder, above every worker's own
+    data_dir = run_folder / "real-fashion-mnist-tfds"
+    with FileLock(f"{data_dir}.lock"):
+        fashion_mnist.load_fashion_mnist(data_dir=data_dir, source_dir=REAL_DIR)
     return data_dir

@@ -10,11 +10,10 @@ import pytest
 from nbclient import NotebookClient
 
 from cnn.data import fashion_mnist as data
-from tests.conftest import write_dataset
+from tests.conftest import REAL_INSTALLED, write_dataset
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-REAL_DIR = data.SYSTEM_DIR
 # What a notebook must print: the results the sources print for their worked examples.
 PRINTS = {
     "00_from_the_textbook.ipynb": [
@@ -34,18 +33,19 @@ PRINTS = {
 
 
 @pytest.fixture(scope="session")
-def notebook_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for the kernels: a shared, fresh tfds data dir; real Fashion-MNIST where installed; a
-    temporary folder of the test's own (the notebooks' runs go to `tempfile.mkdtemp()`). They inherit the
-    suite's compilation cache (`CNN_COMPILE_CACHE`, set by conftest) and its XLA flags."""
-    env = {
-        "TFDS_DATA_DIR": str(tmp_path_factory.mktemp("notebook-tfds")),
-        "TMPDIR": str(tmp_path_factory.mktemp("notebook-tmp")),
-    }
-    if not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
+def notebook_env(request, tmp_path_factory) -> dict[str, str]:
+    """Environment for the kernels: real Fashion-MNIST where installed, prepared once for the test run
+    (`real_tfds`), else a tiny stand-in; a temporary folder of the test's own (the notebooks' runs go to
+    `tempfile.mkdtemp()`). They inherit the suite's compilation cache (`CNN_COMPILE_CACHE`, set by conftest)
+    and its XLA flags."""
+    env = {"TMPDIR": str(tmp_path_factory.mktemp("notebook-tmp"))}
+    if REAL_INSTALLED:
+        env["TFDS_DATA_DIR"] = str(request.getfixturevalue("real_tfds"))
+    else:
         source = tmp_path_factory.mktemp("notebook-idx")
         write_dataset(source, train_size=2000, test_size=500)
         env[data.ENV_VAR] = str(source)
+        env["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("notebook-tfds"))
     return env
 
 

@@ -230,16 +230,9 @@ def test_val_fraction_out_of_range(tmp_path):
         data.load_fashion_mnist(data_dir=tmp_path, val_fraction=1.0)
 
 
-REAL_DIR = data.SYSTEM_DIR  # taken at import, before the autouse fixture points it elsewhere
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
-    reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
-def test_real_fashion_mnist_splits(tmp_path):
-    splits = data.load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=REAL_DIR)
+def test_real_fashion_mnist_splits(real_tfds):
+    splits = data.load_fashion_mnist(data_dir=real_tfds)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (48_000, 12_000, 10_000)
     assert splits.train.images.shape == (48_000, 28, 28, 1) and splits.test.images.dtype == np.uint8
     assert splits.test.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the official file's order

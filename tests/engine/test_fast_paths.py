@@ -19,7 +19,6 @@ from cnn.engine.placement import on_device
 from cnn.engine.state import make_optimizer
 from cnn.engine.steps import gather, train_chunk, train_step
 from cnn.studies.bench import SCHEMA_VERSION, benchmark, format_table, parse_peers
-from tests.data.test_fashion_mnist import REAL_DIR
 
 
 def _state(model="seed_cnn"):
@@ -88,13 +87,10 @@ def test_chunks_of_steps_give_the_one_step_history(tiny_splits, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file(), reason="real Fashion-MNIST not installed"
-)
-def test_same_accuracy_on_a_short_real_run(tmp_path):
+def test_same_accuracy_on_a_short_real_run(real_tfds, tmp_path):
     from cnn.data.fashion_mnist import load_fashion_mnist
 
-    splits = load_fashion_mnist(data_dir=tmp_path / "tfds", source_dir=REAL_DIR)
+    splits = load_fashion_mnist(data_dir=real_tfds)
     fast = fit(TrainConfig(epochs=1, limit_train=4000, steps_per_call=10), splits, tmp_path / "f")
     plain = fit(TrainConfig(epochs=1, limit_train=4000, steps_per_call=1), splits, tmp_path / "p")
     assert plain["test_accuracy"] > 0.7
