@@ -12,6 +12,7 @@ trains itself, or on any Flax/orbax checkpoint of a matching architecture that a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,8 @@ def transfer_state(
     )
     base_tx = make_optimizer(config)
     finetune = make_optimizer(TrainConfig(**{**config.to_dict(), "lr": config.lr * finetune_lr_scale}))
-    tx = optax.multi_transform(
-        {"trainable": base_tx, "finetune": finetune, "frozen": optax.set_to_zero()}, labels
-    )
+    leaves, tree = jax.tree.flatten(labels)
+    tx = _transfer_optimizer(base_tx, finetune, tuple(leaves), tree)
     state = TrainState.create(
         apply_fn=model.apply,
         params=params,
@@ -178,6 +178,17 @@ def transfer_state(
         compute_dtype=config.precision,
     )
     return state, labels
+
+
+@functools.cache
+def _transfer_optimizer(
+    base_tx: optax.GradientTransformation, finetune: optax.GradientTransformation, labels: tuple, tree: Any
+) -> optax.GradientTransformation:
+    """The optimizer of `transfer_state` (labels flattened, to be a key): equal requests return the same
+    object, so that runs alike (seeds, methods with the same labels) share their compiled programs."""
+    return optax.multi_transform(
+        {"trainable": base_tx, "finetune": finetune, "frozen": optax.set_to_zero()}, tree.unflatten(labels)
+    )
 
 
 def parameter_counts(params: Any, labels: Any, batch_stats: Any = None) -> dict[str, int]:

@@ -179,3 +179,16 @@ def test_a_cut_network_takes_train_as_every_model_does():
     assert model.apply(variables, x, train=False).shape == model.apply(variables, x).shape
     out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])  # batch norm trains
     assert out.shape[0] == 2 and "batch_stats" in updates
+
+
+def test_runs_alike_share_one_optimizer_and_so_their_compiled_programs(tiny_splits):
+    """Seeds and methods with the same labels get the same optimizer object: the train step's static part,
+    so a few-shot study's later runs reuse the first one's traced and compiled programs."""
+    spec = tiny_splits.spec
+    configs = [transfer_config("seed_cnn", "pool2", 10, head_units=(64,), seed=s) for s in (0, 1)]
+    (first, labels), (second, _) = (transfer_state(c, spec, None, freeze="backbone") for c in configs)
+    assert first.tx is second.tx
+    other, other_labels = transfer_state(configs[0], spec, None, freeze="none")
+    assert other.tx is not first.tx and other_labels != labels
+    faster, _ = transfer_state(transfer_config("seed_cnn", "pool2", 10, head_units=(64,), lr=0.1), spec, None)
+    assert faster.tx is not first.tx
